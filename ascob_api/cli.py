@@ -1,0 +1,171 @@
+"""The ``ascob`` command: ``serve`` (everything), ``api`` (REST only), ``executor`` (flows only).
+
+Prefect reads its settings when first imported, so each command sets the Prefect environment
+(and starts a local Prefect server if needed) before importing anything that imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from ascob_api.logsetup import configure_logging
+from ascob_api.settings import Settings
+
+app = typer.Typer(
+    help="ASCOB: one front door to your automation backends, on Prefect 3.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+log = logging.getLogger("ascob")
+
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port of the REST API.")]
+
+
+def _prepare(settings: Settings, start_local_prefect: bool) -> object | None:
+    """Point this process at a Prefect server; start a local one if none is configured."""
+    from ascob_api.prefect_server import LocalPrefectServer, prefect_env
+
+    for key, value in prefect_env(settings.home).items():
+        os.environ.setdefault(key, value)
+    if settings.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+        return None
+    if not start_local_prefect:
+        raise typer.BadParameter("PREFECT_API_URL must name the shared Prefect server")
+    server = LocalPrefectServer(settings.home, port=settings.prefect_port)
+    os.environ["PREFECT_API_URL"] = server.start()
+    return server
+
+
+def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    token_note = (
+        "" if settings.root_token else " (generated; in %s)" % (settings.home / "root_token")
+    )
+    settings.ensure_root_token()
+    server = _prepare(settings, start_local_prefect=with_api and with_executor)
+    try:
+        from ascob_api.wiring import build, make_executor
+
+        parts = build(settings)
+        executor = make_executor(parts) if with_executor else None
+        if executor is not None:
+            executor.start_in_thread()
+        if with_api:
+            _serve_api(parts, host, port, executor, token_note)
+        else:
+            _wait_for_signal(executor)
+    finally:
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+
+
+def _serve_api(parts: object, host: str, port: int, executor: object, token_note: str) -> None:
+    import uvicorn
+
+    from ascob_api.main import create_app
+    from ascob_api.wiring import Parts
+
+    assert isinstance(parts, Parts)
+    lifespan = None
+    if executor is None:
+        lifespan = _launcher_lifespan(parts)
+    application = create_app(parts.services, lifespan=lifespan)
+    log.info(
+        "ASCOB API on http://%s:%d (docs /docs); root token%s",
+        host,
+        port,
+        token_note,
+        *([parts.settings.home / "root_token"] if token_note else []),
+    )
+    log.info("Prefect API %s", os.environ.get("PREFECT_API_URL"))
+    config = uvicorn.Config(
+        application, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if executor is not None:
+            executor.stop()  # type: ignore[attr-defined]
+
+
+def _launcher_lifespan(parts: object):  # type: ignore[no-untyped-def]
+    """``ascob api`` alone still creates flow runs for what it records."""
+    import asyncio
+    from contextlib import asynccontextmanager
+
+    from prefect.client.orchestration import get_client
+
+    from ascob_api.wiring import Parts
+    from ascob_flows.executor import Launcher, ensure_deployment
+    from ascob_flows.runtime import Runtime
+
+    assert isinstance(parts, Parts)
+
+    @asynccontextmanager
+    async def lifespan(_app):  # type: ignore[no-untyped-def]
+        runtime = Runtime(repo=parts.repo, backends=parts.backends, locks=parts.locks)
+        launcher = Launcher(runtime)
+        parts.services.on_launch.append(launcher.kick)
+
+        async def run() -> None:
+            async with get_client() as client:
+                while True:
+                    try:
+                        deployment_id = await ensure_deployment(client)
+                        break
+                    except Exception as exc:
+                        log.warning("Prefect server not ready (%r); retrying", exc)
+                        await asyncio.sleep(2)
+                await launcher.run(client, deployment_id)
+
+        task = asyncio.create_task(run())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
+
+
+def _wait_for_signal(executor: object) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if executor is not None and getattr(executor, "failed", None) is not None:
+            sys.exit(1)
+    if executor is not None:
+        executor.stop()  # type: ignore[attr-defined]
+
+
+@app.command()
+def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8081) -> None:
+    """Run everything: REST API, executor and (unless PREFECT_API_URL is set) a Prefect server."""
+    _run(host, port, with_api=True, with_executor=True)
+
+
+@app.command()
+def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8081) -> None:
+    """Run the REST API only (needs PREFECT_API_URL); scale it out behind a load balancer."""
+    _run(host, port, with_api=True, with_executor=False)
+
+
+@app.command()
+def executor() -> None:
+    """Run an executor only (needs PREFECT_API_URL): runs ascob-job flow runs in-process."""
+    _run("", 0, with_api=False, with_executor=True)
+
+
+if __name__ == "__main__":
+    app()

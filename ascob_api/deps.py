@@ -1,0 +1,37 @@
+"""Request dependencies as ``Annotated`` aliases, so handlers read like their signature."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+
+from ascob_api.security import Identity, Permission, TokenChecker
+from ascob_api.service import Services
+
+_api_key = APIKeyHeader(name="X-Api-Token", auto_error=False, description="ASCOB API token")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_identity(request: Request, secret: str | None = Depends(_api_key)) -> Identity:
+    checker: TokenChecker = request.app.state.tokens
+    return checker.identify(secret)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+def require(permission: Permission) -> object:
+    """A dependency that refuses tokens without ``permission`` (403)."""
+
+    def check(identity: IdentityDep) -> Identity:
+        identity.require(permission)
+        return identity
+
+    return Depends(check)

@@ -1,0 +1,107 @@
+"""The FastAPI application: routes, error mapping, OpenAPI (JSON, YAML, Swagger UI)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ascob_api import __version__
+from ascob_api.errors import AscobError
+from ascob_api.routes import runs, search, security, webhooks
+from ascob_api.security import TokenChecker
+from ascob_api.service import Services
+
+log = logging.getLogger("ascob.api")
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message}, status_code=status)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            msg = f"malformed JSON ({ctx.get('error', 'cannot parse')})"
+            loc = "body"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
+    app = FastAPI(
+        title="ASCOB API",
+        version=__version__,
+        description="One front door from automation portals to Jenkins, Rundeck and friends.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.tokens = TokenChecker(services.settings, services.repo)
+    for module in (runs, search, webhooks, security):
+        app.include_router(module.router)
+
+    @app.exception_handler(AscobError)
+    async def _ascob_error(_: Request, exc: AscobError) -> JSONResponse:
+        return _error(exc.status_code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unexpected error on %s %s: %r", request.method, request.url.path, exc, exc_info=exc
+        )
+        return _error(500, "internal error; see the server log")
+
+    @app.get("/openapi.yaml", include_in_schema=False)
+    async def openapi_yaml() -> Response:
+        return Response(
+            yaml.safe_dump(app.openapi(), sort_keys=False), media_type="application/yaml"
+        )
+
+    @app.get("/api/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        """Liveness: answers without a token."""
+        return {"status": "ok"}
+
+    _add_security_scheme(app)
+    return app
+
+
+def _add_security_scheme(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {})["schemas"] = schema.get("components", {}).get(
+            "schemas", {}
+        )
+        schema["components"]["schemas"]["ErrorPayload"] = {
+            "type": "object",
+            "properties": {"status": {"type": "integer"}, "error": {"type": "string"}},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

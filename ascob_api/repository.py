@@ -1,0 +1,298 @@
+"""The run repository over SQLModel: runs, files, tokens and executors.
+
+It implements :class:`ascob_flows.ports.RunRepository` for the engine, and the queries the REST
+API needs. Every state change is one conditional UPDATE, so several API replicas and executors
+can share the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from ascob_api.errors import NotFound
+from ascob_api.models import ApiToken, Executor, Run, RunFile
+from ascob_flows.clock import utcnow
+from ascob_flows.ports import RunRecord
+from ascob_flows.status import FINAL_STATUSES, RunStatus
+
+_FINAL = [s.value for s in FINAL_STATUSES]
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Repository:
+    """All SQL access of ASCOB. Thread-safe: one short session per call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    # ------------------------------------------------------------------ runs (API side)
+
+    def add_run(self, run: Run, finish: Any = None) -> Run:
+        """Insert a run; ``finish(run)`` may complete it once its id is known (same transaction)."""
+        with self.session() as s:
+            s.add(run)
+            s.flush()
+            if finish is not None:
+                finish(run)
+            s.commit()
+            return run
+
+    def get_run(self, run_id: int) -> Run:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    def get_run_by_webhook(self, webhook_id: str) -> Run:
+        with self.session() as s:
+            run = s.exec(select(Run).where(Run.webhook_id == webhook_id)).first()
+        if run is None:
+            raise NotFound("webhook not found")
+        return run
+
+    def search(
+        self,
+        *,
+        submitter: str | None,
+        statuses: list[RunStatus] | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        limit: int,
+    ) -> list[Run]:
+        query = select(Run)
+        if submitter:
+            query = query.where(Run.submitter == submitter)
+        if statuses:
+            query = query.where(col(Run.status).in_([s.value for s in statuses]))
+        if created_after:
+            query = query.where(Run.defined_time >= created_after)
+        if created_before:
+            query = query.where(Run.defined_time <= created_before)
+        query = query.order_by(col(Run.defined_time).desc(), col(Run.id).desc()).limit(limit)
+        with self.session() as s:
+            return list(s.exec(query).all())
+
+    # ------------------------------------------------------------------ files
+
+    def put_file(self, run_id: int, file_id: str, content: bytes) -> None:
+        with self.session() as s:
+            existing = s.get(RunFile, (run_id, file_id))
+            if existing is None:
+                s.add(RunFile(run_id=run_id, file_id=file_id, content=content, size=len(content)))
+            else:
+                existing.content = content
+                existing.size = len(content)
+                existing.created_at = utcnow()
+                s.add(existing)
+            s.commit()
+
+    def get_file(self, run_id: int, file_id: str) -> RunFile:
+        with self.session() as s:
+            found = s.get(RunFile, (run_id, file_id))
+        if found is None:
+            raise NotFound(f"file {file_id!r} not found")
+        return found
+
+    # ------------------------------------------------------------------ tokens
+
+    def create_token(self, identifier: str, permissions: list[str], expiry_seconds: int) -> str:
+        secret = secrets.token_urlsafe(32)
+        expires = utcnow() + timedelta(seconds=expiry_seconds) if expiry_seconds else None
+        with self.session() as s:
+            s.exec(delete(ApiToken).where(col(ApiToken.identifier) == identifier))  # type: ignore[call-overload]
+            s.add(
+                ApiToken(
+                    identifier=identifier,
+                    secret_hash=hash_secret(secret),
+                    permissions=permissions,
+                    expires_at=expires,
+                )
+            )
+            s.commit()
+        return secret
+
+    def delete_token(self, identifier: str) -> None:
+        with self.session() as s:
+            token = s.get(ApiToken, identifier)
+            if token is None:
+                raise NotFound(f"token {identifier!r} not found")
+            s.delete(token)
+            s.commit()
+
+    def find_token(self, secret: str) -> ApiToken | None:
+        with self.session() as s:
+            token = s.exec(
+                select(ApiToken).where(ApiToken.secret_hash == hash_secret(secret))
+            ).first()
+        if token is None or (token.expires_at is not None and token.expires_at <= utcnow()):
+            return None
+        return token
+
+    # ------------------------------------------------------------------ engine port
+
+    def get_record(self, run_id: int) -> RunRecord:
+        return to_record(self.get_run(run_id))
+
+    def transition(
+        self,
+        run_id: int,
+        allowed: Iterable[RunStatus],
+        to: RunStatus,
+        where: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        values: dict[str, Any] = {"status": to.value, **fields}
+        if to.is_final and "end_time" not in values:
+            values["end_time"] = utcnow()
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id)
+            .where(col(Run.status).in_([s.value for s in allowed]))
+        )
+        for name, value in (where or {}).items():
+            stmt = stmt.where(getattr(Run, name) == value)
+        with self.session() as s:
+            result = s.exec(stmt.values(**values))  # type: ignore[call-overload]
+            s.commit()
+            return bool(result.rowcount)
+
+    def update_fields(self, run_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.exec(update(Run).where(col(Run.id) == run_id).values(**fields))  # type: ignore[call-overload]
+            s.commit()
+
+    def runs_to_launch(self, limit: int) -> list[int]:
+        query = (
+            select(Run.id)
+            .where(Run.launch_requested == True)  # noqa: E712
+            .where(col(Run.flow_run_id).is_(None))
+            .where(col(Run.status).not_in(_FINAL))
+            .order_by(col(Run.id))
+            .limit(limit)
+        )
+        with self.session() as s:
+            return [i for i in s.exec(query).all() if i is not None]
+
+    def set_flow_run(self, run_id: int, flow_run_id: str) -> None:
+        with self.session() as s:
+            s.exec(  # type: ignore[call-overload]
+                update(Run)
+                .where(col(Run.id) == run_id)
+                .where(col(Run.flow_run_id).is_(None))
+                .values(flow_run_id=flow_run_id)
+            )
+            s.commit()
+
+    def claim_for_executor(self, run_id: int, executor_id: str, expected: str | None) -> bool:
+        stmt = update(Run).where(col(Run.id) == run_id)
+        if expected is None:
+            stmt = stmt.where(col(Run.executor_id).is_(None))
+        else:
+            stmt = stmt.where(col(Run.executor_id) == expected)
+        with self.session() as s:
+            result = s.exec(stmt.values(executor_id=executor_id))  # type: ignore[call-overload]
+            s.commit()
+            return bool(result.rowcount)
+
+    def orphaned_runs(self, executor_id: str, alive: Iterable[str], limit: int) -> list[int]:
+        alive = [a for a in alive if a != executor_id]
+        query = (
+            select(Run.id)
+            .where(col(Run.flow_run_id).is_not(None))
+            .where(col(Run.executor_id).is_not(None))
+            .where(col(Run.status).not_in(_FINAL))
+        )
+        if alive:
+            query = query.where(col(Run.executor_id).not_in(alive))
+        with self.session() as s:
+            return [i for i in s.exec(query.order_by(col(Run.id)).limit(limit)).all() if i]
+
+    def statuses(self, run_ids: Iterable[int]) -> dict[int, RunStatus]:
+        ids = list(run_ids)
+        out: dict[int, RunStatus] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = s.exec(select(Run.id, Run.status).where(col(Run.id).in_(chunk))).all()
+                out.update({rid: RunStatus(st) for rid, st in rows if rid is not None})
+        return out
+
+    def register_spec(self, job_spec: Mapping[str, Any], flow_run_id: str) -> int:
+        raise NotImplementedError  # replaced by the service layer (see ascob_api.service)
+
+    # ------------------------------------------------------------------ executors
+
+    def executor_heartbeat(self, executor_id: str, ttl: float) -> None:
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Executor, executor_id)
+            if row is None:
+                row = Executor(id=executor_id)
+            row.heartbeat = now
+            row.expires_at = now + timedelta(seconds=ttl)
+            s.add(row)
+            s.commit()
+
+    def live_executors(self) -> list[str]:
+        with self.session() as s:
+            return list(s.exec(select(Executor.id).where(Executor.expires_at > utcnow())).all())
+
+    def executor_alive_elsewhere(self, executor_id: str) -> bool:
+        with self.session() as s:
+            row = s.get(Executor, executor_id)
+        return row is not None and row.expires_at > utcnow()
+
+    def retire_executor(self, executor_id: str) -> None:
+        with self.session() as s:
+            s.exec(delete(Executor).where(col(Executor.id) == executor_id))  # type: ignore[call-overload]
+            s.commit()
+
+    def count_runs(self) -> int:
+        with self.session() as s:
+            return int(s.exec(select(func.count()).select_from(Run)).one())
+
+    def active_run_ids(self) -> list[int]:
+        with self.session() as s:
+            rows = s.exec(select(Run.id).where(or_(col(Run.status).not_in(_FINAL)))).all()
+        return [r for r in rows if r is not None]
+
+
+def to_record(run: Run) -> RunRecord:
+    assert run.id is not None
+    spec = run.effective_spec
+    return RunRecord(
+        id=run.id,
+        status=RunStatus(run.status),
+        description=spec.get("description"),
+        submitter=spec.get("submitter"),
+        backend_id=run.backend_id,
+        labels=dict(spec.get("labels") or {}),
+        parameters=dict(spec.get("parameters") or {}),
+        lock_keys=tuple(run.lock_keys),
+        webhook_id=run.webhook_id,
+        identification_keys=dict(run.identification_keys or {}),
+        flow_run_id=run.flow_run_id,
+        executor_id=run.executor_id,
+        dispatch_started=run.dispatch_started,
+        abort_force=run.abort_force,
+        stop_sent=run.stop_sent,
+        defined_time=run.defined_time,
+    )

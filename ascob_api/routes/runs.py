@@ -1,0 +1,121 @@
+"""/api/runs: submit, read, refresh, start, stop, resubmit, output, files."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+
+from ascob_api.deps import ServicesDep, require
+from ascob_api.errors import BadRequest
+from ascob_api.models import RunInfo, SubmitRequest, SubmitResponse
+from ascob_api.security import Identity, Permission
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+RunId = Annotated[int, "run id"]
+
+
+@router.post("", response_model=SubmitResponse, response_model_by_alias=True)
+async def submit(
+    body: SubmitRequest, services: ServicesDep, identity: Identity = require(Permission.job_submit)
+) -> SubmitResponse:
+    """Submit a job: record the run and start it (unless manualStart). Answers at once."""
+    if body.job_spec.manual_start:
+        identity.require(Permission.job_run_manual_start)
+    run = await asyncio.to_thread(services.create_run, body.job_spec)
+    assert run.id is not None
+    return SubmitResponse(run_id=run.id)
+
+
+@router.get("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+async def get_run(
+    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_read)
+) -> RunInfo:
+    """The run's status and times."""
+    return RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
+
+
+@router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
+async def refresh(
+    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
+) -> RunInfo:
+    """Ask the backend for the job's status now, and return the run."""
+    return await services.refresh(runId)
+
+
+@router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
+async def start(
+    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
+) -> RunInfo:
+    """Start a manual-start run that is still DEFINED."""
+    return RunInfo.of(await asyncio.to_thread(services.start, runId))
+
+
+@router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+async def stop(
+    runId: int,
+    services: ServicesDep,
+    force: bool = False,
+    _: Identity = require(Permission.job_run_abort),
+) -> RunInfo:
+    """Stop a run: ABORTED at once if not dispatched yet, else ABORTING until the backend stops."""
+    return RunInfo.of(await services.abort(runId, force))
+
+
+@router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
+async def resubmit(
+    runId: int,
+    services: ServicesDep,
+    submitter: Annotated[str, Query(min_length=1)],
+    _: Identity = require(Permission.job_run_resubmit),
+) -> SubmitResponse:
+    """Run the same spec again for a new submitter; parentId is the root run."""
+    run = await asyncio.to_thread(services.resubmit, runId, submitter)
+    assert run.id is not None
+    return SubmitResponse(run_id=run.id)
+
+
+@router.get("/{runId}/output.txt", response_class=PlainTextResponse)
+async def output(
+    runId: int,
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    _: Identity = require(Permission.job_run_output),
+) -> PlainTextResponse:
+    """The backend's output from byte ``offset``; headers give the next offset and if more comes."""
+    text, next_offset, more = await services.output(runId, offset)
+    return PlainTextResponse(
+        text,
+        headers={"X-Ascob-Next-Offset": str(next_offset), "X-Ascob-More": str(more).lower()},
+    )
+
+
+@router.post(
+    "/{runId}/files/{fileId}",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload(
+    runId: int,
+    fileId: str,
+    request: Request,
+    services: ServicesDep,
+    _: Identity = require(Permission.job_run_upload_files),
+) -> dict[str, object]:
+    """Attach an input file (raw body) to a run that is still DEFINED."""
+    limit = services.settings.max_file_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"file is {declared} bytes; the limit is {limit}")
+    content = await request.body()
+    await asyncio.to_thread(services.upload, runId, fileId, content)
+    return {"runId": runId, "fileId": fileId, "size": len(content)}

@@ -1,0 +1,49 @@
+"""/api/security: who am I, and API tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from fastapi import APIRouter
+
+from ascob_api.deps import IdentityDep, ServicesDep, require
+from ascob_api.errors import BadRequest
+from ascob_api.models import CreateTokenRequest, CreateTokenResponse, WhoAmIResponse
+from ascob_api.security import Identity, Permission, parse_permissions
+
+router = APIRouter(prefix="/api/security", tags=["security"])
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+@router.get("/whoami", response_model=WhoAmIResponse)
+async def whoami(identity: IdentityDep) -> WhoAmIResponse:
+    """The permissions of the presented token."""
+    return WhoAmIResponse(authorities=sorted(p.value for p in identity.permissions))
+
+
+@router.post("/tokens/{identifier}", response_model=CreateTokenResponse)
+async def create_token(
+    identifier: str,
+    body: CreateTokenRequest,
+    services: ServicesDep,
+    _: Identity = require(Permission.security_token_write),
+) -> CreateTokenResponse:
+    """Create (or replace) a token; its secret is shown this once and stored hashed."""
+    if not _IDENTIFIER.match(identifier):
+        raise BadRequest("identifier must be 1-128 letters, digits, '.', '_', '@' or '-'")
+    permissions = [p.value for p in parse_permissions(body.permissions)]
+    secret = await asyncio.to_thread(
+        services.repo.create_token, identifier, permissions, body.expiry_seconds
+    )
+    return CreateTokenResponse(secret=secret)
+
+
+@router.delete("/tokens/{identifier}")
+async def delete_token(
+    identifier: str, services: ServicesDep, _: Identity = require(Permission.security_token_write)
+) -> dict[str, str]:
+    """Revoke a token."""
+    await asyncio.to_thread(services.repo.delete_token, identifier)
+    return {"identifier": identifier, "status": "deleted"}

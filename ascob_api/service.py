@@ -1,0 +1,342 @@
+"""What the REST API does, apart from HTTP: submission, stop, resubmit, webhook, files, output.
+
+Handlers call these functions; they raise :mod:`ascob_api.errors`, which the app maps to HTTP
+once. Backend calls are async; repository calls are short and run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ascob_api.errors import BadRequest, NotFound
+from ascob_api.models import JobSpec, Run, RunInfo
+from ascob_api.repository import Repository
+from ascob_api.settings import Settings
+from ascob_flows.locks import LockStore, validate_key
+from ascob_flows.status import NOT_DISPATCHED, RunStatus
+from backends import BackendRegistry, SpecRejected
+
+log = logging.getLogger("ascob.api")
+
+RUNTIME_VARIABLES = ("RUNID", "WEBHOOKID", "SUBMITTER")
+LATE_VARIABLES = ("LOCKTOKEN",)  # replaced at dispatch
+_VARIABLE = re.compile(r"%%([^%\s]*)%%")
+FILE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class Services:
+    """Everything a request handler may need, created once per process."""
+
+    settings: Settings
+    repo: Repository
+    backends: BackendRegistry
+    locks: LockStore
+    on_launch: list[Callable[[], None]] = field(default_factory=list)
+    on_change: list[Callable[[int], None]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ notifications
+
+    def _launch(self) -> None:
+        for callback in self.on_launch:
+            callback()
+
+    def _changed(self, run_id: int) -> None:
+        for callback in self.on_change:
+            callback(run_id)
+
+    # ------------------------------------------------------------------ submission
+
+    def _check_spec(self, spec: JobSpec) -> str:
+        for lock in spec.locks:
+            try:
+                validate_key(lock.key)
+            except ValueError as exc:
+                raise BadRequest(f"invalid lock: {exc}") from None
+        try:
+            backend = self.backends.select(spec.labels, spec.description)
+        except SpecRejected as exc:
+            raise BadRequest(str(exc)) from exc
+        return backend.id
+
+    def create_run(
+        self, spec: JobSpec, parent_id: int | None = None, flow_run_id: str | None = None
+    ) -> Run:
+        """Validate, record and (unless manual start) ask for a flow run. Returns the run."""
+        if not spec.runtime_variables:
+            self._check_spec(spec)
+        webhook_id = secrets.token_urlsafe(24)
+        raw = spec.wire()
+        run = Run(
+            parent_id=parent_id,
+            description=spec.description,
+            submitter=spec.submitter,
+            spec=raw,
+            effective_spec=raw,
+            backend_id="",
+            lock_keys=[],
+            manual_start=spec.manual_start,
+            launch_requested=not spec.manual_start,
+            webhook_id=webhook_id,
+            flow_run_id=flow_run_id,
+        )
+
+        def finish(row: Run) -> None:
+            effective = spec
+            if spec.runtime_variables:
+                effective = substitute(spec, row.id or 0, webhook_id)
+            row.backend_id = self._check_spec(effective)
+            row.effective_spec = effective.wire()
+            row.description = effective.description
+            row.submitter = effective.submitter
+            row.lock_keys = sorted({lock.key for lock in effective.locks})
+
+        run = self.repo.add_run(run, finish)
+        log.info(
+            "run %s: defined (backend %s, submitter %s)",
+            run.id,
+            run.backend_id,
+            run.submitter,
+            extra={"runId": run.id},
+        )
+        if run.launch_requested and flow_run_id is None:
+            self._launch()
+        return run
+
+    def register_from_flow(self, job_spec: dict[str, Any], flow_run_id: str) -> int:
+        """A flow run started from the deployment with a JobSpec records itself as a run."""
+        try:
+            spec = JobSpec.model_validate(job_spec)
+        except ValidationError as exc:
+            raise BadRequest(f"invalid job_spec: {exc}") from exc
+        spec.manual_start = False
+        run = self.create_run(spec, flow_run_id=flow_run_id)
+        assert run.id is not None
+        return run.id
+
+    def resubmit(self, run_id: int, submitter: str) -> Run:
+        source = self.repo.get_run(run_id)
+        root_id = source.parent_id or source.id
+        spec = JobSpec.model_validate(source.spec)
+        spec.submitter = submitter
+        spec.manual_start = False
+        return self.create_run(spec, parent_id=root_id)
+
+    def start(self, run_id: int) -> Run:
+        run = self.repo.get_run(run_id)
+        if not run.manual_start:
+            raise BadRequest(f"run {run_id} is not a manual-start run")
+        if run.launch_requested or run.status != RunStatus.DEFINED:
+            raise BadRequest(f"run {run_id} was started already (status {run.status})")
+        self.repo.update_fields(run_id, launch_requested=True)
+        log.info("run %s: started manually", run_id, extra={"runId": run_id})
+        self._launch()
+        return self.repo.get_run(run_id)
+
+    # ------------------------------------------------------------------ stop
+
+    async def abort(self, run_id: int, force: bool) -> Run:
+        run = await asyncio.to_thread(self.repo.get_run, run_id)
+        status = RunStatus(run.status)
+        if status.is_final:
+            raise BadRequest(f"run {run_id} is already {status.value}")
+        now_aborted = False
+        if status in NOT_DISPATCHED:
+            now_aborted = await asyncio.to_thread(
+                self.repo.transition,
+                run_id,
+                NOT_DISPATCHED,
+                RunStatus.ABORTED,
+                message="stopped before dispatch",
+            )
+        if not now_aborted and status in (*NOT_DISPATCHED, RunStatus.PENDING_SUBMIT):
+            now_aborted = await asyncio.to_thread(
+                self.repo.transition,
+                run_id,
+                [RunStatus.PENDING_SUBMIT],
+                RunStatus.ABORTED,
+                {"dispatch_started": False},
+                message="stopped before dispatch",
+            )
+        if now_aborted:
+            await self.locks.release(run_id)
+            log.info("run %s: ABORTED before dispatch", run_id, extra={"runId": run_id})
+        else:
+            moved = await asyncio.to_thread(
+                self.repo.transition,
+                run_id,
+                [RunStatus.PENDING_SUBMIT, RunStatus.SUBMITTED, RunStatus.RUNNING],
+                RunStatus.ABORTING,
+                abort_force=force,
+            )
+            if moved:
+                log.info("run %s: ABORTING (force=%s)", run_id, force, extra={"runId": run_id})
+                await self._stop_backend(run_id)
+        self._changed(run_id)
+        return await asyncio.to_thread(self.repo.get_run, run_id)
+
+    async def _stop_backend(self, run_id: int) -> None:
+        run = await asyncio.to_thread(self.repo.get_run, run_id)
+        if not run.identification_keys or run.stop_sent:
+            return  # the flow stops it as soon as the submission returns
+        backend = self.backends.get(run.backend_id)
+        if not backend.can_stop:
+            return
+        try:
+            await backend.stop(run.identification_keys, force=run.abort_force)
+            await asyncio.to_thread(self.repo.update_fields, run_id, stop_sent=True)
+        except Exception as exc:
+            log.warning(
+                "run %s: stop on %s failed (%r); the executor tries again",
+                run_id,
+                backend.id,
+                exc,
+                extra={"runId": run_id},
+            )
+
+    # ------------------------------------------------------------------ refresh and output
+
+    async def refresh(self, run_id: int) -> RunInfo:
+        run = await asyncio.to_thread(self.repo.get_run, run_id)
+        status = RunStatus(run.status)
+        if status.is_final or not run.identification_keys:
+            return RunInfo.of(run)
+        backend = self.backends.get(run.backend_id)
+        try:
+            report = await backend.status(run.identification_keys)
+        except Exception as exc:
+            raise BadRequest(f"{backend.id} did not answer: {exc}") from exc
+        new = RunStatus.from_backend(report.status)
+        if new.is_final:
+            allowed = [RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING]
+            if await asyncio.to_thread(
+                self.repo.transition, run_id, allowed, new, message=report.message
+            ):
+                self._changed(run_id)
+        elif new is RunStatus.RUNNING and status is RunStatus.SUBMITTED:
+            await asyncio.to_thread(
+                self.repo.transition, run_id, [RunStatus.SUBMITTED], RunStatus.RUNNING
+            )
+        return RunInfo.of(await asyncio.to_thread(self.repo.get_run, run_id))
+
+    async def output(self, run_id: int, offset: int) -> tuple[str, int, bool]:
+        run = await asyncio.to_thread(self.repo.get_run, run_id)
+        prefix = f"[ascob] {run.message}\n" if run.message and offset == 0 else ""
+        if not run.identification_keys:
+            return prefix, offset, not RunStatus(run.status).is_final
+        backend = self.backends.get(run.backend_id)
+        try:
+            chunk = await backend.output(run.identification_keys, offset)
+        except Exception as exc:
+            raise BadRequest(f"{backend.id} did not return the output: {exc}") from exc
+        return prefix + chunk.text, chunk.next_offset, chunk.more
+
+    # ------------------------------------------------------------------ webhook
+
+    def _live_webhook(self, webhook_id: str) -> Run:
+        run = self.repo.get_run_by_webhook(webhook_id)
+        if RunStatus(run.status).is_final:
+            raise NotFound("webhook not found (the run has ended)")
+        return run
+
+    def webhook_update(
+        self, webhook_id: str, status: RunStatus | None, keys: dict[str, str] | None
+    ) -> Run:
+        run = self._live_webhook(webhook_id)
+        assert run.id is not None
+        if keys:
+            backend = self.backends.get(run.backend_id)
+            merged = backend.merge_identification_keys(run.identification_keys, keys)
+            self.repo.update_fields(run.id, identification_keys=merged)
+        if status is not None:
+            current = RunStatus(run.status)
+            allowed = [s for s in RunStatus if not s.is_final]
+            if status is RunStatus.SUBMITTED or status in NOT_DISPATCHED:
+                raise BadRequest(f"a job cannot report the status {status.value}")
+            if not self.repo.transition(run.id, allowed, status):
+                raise NotFound("webhook not found (the run has ended)")
+            log.info(
+                "run %s: webhook reports %s (was %s)",
+                run.id,
+                status.value,
+                current.value,
+                extra={"runId": run.id},
+            )
+        self._changed(run.id)
+        return self.repo.get_run(run.id)
+
+    def webhook_file(self, webhook_id: str, file_id: str) -> bytes:
+        run = self._live_webhook(webhook_id)
+        owner = run.parent_id or run.id
+        assert owner is not None
+        return self.repo.get_file(owner, file_id).content
+
+    # ------------------------------------------------------------------ files
+
+    def upload(self, run_id: int, file_id: str, content: bytes) -> None:
+        if not FILE_ID.match(file_id):
+            raise BadRequest(
+                "fileId must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if len(content) > self.settings.max_file_bytes:
+            raise BadRequest(
+                f"file is {len(content)} bytes; the limit is {self.settings.max_file_bytes}"
+            )
+        run = self.repo.get_run(run_id)
+        if run.parent_id is not None:
+            raise BadRequest(f"run {run_id} is a resubmission: it uses its root run's files")
+        if run.status != RunStatus.DEFINED:
+            raise BadRequest(
+                f"files can be added only while the run is DEFINED (it is {run.status})"
+            )
+        self.repo.put_file(run_id, file_id, content)
+        log.info(
+            "run %s: file %s uploaded (%d bytes)",
+            run_id,
+            file_id,
+            len(content),
+            extra={"runId": run_id},
+        )
+
+
+def substitute(spec: JobSpec, run_id: int, webhook_id: str) -> JobSpec:
+    """Replace the runtime variables everywhere in the spec; refuse unknown ones."""
+    values = {"RUNID": str(run_id), "WEBHOOKID": webhook_id, "SUBMITTER": spec.submitter or ""}
+    unknown: set[str] = set()
+
+    def replace(text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in values:
+                return values[name]
+            if name not in LATE_VARIABLES:
+                unknown.add(match.group(0))
+            return match.group(0)
+
+        return _VARIABLE.sub(one, text)
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return replace(value)
+        if isinstance(value, dict):
+            return {walk(k): walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    data = walk(spec.wire())
+    if unknown:
+        raise BadRequest(
+            f"unknown runtime variable(s) {', '.join(sorted(unknown))}; known: "
+            + ", ".join(f"%%{v}%%" for v in (*RUNTIME_VARIABLES, *LATE_VARIABLES))
+        )
+    return JobSpec.model_validate(data)

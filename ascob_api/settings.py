@@ -1,0 +1,92 @@
+"""Configuration: environment variables with the prefix ``ASCOB_`` (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    local = Path.cwd() / ".ascob"
+    if local.is_dir() or os.access(Path.cwd(), os.W_OK):
+        return local
+    return Path.home() / ".ascob"
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything ASCOB reads from its environment. Created once, passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="ASCOB_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    database_url: str | None = None
+    root_token: str | None = None
+    job_manager_tokens: CsvList = Field(default_factory=list)
+    webhook_tokens: CsvList = Field(default_factory=list)
+    etcd_url: str | None = None
+    config: Path | None = None
+    prefect_port: int = 4200
+    prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
+
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_search_results: int = 1000
+    poll_interval: float = 5.0
+    lock_lease_seconds: float = 30.0
+    executor_id: str | None = None
+    executor_concurrency: int = 5000
+    executor_start_rate: float = 20.0
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("job_manager_tokens", "webhook_tokens", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'ascob.db'}"
+
+    @cached_property
+    def backend_config(self) -> dict[str, Any]:
+        """The ``ASCOB_CONFIG`` TOML file (backend instances), or nothing."""
+        if self.config is None:
+            return {}
+        with self.config.open("rb") as fh:
+            return tomllib.load(fh)
+
+    def ensure_root_token(self) -> str:
+        """The root token; when none is configured, one is generated once and kept in ASCOB_HOME.
+
+        ASCOB never runs with a well-known default secret.
+        """
+        if self.root_token:
+            return self.root_token
+        path = self.home / "root_token"
+        if path.exists():
+            self.root_token = path.read_text().strip()
+        else:
+            self.home.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(24)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            self.root_token = token
+        return self.root_token

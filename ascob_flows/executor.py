@@ -1,0 +1,381 @@
+"""The executor: runs flow runs of the ``ascob-job`` deployment in-process, as asyncio tasks.
+
+Prefect's default runner starts a subprocess per flow run (seconds of CPU and 100+ MB each);
+ASCOB's runs spend hours waiting on backends, so one executor holds them all in one event loop:
+
+- the **launcher** creates the flow run of every recorded run that has none yet (idempotency
+  key ``ascob-run-<id>``, retried until Prefect answers: an outage delays runs, loses none);
+- the **claimer** picks up Scheduled flow runs of the deployment and proposes Pending to the
+  Prefect server; Prefect accepts that for one proposer only, so two executors never run the
+  same flow run. Starts are throttled (``start_rate`` per second, ``max_concurrent`` at once);
+- the **heartbeat** renews this executor's liveness row and the leases of its runs' locks;
+- the **reaper** hands runs of dead executors (or of this executor's previous life) back to
+  Prefect as Scheduled, so they are claimed again and carry on from the repository's state.
+
+The executor runs in its own thread with its own event loop, so the API never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_engine import run_flow_async
+from prefect.server.schemas.responses import SetStateStatus
+from prefect.states import Pending, Scheduled
+from prefect.types._datetime import now as prefect_now
+
+from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job
+from ascob_flows.runtime import Runtime, install_runtime
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_deployment(client: PrefectClient, flow: Flow[Any, Any] = ascob_job) -> UUID:
+    """Register the ``ascob-job/ascob-job`` deployment (idempotent) and return its id."""
+    flow_id = await client.create_flow(flow)
+    return await client.create_deployment(
+        flow_id=flow_id,
+        name=DEPLOYMENT_NAME,
+        entrypoint="ascob_flows/flow.py:ascob_job",
+        description="ASCOB runs. Run it with a job_spec to submit an ASCOB job from Prefect.",
+        parameter_openapi_schema=_parameter_schema(flow),
+        enforce_parameter_schema=False,
+        paused=False,
+        tags=["ascob"],
+    )
+
+
+def _parameter_schema(flow: Flow[Any, Any]) -> dict[str, Any]:
+    from prefect.utilities.callables import parameter_schema
+
+    return parameter_schema(flow).model_dump_for_openapi()
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (408, 429, 500, 502, 503, 504)
+    return isinstance(exc, httpx.TransportError | OSError | TimeoutError)
+
+
+class Backoff:
+    """Exponential backoff between attempts against the Prefect server."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.delay = first, cap, 0.0
+
+    async def failed(self) -> None:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+        await asyncio.sleep(self.delay)
+
+    def ok(self) -> None:
+        self.delay = 0.0
+
+
+class Launcher:
+    """Creates the missing flow runs of recorded runs; ``kick()`` is thread-safe."""
+
+    def __init__(self, runtime: Runtime, on_created: Callable[[], None] | None = None) -> None:
+        self.runtime = runtime
+        self.on_created = on_created
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick = asyncio.Event()
+        self.sweep_interval = 2.0
+
+    def kick(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._kick.set)
+
+    async def run(self, client: PrefectClient, deployment_id: UUID) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = Backoff()
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.sweep_interval)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            while True:
+                ids = await asyncio.to_thread(self.runtime.repo.runs_to_launch, 200)
+                if not ids:
+                    break
+                try:
+                    await asyncio.gather(*(self._create(client, deployment_id, i) for i in ids))
+                    backoff.ok()
+                except Exception as exc:
+                    log.warning(
+                        "creating flow runs failed (%r); retrying",
+                        exc,
+                        exc_info=not _transient(exc),
+                    )
+                    await backoff.failed()
+                if self.on_created:
+                    self.on_created()
+
+    async def _create(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
+        rec = await self.runtime.record(run_id)
+        tags = [f"backend:{rec.backend_id}"]
+        if rec.submitter:
+            tags.append(f"owner:{rec.submitter}")
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters={"run_id": run_id},
+            name=f"ascob-{run_id}",
+            tags=tags,
+            idempotency_key=f"ascob-run-{run_id}",
+        )
+        await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
+        log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+
+
+class Executor:
+    """Claims and runs flow runs of the deployment. Start it with :meth:`start_in_thread`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        executor_id: str,
+        *,
+        max_concurrent: int = 5000,
+        start_rate: float = 20.0,
+        claim_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        executor_ttl: float = 20.0,
+        with_launcher: bool = True,
+    ) -> None:
+        self.runtime = runtime
+        self.executor_id = executor_id
+        self.max_concurrent = max_concurrent
+        self.start_rate = start_rate
+        self.claim_interval = claim_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.executor_ttl = executor_ttl
+        self.active: dict[UUID, asyncio.Task[Any]] = {}
+        self.active_runs = runtime.active_runs
+        runtime.executor_id = executor_id
+        self.launcher = Launcher(runtime, on_created=self.kick) if with_launcher else None
+        self.deployment_id: UUID | None = None
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick_event: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ thread control
+
+    def start_in_thread(self) -> None:
+        self._thread = threading.Thread(
+            target=self._thread_main, name="ascob-executor", daemon=True
+        )
+        self._thread.start()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.run())
+        except BaseException as exc:  # reported to the main thread
+            self.failed = exc
+            log.exception("executor stopped with an error")
+        finally:
+            self.ready.set()
+
+    def kick(self) -> None:
+        """Look for flow runs to claim now (thread-safe)."""
+        loop, event = self._loop, self._kick_event
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._kick_event = asyncio.Event()
+        self._stop = asyncio.Event()
+        install_runtime(self.runtime)
+        async with get_client() as client:
+            backoff = Backoff()
+            while True:
+                try:
+                    self.deployment_id = await ensure_deployment(client)
+                    break
+                except Exception as exc:
+                    log.warning("Prefect server not ready (%r); retrying", exc)
+                    await backoff.failed()
+            await asyncio.to_thread(
+                self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
+            )
+            loops = [
+                asyncio.create_task(self.runtime.watch_statuses(), name="status-watch"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._reaper_loop(client), name="reaper"),
+                asyncio.create_task(self._claim_loop(client), name="claimer"),
+            ]
+            if self.launcher is not None:
+                loops.append(
+                    asyncio.create_task(
+                        self.launcher.run(client, self.deployment_id), name="launcher"
+                    )
+                )
+            self.ready.set()
+            log.info(
+                "executor %s ready (deployment %s/%s)", self.executor_id, FLOW_NAME, DEPLOYMENT_NAME
+            )
+            try:
+                await self._stop.wait()
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                # runs keep their locks and state: the next executor resumes them
+                for task in list(self.active.values()):
+                    task.cancel()
+                await asyncio.gather(*self.active.values(), return_exceptions=True)
+                await self.runtime.locks.aclose()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
+                )
+                await self.runtime.locks.keepalive(list(self.active_runs))
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _reaper_loop(self, client: PrefectClient) -> None:
+        while True:
+            try:
+                await self._reap(client)
+            except Exception:
+                log.warning("reaping orphaned runs failed", exc_info=True)
+            await asyncio.sleep(max(self.heartbeat_interval * 2, 1.0))
+
+    async def _reap(self, client: PrefectClient) -> None:
+        repo = self.runtime.repo
+        alive = await asyncio.to_thread(repo.live_executors)
+        orphans = await asyncio.to_thread(repo.orphaned_runs, self.executor_id, alive, 500)
+        for run_id in orphans:
+            if run_id in self.active_runs:
+                continue
+            rec = await self.runtime.record(run_id)
+            if rec.flow_run_id is None or not await asyncio.to_thread(
+                repo.claim_for_executor, run_id, self.executor_id, rec.executor_id
+            ):
+                continue
+            log.warning(
+                "run %s: resuming (its executor %s is gone)",
+                run_id,
+                rec.executor_id,
+                extra={"runId": run_id},
+            )
+            await client.set_flow_run_state(
+                UUID(rec.flow_run_id), Scheduled(name="Resuming"), force=True
+            )
+        if orphans:
+            self.kick()
+
+    async def _claim_loop(self, client: PrefectClient) -> None:
+        assert self._kick_event is not None and self.deployment_id is not None
+        backoff = Backoff()
+        interval = 1.0 / self.start_rate if self.start_rate > 0 else 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._kick_event.wait(), self.claim_interval)
+            except TimeoutError:
+                pass
+            self._kick_event.clear()
+            while len(self.active) < self.max_concurrent:
+                try:
+                    batch = await client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(
+                                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                            ),
+                            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                                before_=prefect_now("UTC")
+                            ),
+                        ),
+                        deployment_filter=DeploymentFilter(
+                            id=DeploymentFilterId(any_=[self.deployment_id])
+                        ),
+                        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+                        limit=min(100, self.max_concurrent - len(self.active)),
+                    )
+                    backoff.ok()
+                except Exception as exc:
+                    log.warning("reading scheduled flow runs failed (%r)", exc)
+                    await backoff.failed()
+                    break
+                if not batch:
+                    break
+                for flow_run in batch:
+                    started = time.monotonic()
+                    await self._claim_and_start(client, flow_run)
+                    if interval:
+                        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                if len(batch) < 100:
+                    break
+
+    async def _claim_and_start(self, client: PrefectClient, flow_run: Any) -> None:
+        if flow_run.id in self.active:
+            return
+        try:
+            result = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
+        except ObjectNotFound:
+            return
+        except Exception as exc:
+            log.warning("claiming flow run %s failed (%r)", flow_run.id, exc)
+            return
+        if result.status != SetStateStatus.ACCEPT:
+            return  # another executor has it
+        run_id = flow_run.parameters.get("run_id")
+        if run_id is not None:
+            self.active_runs.add(int(run_id))
+            await asyncio.to_thread(
+                self.runtime.repo.update_fields, int(run_id), executor_id=self.executor_id
+            )
+        flow_run.state = result.state
+        task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
+        self.active[flow_run.id] = task
+
+    async def _execute(self, flow_run: Any, run_id: int | None) -> None:
+        try:
+            await run_flow_async(
+                ascob_job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("flow run %s ended with an error", flow_run.id)
+        finally:
+            self.active.pop(flow_run.id, None)
+            if run_id is not None:
+                self.active_runs.discard(int(run_id))
+            self.kick()

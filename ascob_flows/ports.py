@@ -1,0 +1,76 @@
+"""What the flow needs from the run repository. ``ascob_api`` provides the implementation.
+
+``ascob_flows`` must not import ``ascob_api``; the executor is handed an object that follows
+:class:`RunRepository` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ascob_flows.status import RunStatus
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The parts of a run the engine works with."""
+
+    id: int
+    status: RunStatus
+    description: str | None
+    submitter: str | None
+    backend_id: str
+    labels: Mapping[str, str]
+    parameters: Mapping[str, str]
+    lock_keys: tuple[str, ...]
+    webhook_id: str
+    identification_keys: Mapping[str, str] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    executor_id: str | None = None
+    dispatch_started: bool = False
+    abort_force: bool = False
+    stop_sent: bool = False
+    defined_time: datetime | None = None
+
+
+class RunRepository(Protocol):
+    """Reads and conditional writes of runs. Every write is atomic in the repository."""
+
+    def get_record(self, run_id: int) -> RunRecord: ...
+
+    def transition(
+        self, run_id: int, allowed: Iterable[RunStatus], to: RunStatus, **fields: Any
+    ) -> bool:
+        """Move to ``to`` if the status is one of ``allowed``; False if it was not."""
+        ...
+
+    def update_fields(self, run_id: int, **fields: Any) -> None: ...
+
+    def runs_to_launch(self, limit: int) -> list[int]:
+        """Runs that should have a flow run but have none yet."""
+        ...
+
+    def set_flow_run(self, run_id: int, flow_run_id: str) -> None: ...
+
+    def claim_for_executor(self, run_id: int, executor_id: str, expected: str | None) -> bool: ...
+
+    def orphaned_runs(self, executor_id: str, alive: Iterable[str], limit: int) -> list[int]:
+        """Non-final runs with a flow run, owned by an executor that is not alive (or by us)."""
+        ...
+
+    def statuses(self, run_ids: Iterable[int]) -> dict[int, RunStatus]: ...
+
+    def register_spec(self, job_spec: Mapping[str, Any], flow_run_id: str) -> int:
+        """Record a run for a flow run started straight from the deployment."""
+        ...
+
+    def executor_heartbeat(self, executor_id: str, ttl: float) -> None: ...
+
+    def live_executors(self) -> list[str]: ...
+
+    def executor_alive_elsewhere(self, executor_id: str) -> bool: ...
+
+    def retire_executor(self, executor_id: str) -> None: ...

@@ -1,0 +1,126 @@
+"""``dummyBackend``: a backend driven by labels, to stand in for any real backend.
+
+Labels:
+
+- ``status``: the final status, ``SUCCEEDED`` (default), ``FAILED``, ``ABORTED``, or ``RUNNING``
+  (runs until stopped);
+- ``duration``: seconds before the job reaches that status (default 0);
+- ``fail``: ``"true"`` makes the submission fail (the run ends FAILED);
+- ``output``: the text of output.txt (default ``Dummy output``).
+
+What it reports is computed from the identification keys and the clock, plus the stops it
+recorded in a small SQLite file in its data folder, so it does not change when ASCOB restarts.
+For compatibility it also takes specs without a backend id whose description contains "dummy".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import closing
+from typing import ClassVar
+
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+
+__all__ = ["DummyBackend"]
+
+_FINAL_CHOICES = {"SUCCEEDED", "SUCCEDED", "FAILED", "ABORTED", "RUNNING"}
+
+
+class DummyBackend(Backend):
+    id: ClassVar[str] = "dummyBackend"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(self, context: BackendContext) -> None:
+        super().__init__(context)
+        context.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db_path = context.data_dir / "dummy.sqlite"
+        with closing(self._connect()) as db, db:
+            db.execute("create table if not exists stopped (job_id text primary key, at real)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._db_path, timeout=30)
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return "dummy" in (description or "").lower()
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        status = labels.get("status", "SUCCEEDED").upper()
+        if status not in _FINAL_CHOICES:
+            raise SpecRejected(
+                f"label status={labels['status']!r}: expected SUCCEEDED, FAILED, ABORTED or RUNNING"
+            )
+        try:
+            duration = float(labels.get("duration", "0"))
+        except ValueError:
+            raise SpecRejected(
+                f"label duration={labels['duration']!r} is not a number of seconds"
+            ) from None
+        if not 0 <= duration < 10**7:
+            raise SpecRejected(f"label duration={labels['duration']!r} is out of range")
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        labels = job.labels
+        if labels.get("fail", "").lower() == "true":
+            raise SubmitRefused("dummyBackend: submission failed as asked (label fail=true)")
+        status = labels.get("status", "SUCCEEDED").upper().replace("SUCCEDED", "SUCCEEDED")
+        return {
+            "dummyJobId": uuid.uuid4().hex,
+            "startedAt": repr(time.time()),
+            "status": status,
+            "duration": labels.get("duration", "0"),
+            "output": labels.get("output", "Dummy output"),
+        }
+
+    def _job_id(self, keys: Mapping[str, str]) -> str:
+        try:
+            return keys["dummyJobId"]
+        except KeyError:
+            raise JobNotFound("identification keys carry no dummyJobId") from None
+
+    def _stopped_at(self, job_id: str) -> float | None:
+        with closing(self._connect()) as db:
+            row = db.execute("select at from stopped where job_id = ?", (job_id,)).fetchone()
+        return None if row is None else float(row[0])
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        job_id = self._job_id(keys)
+        final = BackendStatus(keys.get("status", "SUCCEEDED"))
+        ends_at = float(keys.get("startedAt", "0")) + float(keys.get("duration", "0"))
+        stopped_at = await asyncio.to_thread(self._stopped_at, job_id)
+        if stopped_at is not None and (final is BackendStatus.RUNNING or stopped_at < ends_at):
+            return StatusReport(BackendStatus.ABORTED, "stopped")
+        if final is not BackendStatus.RUNNING and time.time() >= ends_at:
+            return StatusReport(final)
+        return StatusReport(BackendStatus.RUNNING)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        job_id = self._job_id(keys)
+
+        def record() -> None:
+            with closing(self._connect()) as db, db:
+                db.execute(
+                    "insert or ignore into stopped (job_id, at) values (?, ?)",
+                    (job_id, time.time()),
+                )
+
+        await asyncio.to_thread(record)
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        data = keys.get("output", "Dummy output").encode()
+        report = await self.status(keys)
+        chunk = data[offset:].decode(errors="replace")
+        return OutputChunk(text=chunk, next_offset=len(data), more=not report.status.is_final)
