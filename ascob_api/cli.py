@@ -122,7 +122,7 @@ def _launcher_lifespan(parts: object):  # type: ignore[no-untyped-def]
             async with get_client() as client:
                 while True:
                     try:
-                        deployment_id = await ensure_deployment(client)
+                        deployment_id = await ensure_deployment(client, parts.settings.deployment)
                         break
                     except Exception as exc:
                         log.warning("Prefect server not ready (%r); retrying", exc)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     poll_interval: float = 5.0
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None
+    deployment: str = "ascob-job"
     executor_concurrency: int = 5000
     executor_start_rate: float = 20.0
     log_format: Literal["console", "json"] = "console"

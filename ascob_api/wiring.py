@@ -72,6 +72,7 @@ def make_executor(parts: Parts, executor_id: str | None = None) -> Executor:
         executor_id or settings.executor_id or default_executor_id(settings),
         max_concurrent=settings.executor_concurrency,
         start_rate=settings.executor_start_rate,
+        deployment_name=settings.deployment,
     )
     parts.services.on_launch.append(executor.launcher.kick if executor.launcher else executor.kick)
     parts.services.on_change.append(runtime.notify)

@@ -50,12 +50,14 @@ from ascob_flows.runtime import Runtime, install_runtime
 log = logging.getLogger(__name__)
 
 
-async def ensure_deployment(client: PrefectClient, flow: Flow[Any, Any] = ascob_job) -> UUID:
-    """Register the ``ascob-job/ascob-job`` deployment (idempotent) and return its id."""
+async def ensure_deployment(
+    client: PrefectClient, name: str = DEPLOYMENT_NAME, flow: Flow[Any, Any] = ascob_job
+) -> UUID:
+    """Register the deployment ``ascob-job/<name>`` (idempotent) and return its id."""
     flow_id = await client.create_flow(flow)
     return await client.create_deployment(
         flow_id=flow_id,
-        name=DEPLOYMENT_NAME,
+        name=name,
         entrypoint="ascob_flows/flow.py:ascob_job",
         description="ASCOB runs. Run it with a job_spec to submit an ASCOB job from Prefect.",
         parameter_openapi_schema=_parameter_schema(flow),
@@ -161,6 +163,7 @@ class Executor:
         heartbeat_interval: float = 5.0,
         executor_ttl: float = 20.0,
         with_launcher: bool = True,
+        deployment_name: str = DEPLOYMENT_NAME,
     ) -> None:
         self.runtime = runtime
         self.executor_id = executor_id
@@ -169,6 +172,7 @@ class Executor:
         self.claim_interval = claim_interval
         self.heartbeat_interval = heartbeat_interval
         self.executor_ttl = executor_ttl
+        self.deployment_name = deployment_name
         self.active: dict[UUID, asyncio.Task[Any]] = {}
         self.active_runs = runtime.active_runs
         runtime.executor_id = executor_id
@@ -222,7 +226,7 @@ class Executor:
             backoff = Backoff()
             while True:
                 try:
-                    self.deployment_id = await ensure_deployment(client)
+                    self.deployment_id = await ensure_deployment(client, self.deployment_name)
                     break
                 except Exception as exc:
                     log.warning("Prefect server not ready (%r); retrying", exc)
@@ -244,7 +248,10 @@ class Executor:
                 )
             self.ready.set()
             log.info(
-                "executor %s ready (deployment %s/%s)", self.executor_id, FLOW_NAME, DEPLOYMENT_NAME
+                "executor %s ready (deployment %s/%s)",
+                self.executor_id,
+                FLOW_NAME,
+                self.deployment_name,
             )
             try:
                 await self._stop.wait()
