@@ -1,0 +1,327 @@
+"""``jenkinsBackend``: runs a Jenkins job through its remote access API.
+
+Configuration (section ``[jenkins.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [jenkins.ci]
+    url = "https://jenkins.example"
+    user = "ascob"
+    token_env = "JENKINS_CI_TOKEN"   # the API token is read from this environment variable
+    # timeout = 30                   # seconds per HTTP call
+    # run_parameter = "ASCOB_RUN"    # the unique parameter every build gets (see below)
+
+Labels: ``jenkins_instance`` (may be left out when one instance is configured) and
+``jenkins_project_name`` (folders as ``a/b``). Job parameters become build parameters.
+
+Jenkins merges identical requests that wait in its queue into one build. So that every ASCOB run
+gets its own build, each trigger carries the parameter ``ASCOB_RUN`` (``<runId>-<nonce>``); the
+job must declare it (a string parameter), else the submission is refused with that explanation.
+The same value finds the build again once Jenkins has forgotten the queue item.
+
+Identification keys: ``jenkinsInstance``, ``jenkinsProject``, ``jenkinsQueueId``,
+``jenkinsRunValue`` and, when a webhook reports it, ``jenkinsBuildNumber``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+
+__all__ = ["JenkinsBackend", "JenkinsClient"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "jenkins_instance"
+PROJECT_LABEL = "jenkins_project_name"
+DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
+
+RESULTS = {
+    "SUCCESS": BackendStatus.SUCCEEDED,
+    "ABORTED": BackendStatus.ABORTED,
+    "FAILURE": BackendStatus.FAILED,
+    "UNSTABLE": BackendStatus.FAILED,
+    "NOT_BUILT": BackendStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    url: str
+    user: str | None
+    token_env: str | None
+    timeout: float
+    run_parameter: str
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
+        if not isinstance(raw, Mapping) or not raw.get("url"):
+            raise ValueError(f"[jenkins.{name}] needs a url")
+        return cls(
+            name=name,
+            url=str(raw["url"]),
+            user=str(raw["user"]) if raw.get("user") else None,
+            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            timeout=float(raw.get("timeout", 30.0)),
+            run_parameter=str(raw.get("run_parameter", DEFAULT_RUN_PARAMETER)),
+        )
+
+    def token(self) -> str | None:
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if value is None:
+            raise SubmitRefused(
+                f"jenkins instance {self.name!r}: environment variable {self.token_env} "
+                "(its API token) is not set"
+            )
+        return value
+
+
+def _http_failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class JenkinsBackend(Backend):
+    id: ClassVar[str] = "jenkinsBackend"
+    config_section: ClassVar[str] = "jenkins"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        # httpx clients belong to one event loop; ASCOB calls backends from the API's loop
+        # and from the executor's, so each loop gets its own clients.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, JenkinsClient]
+        ] = weakref.WeakKeyDictionary()
+        self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return PROJECT_LABEL in labels
+
+    def _instance_name(self, labels: Mapping[str, str]) -> str:
+        name = labels.get(INSTANCE_LABEL)
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances))
+            raise SpecRejected(
+                f"label {INSTANCE_LABEL} is required (configured: "
+                f"{', '.join(sorted(self.instances)) or 'none'})"
+            )
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: "
+                f"{', '.join(sorted(self.instances)) or 'none'}; see [jenkins.<name>] in "
+                "the ASCOB_CONFIG file)"
+            )
+        return name
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance_name(labels)
+        project = labels.get(PROJECT_LABEL, "").strip("/")
+        if not project:
+            raise SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
+
+    def _client(self, name: str) -> JenkinsClient:
+        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(name)
+        if client is None:
+            inst = self.instances[name]
+            client = JenkinsClient(
+                inst.url, inst.user, inst.token(), inst.timeout, transport=self._transport
+            )
+            clients[name] = client
+        return client
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[Instance, JenkinsClient, str]:
+        try:
+            name, project = keys["jenkinsInstance"], keys["jenkinsProject"]
+        except KeyError:
+            raise JobNotFound("identification keys name no jenkins instance and job") from None
+        if name not in self.instances:
+            raise BackendUnavailable(f"jenkins instance {name!r} is no longer configured")
+        try:
+            client = self._client(name)
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return self.instances[name], client, project
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        name = self._instance_name(job.labels)
+        inst = self.instances[name]
+        project = job.labels[PROJECT_LABEL].strip("/")
+        client = self._client(name)
+        where = f"jenkins {name!r} job {project!r}"
+        # Before the trigger nothing has run: every failure here is a refusal.
+        try:
+            definition = await client.get_job(project)
+            await client.ensure_crumb()
+        except JenkinsHTTPError as exc:
+            if exc.status_code == 404:
+                raise SubmitRefused(f"{where}: no such job") from exc
+            raise SubmitRefused(f"{where}: {exc}") from exc
+        except (httpx.HTTPError, JenkinsProtocolError) as exc:
+            raise SubmitRefused(f"{where}: cannot read the job ({_http_failure(exc)})") from exc
+        if definition.get("buildable") is False:
+            raise SubmitRefused(f"{where}: the job is disabled")
+        declared = {
+            str(p.get("name"))
+            for prop in definition.get("property") or []
+            if isinstance(prop, dict)
+            for p in prop.get("parameterDefinitions") or []
+            if isinstance(p, dict)
+        }
+        if inst.run_parameter not in declared:
+            raise SubmitRefused(
+                f"{where} does not declare the string parameter {inst.run_parameter}: Jenkins "
+                "would merge identical queued requests into one build; add the parameter so "
+                "that every ASCOB run gets its own build"
+            )
+        run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
+        parameters = {**dict(job.parameters), inst.run_parameter: run_value}
+        try:
+            queue_id = await client.build_with_parameters(project, parameters)
+        except JenkinsHTTPError as exc:
+            if exc.status_code < 500:
+                raise SubmitRefused(f"{where}: {exc}") from exc
+            raise RuntimeError(f"{where}: trigger answered {exc}; outcome unknown") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise SubmitRefused(f"{where}: cannot connect ({_http_failure(exc)})") from exc
+        log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
+        return {
+            "jenkinsInstance": name,
+            "jenkinsProject": project,
+            "jenkinsQueueId": str(queue_id),
+            "jenkinsRunValue": run_value,
+        }
+
+    # ------------------------------------------------------------------ follow
+
+    async def _build_number(self, keys: Mapping[str, str]) -> int | StatusReport:
+        """The build number, or a report while the job waits in the queue (or left it)."""
+        inst, client, project = self._known(keys)
+        if keys.get("jenkinsBuildNumber", "").isdigit():
+            return int(keys["jenkinsBuildNumber"])
+        queue_id = keys.get("jenkinsQueueId", "")
+        cached = self._builds.get((inst.name, queue_id))
+        if cached is not None:
+            return cached
+        item = await client.queue_item(int(queue_id)) if queue_id.isdigit() else None
+        if item is not None:
+            if item.get("cancelled"):
+                return StatusReport(BackendStatus.ABORTED, "cancelled while in the Jenkins queue")
+            executable = item.get("executable")
+            if isinstance(executable, dict) and executable.get("number") is not None:
+                number = int(executable["number"])
+                self._builds[(inst.name, queue_id)] = number
+                return number
+            return StatusReport(BackendStatus.QUEUED, str(item.get("why") or "queued"))
+        # Jenkins forgets left queue items after a few minutes: find the build by our value.
+        value = keys.get("jenkinsRunValue")
+        for build in await client.recent_builds(project):
+            for action in build.get("actions") or []:
+                for param in (action or {}).get("parameters") or []:
+                    if param.get("name") == inst.run_parameter and param.get("value") == value:
+                        number = int(build["number"])
+                        self._builds[(inst.name, queue_id)] = number
+                        return number
+        raise JobNotFound(f"jenkins queue item {queue_id} is gone and no build carries {value}")
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        try:
+            found = await self._build_number(keys)
+            if isinstance(found, StatusReport):
+                return found
+            _, client, project = self._known(keys)
+            build = await client.get_build(project, found)
+        except JenkinsHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"jenkins: {exc}") from exc
+            raise BackendUnavailable(f"jenkins: {exc}") from exc
+        except (httpx.HTTPError, JenkinsProtocolError) as exc:
+            raise BackendUnavailable(f"jenkins: {_http_failure(exc)}") from exc
+        url = build.get("url")
+        result = build.get("result")
+        if build.get("building") or result is None:
+            return StatusReport(BackendStatus.RUNNING, f"build #{found}", url)
+        mapped = RESULTS.get(str(result))
+        if mapped is None:
+            unknown = f"build #{found}: unknown result {result}"
+            return StatusReport(BackendStatus.FAILED, unknown, url)
+        message = None if mapped is BackendStatus.SUCCEEDED else f"build #{found}: {result}"
+        return StatusReport(mapped, message, url)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        try:
+            found = await self._build_number(keys)
+            _, client, project = self._known(keys)
+            if isinstance(found, StatusReport):
+                if found.status is BackendStatus.QUEUED:
+                    await client.cancel_queue_item(int(keys["jenkinsQueueId"]))
+                    # it may have left the queue meanwhile: stop the build too
+                    found = await self._build_number(keys)
+                if isinstance(found, StatusReport):
+                    return
+            if not force:
+                await client.build_action(project, found, "stop")
+                return
+            # force: terminate, then kill; builds that offer neither are stopped
+            if not await client.build_action(project, found, "term"):
+                await client.build_action(project, found, "stop")
+            await client.build_action(project, found, "kill")
+        except JenkinsHTTPError as exc:
+            raise BackendUnavailable(f"jenkins stop: {exc}") from exc
+        except (httpx.HTTPError, JenkinsProtocolError) as exc:
+            raise BackendUnavailable(f"jenkins stop: {_http_failure(exc)}") from exc
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        try:
+            found = await self._build_number(keys)
+            if isinstance(found, StatusReport):
+                return OutputChunk("", offset, not found.status.is_final)
+            _, client, project = self._known(keys)
+            text, next_offset, more = await client.progressive_text(project, found, offset)
+        except JenkinsHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"jenkins: {exc}") from exc
+            raise BackendUnavailable(f"jenkins: {exc}") from exc
+        except (httpx.HTTPError, JenkinsProtocolError) as exc:
+            raise BackendUnavailable(f"jenkins: {_http_failure(exc)}") from exc
+        return OutputChunk(text, next_offset, more)
+
+    async def aclose(self) -> None:
+        clients = self._clients.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.aclose()

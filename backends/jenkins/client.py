@@ -1,0 +1,202 @@
+"""A thin async client for the Jenkins remote access API (JSON), over ``httpx.AsyncClient``.
+
+It speaks only HTTP; what the answers mean for ASCOB is decided in :mod:`backends.jenkins`.
+Every call raises :class:`JenkinsHTTPError` (an answer with an error status),
+:class:`JenkinsProtocolError` (an answer that is not what the API documents), or an
+``httpx.HTTPError`` (no answer).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+__all__ = ["JenkinsClient", "JenkinsHTTPError", "JenkinsProtocolError", "job_url_path"]
+
+_QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
+
+
+class JenkinsHTTPError(Exception):
+    """Jenkins answered with an error status."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class JenkinsProtocolError(Exception):
+    """Jenkins answered something the remote API does not document (malformed JSON, ...)."""
+
+
+def job_url_path(project: str) -> str:
+    """``a/b`` (a job ``b`` in the folder ``a``) -> ``job/a/job/b``."""
+    segments = [s for s in project.strip("/").split("/") if s]
+    return "/".join(f"job/{quote(s, safe='')}" for s in segments)
+
+
+def _describe(response: httpx.Response) -> str:
+    """A short message from an error page (Jenkins answers HTML or text)."""
+    text = response.text or response.reason_phrase
+    title = re.search(r"<title>(.*?)</title>", text, re.S | re.I)
+    if title:
+        text = title.group(1)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return " ".join(text.split())[:300] or response.reason_phrase
+
+
+class JenkinsClient:
+    """One Jenkins server. Keeps its cookies (Jenkins ties a CSRF crumb to the session)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        token: str | None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        auth = httpx.BasicAuth(user, token or "") if user else None
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/") + "/",
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json"},
+        )
+        self._crumb: dict[str, str] | None = None
+        self._crumb_known = False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        response = await self._http.get(path, params=params)
+        if response.status_code >= 400:
+            raise JenkinsHTTPError(response.status_code, _describe(response))
+        return response
+
+    async def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await self._get(path, params)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise JenkinsProtocolError(f"GET {path}: malformed JSON") from exc
+        if not isinstance(data, dict):
+            raise JenkinsProtocolError(f"GET {path}: expected a JSON object")
+        return data
+
+    async def ensure_crumb(self) -> None:
+        """Learn whether the server wants a crumb (before a trigger, so a failure is certain)."""
+        await self._crumb_header()
+
+    async def _crumb_header(self, refresh: bool = False) -> dict[str, str]:
+        """The CSRF crumb header, when the server issues crumbs (404: crumbs are off)."""
+        if refresh or not self._crumb_known:
+            response = await self._http.get("crumbIssuer/api/json")
+            if response.status_code == 404:
+                self._crumb = None
+            elif response.status_code >= 400:
+                raise JenkinsHTTPError(response.status_code, _describe(response))
+            else:
+                try:
+                    data = response.json()
+                    self._crumb = {str(data["crumbRequestField"]): str(data["crumb"])}
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise JenkinsProtocolError("crumbIssuer: malformed answer") from exc
+            self._crumb_known = True
+        return dict(self._crumb or {})
+
+    async def post(
+        self, path: str, data: dict[str, str] | None = None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """POST with the crumb; a refused crumb (403) is fetched again once (nothing ran)."""
+        response = await self._http.post(
+            path, data=data, params=params, headers=await self._crumb_header()
+        )
+        if response.status_code == 403 and "crumb" in response.text.lower():
+            response = await self._http.post(
+                path, data=data, params=params, headers=await self._crumb_header(refresh=True)
+            )
+        if response.status_code >= 400:
+            raise JenkinsHTTPError(response.status_code, _describe(response))
+        return response
+
+    # ------------------------------------------------------------------ API
+
+    async def get_job(self, project: str) -> dict[str, Any]:
+        """The job's definition: name, buildable, parameter definitions."""
+        return await self._get_json(
+            f"{job_url_path(project)}/api/json",
+            {"tree": "name,fullName,url,buildable,property[parameterDefinitions[name]]"},
+        )
+
+    async def build_with_parameters(self, project: str, parameters: dict[str, str]) -> int:
+        """Trigger a build; returns the queue item id from the ``Location`` header."""
+        response = await self.post(f"{job_url_path(project)}/buildWithParameters", data=parameters)
+        location = response.headers.get("location", "")
+        match = _QUEUE_ITEM.search(location)
+        if not match:
+            raise JenkinsProtocolError(
+                f"buildWithParameters answered {response.status_code} without a queue item "
+                f"location ({location!r})"
+            )
+        return int(match.group(1))
+
+    async def queue_item(self, queue_id: int) -> dict[str, Any] | None:
+        """The queue item, or None once Jenkins has forgotten it (404)."""
+        try:
+            return await self._get_json(f"queue/item/{queue_id}/api/json")
+        except JenkinsHTTPError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    async def cancel_queue_item(self, queue_id: int) -> None:
+        await self.post("queue/cancelItem", params={"id": str(queue_id)})
+
+    async def get_build(self, project: str, number: int) -> dict[str, Any]:
+        return await self._get_json(
+            f"{job_url_path(project)}/{number}/api/json",
+            {"tree": "number,url,building,result,actions[parameters[name,value]]"},
+        )
+
+    async def recent_builds(self, project: str) -> list[dict[str, Any]]:
+        data = await self._get_json(
+            f"{job_url_path(project)}/api/json",
+            {"tree": "builds[number,url,actions[parameters[name,value]]]{0,100}"},
+        )
+        builds = data.get("builds") or []
+        if not isinstance(builds, list):
+            raise JenkinsProtocolError("job builds: expected a list")
+        return [b for b in builds if isinstance(b, dict)]
+
+    async def progressive_text(
+        self, project: str, number: int, start: int
+    ) -> tuple[str, int, bool]:
+        """Console text from byte ``start``: the text, the next start, whether more comes."""
+        response = await self._get(
+            f"{job_url_path(project)}/{number}/logText/progressiveText", {"start": str(start)}
+        )
+        size = response.headers.get("x-text-size")
+        try:
+            next_start = int(size) if size is not None else start + len(response.content)
+        except ValueError as exc:
+            raise JenkinsProtocolError(f"X-Text-Size {size!r} is not a number") from exc
+        more = response.headers.get("x-more-data", "").lower() == "true"
+        return response.content.decode("utf-8", errors="replace"), next_start, more
+
+    async def build_action(self, project: str, number: int, action: str) -> bool:
+        """POST ``stop``, ``term`` or ``kill`` to a build; False if the build does not offer it."""
+        try:
+            await self.post(f"{job_url_path(project)}/{number}/{action}")
+        except JenkinsHTTPError as exc:
+            if exc.status_code in (404, 405):
+                return False
+            raise
+        return True

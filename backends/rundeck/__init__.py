@@ -1,0 +1,309 @@
+"""``rundeckBackend``: runs a Rundeck / PagerDuty Process Automation job through its API.
+
+Configuration (section ``[rundeck.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [rundeck.ops]
+    url = "https://rundeck.example"
+    token_env = "RUNDECK_OPS_TOKEN"  # the API token is read from this environment variable
+    # api_version = 41               # the API version in every path (/api/41/...)
+    # timeout = 30                   # seconds per HTTP call
+
+Labels: ``rundeck_instance`` (may be left out when one instance is configured), and either
+``rundeck_job_id`` or ``rundeck_project_name`` + ``rundeck_job_name`` (the exact name; a group
+may be given as ``group/sub/name``). Job parameters become job options.
+
+Identification keys: ``rundeckInstance``, ``rundeckJobId``, ``rundeckExecutionId``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.rundeck.client import (
+    DEFAULT_API_VERSION,
+    RundeckClient,
+    RundeckHTTPError,
+    RundeckProtocolError,
+)
+
+__all__ = ["STATUSES", "RundeckBackend", "RundeckClient"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "rundeck_instance"
+PROJECT_LABEL = "rundeck_project_name"
+JOB_NAME_LABEL = "rundeck_job_name"
+JOB_ID_LABEL = "rundeck_job_id"
+
+# Rundeck execution status -> ASCOB. ``failed-with-retry`` is followed to the retry;
+# ``other`` (a custom status) is final once the execution has ended.
+STATUSES = {
+    "scheduled": BackendStatus.QUEUED,
+    "queued": BackendStatus.QUEUED,
+    "running": BackendStatus.RUNNING,
+    "succeeded": BackendStatus.SUCCEEDED,
+    "failed": BackendStatus.FAILED,
+    "aborted": BackendStatus.ABORTED,
+    "timedout": BackendStatus.FAILED,
+    "incomplete": BackendStatus.FAILED,
+    "missed": BackendStatus.FAILED,
+}
+_MAX_RETRIES_FOLLOWED = 20
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    url: str
+    token_env: str | None
+    api_version: int
+    timeout: float
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
+        if not isinstance(raw, Mapping) or not raw.get("url"):
+            raise ValueError(f"[rundeck.{name}] needs a url")
+        return cls(
+            name=name,
+            url=str(raw["url"]),
+            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            api_version=int(raw.get("api_version", DEFAULT_API_VERSION)),
+            timeout=float(raw.get("timeout", 30.0)),
+        )
+
+    def token(self) -> str | None:
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if value is None:
+            raise SubmitRefused(
+                f"rundeck instance {self.name!r}: environment variable {self.token_env} "
+                "(its API token) is not set"
+            )
+        return value
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class RundeckBackend(Backend):
+    id: ClassVar[str] = "rundeckBackend"
+    config_section: ClassVar[str] = "rundeck"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, RundeckClient]
+        ] = weakref.WeakKeyDictionary()
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return JOB_ID_LABEL in labels or JOB_NAME_LABEL in labels
+
+    def _instance_name(self, labels: Mapping[str, str]) -> str:
+        name = labels.get(INSTANCE_LABEL)
+        configured = ", ".join(sorted(self.instances)) or "none"
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances))
+            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [rundeck.<name>] in the ASCOB_CONFIG file)"
+            )
+        return name
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance_name(labels)
+        if labels.get(JOB_ID_LABEL):
+            return
+        if not (labels.get(PROJECT_LABEL) and labels.get(JOB_NAME_LABEL)):
+            raise SpecRejected(
+                f"label {JOB_ID_LABEL}, or labels {PROJECT_LABEL} and {JOB_NAME_LABEL}, "
+                "are required"
+            )
+
+    def _client(self, name: str) -> RundeckClient:
+        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(name)
+        if client is None:
+            inst = self.instances[name]
+            client = RundeckClient(
+                inst.url, inst.token(), inst.api_version, inst.timeout, transport=self._transport
+            )
+            clients[name] = client
+        return client
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[RundeckClient, str]:
+        try:
+            name, execution_id = keys["rundeckInstance"], keys["rundeckExecutionId"]
+        except KeyError:
+            raise JobNotFound("identification keys carry no rundeckExecutionId") from None
+        if name not in self.instances:
+            raise BackendUnavailable(f"rundeck instance {name!r} is no longer configured")
+        try:
+            return self._client(name), execution_id
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    # ------------------------------------------------------------------ submit
+
+    async def _job_id(self, client: RundeckClient, labels: Mapping[str, str], where: str) -> str:
+        job_id = labels.get(JOB_ID_LABEL)
+        if job_id:
+            await client.job_info(job_id)
+            return job_id
+        project, full_name = labels[PROJECT_LABEL], labels[JOB_NAME_LABEL].strip("/")
+        group, _, name = full_name.rpartition("/")
+        jobs = await client.find_jobs(project, name, group or None)
+        if not jobs:
+            raise SubmitRefused(f"{where}: no job named {full_name!r} in project {project!r}")
+        if len(jobs) > 1:
+            found = ", ".join(f"{j.get('group') or '(no group)'}/{j.get('name')}" for j in jobs)
+            raise SubmitRefused(
+                f"{where}: {len(jobs)} jobs named {name!r} in project {project!r} ({found}); "
+                f"give the group as {JOB_NAME_LABEL}=group/{name} or use {JOB_ID_LABEL}"
+            )
+        return str(jobs[0]["id"])
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        name = self._instance_name(job.labels)
+        client = self._client(name)
+        where = f"rundeck {name!r}"
+        try:
+            job_id = await self._job_id(client, job.labels, where)
+        except RundeckHTTPError as exc:
+            if exc.status_code == 404:
+                raise SubmitRefused(f"{where}: no such job or project ({exc.message})") from exc
+            raise SubmitRefused(f"{where}: {exc}") from exc
+        except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
+            raise SubmitRefused(f"{where}: cannot find the job ({_failure(exc)})") from exc
+        try:
+            execution = await client.run_job(job_id, dict(job.parameters))
+        except RundeckHTTPError as exc:
+            if exc.status_code < 500:
+                raise SubmitRefused(f"{where} job {job_id}: {exc}") from exc
+            message = f"{where} job {job_id}: run answered {exc}; outcome unknown"
+            raise RuntimeError(message) from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise SubmitRefused(f"{where}: cannot connect ({_failure(exc)})") from exc
+        if execution.get("id") is None:
+            raise RuntimeError(f"{where} job {job_id}: run answered without an execution id")
+        log.info("run %s: %s job %s is execution %s", job.run_id, where, job_id, execution["id"])
+        return {
+            "rundeckInstance": name,
+            "rundeckJobId": job_id,
+            "rundeckExecutionId": str(execution["id"]),
+        }
+
+    # ------------------------------------------------------------------ follow
+
+    async def _retry_of(self, client: RundeckClient, job_id: str, execution_id: str) -> str | None:
+        for other in await client.job_executions(job_id):
+            retried = other.get("retriedExecution")
+            if isinstance(retried, dict) and str(retried.get("id")) == execution_id:
+                return str(other.get("id"))
+        return None
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        client, execution_id = self._known(keys)
+        try:
+            for _ in range(_MAX_RETRIES_FOLLOWED):
+                execution = await client.execution(execution_id)
+                state = str(execution.get("status", ""))
+                url = execution.get("permalink") or execution.get("href")
+                if state != "failed-with-retry":
+                    break
+                retry = await self._retry_of(client, keys.get("rundeckJobId", ""), execution_id)
+                if retry is None:
+                    pending = f"execution {execution_id} failed; retry pending"
+                    return StatusReport(BackendStatus.RUNNING, pending, url)
+                execution_id = retry
+        except RundeckHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"rundeck: {exc}") from exc
+            raise BackendUnavailable(f"rundeck: {exc}") from exc
+        except (httpx.HTTPError, RundeckProtocolError) as exc:
+            raise BackendUnavailable(f"rundeck: {_failure(exc)}") from exc
+        mapped = STATUSES.get(state)
+        if mapped is BackendStatus.QUEUED and execution_id != keys.get("rundeckExecutionId"):
+            mapped = BackendStatus.RUNNING  # a retry waiting to start: the run goes on
+        ended = bool(execution.get("date-ended"))
+        if mapped is None:  # "other": a custom status; anything unknown likewise
+            custom = execution.get("customStatus") or state or "unknown"
+            if not ended:
+                return StatusReport(BackendStatus.RUNNING, f"status {custom}", url)
+            return StatusReport(
+                BackendStatus.FAILED, f"execution {execution_id} ended with status {custom}", url
+            )
+        message: str | None = None
+        if mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+            message = f"execution {execution_id}: {state}"
+        return StatusReport(mapped, message, url)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        client, execution_id = self._known(keys)
+        try:
+            answer = await client.abort(execution_id, force)
+        except RundeckHTTPError as exc:
+            raise BackendUnavailable(f"rundeck abort: {exc}") from exc
+        except (httpx.HTTPError, RundeckProtocolError) as exc:
+            raise BackendUnavailable(f"rundeck abort: {_failure(exc)}") from exc
+        abort = answer.get("abort") or {}
+        if isinstance(abort, dict) and abort.get("status") == "failed":
+            raise BackendUnavailable(f"rundeck abort failed: {abort.get('reason') or 'no reason'}")
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        client, execution_id = self._known(keys)
+        try:
+            data = await client.output(execution_id, offset)
+            next_offset = int(data.get("offset", offset))
+        except RundeckHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"rundeck: {exc}") from exc
+            raise BackendUnavailable(f"rundeck: {exc}") from exc
+        except (httpx.HTTPError, RundeckProtocolError, ValueError, TypeError) as exc:
+            raise BackendUnavailable(f"rundeck: {_failure(exc)}") from exc
+        entries = data.get("entries") or []
+        text = "".join(
+            f"{e.get('log', '')}\n" for e in entries if isinstance(e, dict) and "log" in e
+        )
+        completed = bool(data.get("execCompleted", data.get("completed")))
+        more = not (completed and data.get("completed", True))
+        return OutputChunk(text, next_offset, more)
+
+    async def aclose(self) -> None:
+        clients = self._clients.pop(asyncio.get_running_loop(), {})
+        for client in clients.values():
+            await client.aclose()
