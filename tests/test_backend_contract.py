@@ -1,0 +1,329 @@
+"""One contract suite for every backend the registry finds (``ascob.backends`` entry points).
+
+Each backend has an adapter that prepares a job on its side (a fake Jenkins or Rundeck server on
+loopback, or nothing for the dummy) and returns the labels that select it. A backend registered
+without an adapter fails the suite: a new backend must say how to run its contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from backends import (
+    BACKEND_ID_LABEL,
+    Backend,
+    BackendRegistry,
+    BackendStatus,
+    Job,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.registry import ENTRY_POINT_GROUP
+from tests.fakes.fake_jenkins import FakeJenkins
+from tests.fakes.fake_rundeck import FakeRundeck
+
+LINES = ["first line", "second line", "third line"]
+
+
+class Adapter:
+    """How to make a job of a given outcome on one backend."""
+
+    backend_id: ClassVar[str]
+    echoes_parameters: ClassVar[bool] = False
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
+        """Labels of a job printing LINES then ending ``succeeded``/``failed``, or ``hang``."""
+        raise NotImplementedError
+
+    def refused_labels(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def identity(self, keys: Mapping[str, str]) -> str:
+        """What names the job on the backend's side."""
+        raise NotImplementedError
+
+    def invalid_labels(self) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class DummyAdapter(Adapter):
+    backend_id = "dummyBackend"
+
+    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
+        status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "hang": "RUNNING"}[outcome]
+        return {"status": status, "duration": "0.3", "output": "".join(f"{x}\n" for x in LINES)}
+
+    def refused_labels(self) -> dict[str, str]:
+        return {"fail": "true"}
+
+    def identity(self, keys: Mapping[str, str]) -> str:
+        return keys["dummyJobId"]
+
+    def invalid_labels(self) -> dict[str, str]:
+        return {"status": "bogus"}
+
+
+class JenkinsAdapter(Adapter):
+    backend_id = "jenkinsBackend"
+    echoes_parameters = True
+
+    def __init__(self, fake: FakeJenkins) -> None:
+        self.fake = fake
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "jenkins": {
+                "ci": {"url": self.fake.url, "user": "ascob", "token_env": "CONTRACT_JENKINS"}
+            }
+        }
+
+    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
+        path = f"contract/{outcome}-{uuid.uuid4().hex[:6]}"
+        result = {"succeeded": "SUCCESS", "failed": "FAILURE", "hang": "HANG"}[outcome]
+        self.fake.add_job(
+            path,
+            parameters={"ASCOB_RUN": "", "GREETING": "none"},
+            lines=LINES,
+            result=result,
+            queue_delay=0.5 if queued else 0.0,
+        )
+        return {"jenkins_instance": "ci", "jenkins_project_name": path}
+
+    def refused_labels(self) -> dict[str, str]:
+        return {"jenkins_instance": "ci", "jenkins_project_name": "no/such/job"}
+
+    def identity(self, keys: Mapping[str, str]) -> str:
+        return keys["jenkinsQueueId"]  # a merged request answers the same queue item
+
+    def invalid_labels(self) -> dict[str, str]:
+        return {"jenkins_instance": "unknown", "jenkins_project_name": "x"}
+
+
+class RundeckAdapter(Adapter):
+    backend_id = "rundeckBackend"
+    echoes_parameters = True
+
+    def __init__(self, fake: FakeRundeck) -> None:
+        self.fake = fake
+
+    def config(self) -> dict[str, Any]:
+        return {"rundeck": {"ops": {"url": self.fake.url, "token_env": "CONTRACT_RUNDECK"}}}
+
+    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
+        name = f"{outcome}-{uuid.uuid4().hex[:6]}"
+        self.fake.add_job(
+            "contract",
+            name,
+            lines=LINES,
+            final={"succeeded": "succeeded", "failed": "failed", "hang": "HANG"}[outcome],
+            scheduled_delay=0.5 if queued else 0.0,
+        )
+        return {
+            "rundeck_instance": "ops",
+            "rundeck_project_name": "contract",
+            "rundeck_job_name": name,
+        }
+
+    def refused_labels(self) -> dict[str, str]:
+        return {"rundeck_instance": "ops", "rundeck_job_id": "no-such-job"}
+
+    def identity(self, keys: Mapping[str, str]) -> str:
+        return keys["rundeckExecutionId"]
+
+    def invalid_labels(self) -> dict[str, str]:
+        return {"rundeck_instance": "ops"}
+
+
+BACKEND_IDS = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[FakeJenkins, FakeRundeck]]:
+    jenkins, rundeck = FakeJenkins().start(), FakeRundeck().start()
+    os.environ["CONTRACT_JENKINS"] = "jenkins-secret"
+    os.environ["CONTRACT_RUNDECK"] = "rundeck-secret"
+    yield jenkins, rundeck
+    jenkins.stop()
+    rundeck.stop()
+
+
+@pytest.fixture(scope="module", params=BACKEND_IDS)
+def adapter(request: pytest.FixtureRequest, fakes: tuple[FakeJenkins, FakeRundeck]) -> Adapter:
+    jenkins, rundeck = fakes
+    adapters: dict[str, Adapter] = {
+        "dummyBackend": DummyAdapter(),
+        "jenkinsBackend": JenkinsAdapter(jenkins),
+        "rundeckBackend": RundeckAdapter(rundeck),
+    }
+    if request.param not in adapters:
+        pytest.fail(f"backend {request.param} has no contract adapter in {__name__}")
+    return adapters[request.param]
+
+
+def load_registry(adapter: Adapter, data_dir: Path) -> BackendRegistry:
+    registry = BackendRegistry.load(data_dir, adapter.config())
+    failed = [s for s in registry.states if s.state != "loaded"]
+    assert not failed, failed
+    return registry
+
+
+@pytest.fixture
+async def backend(adapter: Adapter, tmp_path: Path) -> Any:
+    registry = load_registry(adapter, tmp_path)
+    yield registry.get(adapter.backend_id)
+    await registry.aclose()
+
+
+_run_ids = iter(range(10_000, 10**9))
+
+
+def job(labels: Mapping[str, str], parameters: Mapping[str, str] | None = None) -> Job:
+    return Job(
+        run_id=next(_run_ids),
+        description="contract",
+        submitter="tester",
+        labels=dict(labels),
+        parameters=dict(parameters or {}),
+        webhook_id=uuid.uuid4().hex,
+    )
+
+
+async def wait_final(backend: Backend, keys: Mapping[str, str], within: float = 20) -> StatusReport:
+    deadline = time.monotonic() + within
+    while True:
+        report = await backend.status(keys)
+        if report.status.is_final:
+            return report
+        assert time.monotonic() < deadline, f"still {report} after {within} s"
+        await asyncio.sleep(0.1)
+
+
+async def wait_status(
+    backend: Backend, keys: Mapping[str, str], wanted: BackendStatus, within: float = 20
+) -> None:
+    deadline = time.monotonic() + within
+    while (report := await backend.status(keys)).status is not wanted:
+        assert time.monotonic() < deadline, f"still {report}, expected {wanted}"
+        await asyncio.sleep(0.05)
+
+
+async def read_incrementally(
+    backend: Backend, keys: Mapping[str, str], within: float = 20
+) -> tuple[str, int]:
+    """The whole output, read from offset to offset as a live client would."""
+    text, offset, calls = "", 0, 0
+    deadline = time.monotonic() + within
+    while True:
+        chunk = await backend.output(keys, offset)
+        calls += 1
+        assert chunk.next_offset >= offset
+        text, offset = text + chunk.text, chunk.next_offset
+        if not chunk.more:
+            return text, calls
+        assert time.monotonic() < deadline, f"output still coming after {within} s: {text!r}"
+        await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_registry_selects_it_by_id(adapter: Adapter, tmp_path: Path) -> None:
+    registry = load_registry(adapter, tmp_path)
+    labels = {**adapter.labels("succeeded"), BACKEND_ID_LABEL: adapter.backend_id}
+    assert registry.select(labels, "contract").id == adapter.backend_id
+
+
+def test_invalid_labels_are_rejected_at_submission(adapter: Adapter, tmp_path: Path) -> None:
+    registry = load_registry(adapter, tmp_path)
+    with pytest.raises(SpecRejected):
+        registry.select({**adapter.invalid_labels(), BACKEND_ID_LABEL: adapter.backend_id}, None)
+
+
+async def test_job_succeeds_and_its_output_reads_in_pieces(
+    adapter: Adapter, backend: Backend
+) -> None:
+    keys = await backend.submit(job(adapter.labels("succeeded")))
+    assert keys and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items())
+    live, _ = await read_incrementally(backend, keys)
+    report = await wait_final(backend, keys)
+    assert report.status is BackendStatus.SUCCEEDED, report
+    whole = await backend.output(keys, 0)
+    assert not whole.more
+    assert live == whole.text  # no line lost or repeated across offsets
+    positions = [whole.text.index(line) for line in LINES]
+    assert positions == sorted(positions)
+    rest = await backend.output(keys, whole.next_offset)
+    assert rest.text == "" and not rest.more
+
+
+async def test_failing_job_fails(adapter: Adapter, backend: Backend) -> None:
+    keys = await backend.submit(job(adapter.labels("failed")))
+    assert (await wait_final(backend, keys)).status is BackendStatus.FAILED
+
+
+async def test_refused_submission_raises_submit_refused(adapter: Adapter, backend: Backend) -> None:
+    with pytest.raises(SubmitRefused) as info:
+        await backend.submit(job(adapter.refused_labels()))
+    assert str(info.value)  # the user reads why
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["clean", "force"])
+async def test_stop_aborts_a_running_job(adapter: Adapter, backend: Backend, force: bool) -> None:
+    if not backend.can_stop:
+        pytest.skip(f"{backend.id} cannot stop jobs")
+    keys = await backend.submit(job(adapter.labels("hang")))
+    await wait_status(backend, keys, BackendStatus.RUNNING)
+    await backend.stop(keys, force=force)
+    assert (await wait_final(backend, keys)).status is BackendStatus.ABORTED
+
+
+async def test_stop_while_queued_aborts(adapter: Adapter, backend: Backend) -> None:
+    if not backend.can_stop:
+        pytest.skip(f"{backend.id} cannot stop jobs")
+    keys = await backend.submit(job(adapter.labels("hang", queued=True)))
+    await backend.stop(keys)
+    assert (await wait_final(backend, keys)).status is BackendStatus.ABORTED
+
+
+async def test_identical_submissions_are_separate_jobs(adapter: Adapter, backend: Backend) -> None:
+    labels = adapter.labels("succeeded", queued=True)
+    first = await backend.submit(job(labels, {"GREETING": "same"}))
+    second = await backend.submit(job(labels, {"GREETING": "same"}))
+    assert first != second
+    for keys in (first, second):
+        assert (await wait_final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert adapter.identity(first) != adapter.identity(second)  # two jobs, not one merged
+
+
+async def test_parameters_reach_the_job(adapter: Adapter, backend: Backend) -> None:
+    if not adapter.echoes_parameters:
+        pytest.skip(f"{adapter.backend_id} jobs do not print their parameters")
+    keys = await backend.submit(job(adapter.labels("succeeded"), {"GREETING": "hello there"}))
+    await wait_final(backend, keys)
+    assert "GREETING=hello there" in (await backend.output(keys, 0)).text
+
+
+async def test_a_new_process_reattaches_through_the_keys(
+    adapter: Adapter, backend: Backend, tmp_path: Path
+) -> None:
+    keys = await backend.submit(job(adapter.labels("succeeded", queued=True)))
+    other = load_registry(adapter, tmp_path)  # as after a restart: nothing shared but the keys
+    try:
+        again = other.get(adapter.backend_id)
+        assert (await wait_final(again, dict(keys))).status is BackendStatus.SUCCEEDED
+        assert LINES[-1] in (await again.output(dict(keys), 0)).text
+    finally:
+        await other.aclose()
