@@ -26,9 +26,8 @@ class Fault:
     """What the server does instead of (or after) answering a matching request.
 
     ``kind``: ``"500"``/``"502"``/``"503"`` answer that status without acting; ``"malformed"``
-    answers 200 with broken JSON without acting; ``"hang"`` waits ``seconds`` before acting (the
-    client times out first: for a trigger, the job *does* start); ``"reset"`` does nothing, then
-    answers an empty 200 that is no JSON.
+    answers 200 with broken JSON without acting; ``"hang"`` acts, then waits ``seconds`` before
+    answering (the client times out first: for a trigger, the job *does* start).
     """
 
     method: str
@@ -71,9 +70,10 @@ async def apply_faults(plan: FaultPlan, request: Request, handler: Handler) -> R
         return PlainTextResponse(f"fake: injected {fault.kind}", status_code=int(fault.kind))
     if fault.kind == "malformed":
         return Response('{"oops": ', media_type="application/json")
-    if fault.kind == "hang":
+    if fault.kind == "hang":  # the request is carried out; only the answer is late
+        response = await handler(request)
         await asyncio.sleep(fault.seconds)
-        return await handler(request)
+        return response
     raise ValueError(f"unknown fault kind {fault.kind}")
 
 
