@@ -18,10 +18,11 @@ The executor runs in its own thread with its own event loop, so the API never wa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -45,6 +46,7 @@ from prefect.states import Pending, Scheduled
 from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job
+from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, install_runtime
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,14 @@ def _parameter_schema(flow: Flow[Any, Any]) -> dict[str, Any]:
     from prefect.utilities.callables import parameter_schema
 
     return parameter_schema(flow).model_dump_for_openapi()
+
+
+def launch_key(rec: RunRecord) -> str:
+    """Idempotency key of a run's flow run: unique per run even across ASCOB installations
+    sharing one Prefect server (derived from the run's secret webhook id, which it does not
+    reveal)."""
+    digest = hashlib.sha256(f"launch:{rec.webhook_id}".encode()).hexdigest()[:20]
+    return f"ascob-run-{rec.id}-{digest}"
 
 
 def _transient(exc: BaseException) -> bool:
@@ -143,10 +153,28 @@ class Launcher:
             parameters={"run_id": run_id},
             name=f"ascob-{run_id}",
             tags=tags,
-            idempotency_key=f"ascob-run-{run_id}",
+            idempotency_key=launch_key(rec),
         )
+        if flow_run.deployment_id != deployment_id or flow_run.parameters.get("run_id") != run_id:
+            raise RuntimeError(
+                f"run {run_id}: Prefect returned flow run {flow_run.id} of another deployment "
+                "for its idempotency key"
+            )
         await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
         log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+
+
+async def _supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Keep a background loop alive: log its crash and start it again."""
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("executor loop %s crashed; restarting it", name)
+            await asyncio.sleep(1.0)
 
 
 class Executor:
@@ -234,18 +262,19 @@ class Executor:
             await asyncio.to_thread(
                 self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
             )
-            loops = [
-                asyncio.create_task(self.runtime.watch_statuses(), name="status-watch"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                asyncio.create_task(self._reaper_loop(client), name="reaper"),
-                asyncio.create_task(self._claim_loop(client), name="claimer"),
-            ]
+            deployment_id = self.deployment_id
+            jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+                "status-watch": self.runtime.watch_statuses,
+                "heartbeat": self._heartbeat_loop,
+                "reaper": lambda: self._reaper_loop(client),
+                "claimer": lambda: self._claim_loop(client),
+            }
             if self.launcher is not None:
-                loops.append(
-                    asyncio.create_task(
-                        self.launcher.run(client, self.deployment_id), name="launcher"
-                    )
-                )
+                launcher = self.launcher
+                jobs["launcher"] = lambda: launcher.run(client, deployment_id)
+            loops = [
+                asyncio.create_task(_supervise(name, job), name=name) for name, job in jobs.items()
+            ]
             self.ready.set()
             log.info(
                 "executor %s ready (deployment %s/%s)",

@@ -56,7 +56,11 @@ class Proc:
     def start(self) -> None:
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+            self.args,
+            env=self.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             start_new_session=True,
         )
 
@@ -98,22 +102,37 @@ class PrefectServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         home = workdir / "prefect-home"
         home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PREFECT_HOME": str(home),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_API_DATABASE_CONNECTION_URL":
-                   f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        }
         env.pop("PREFECT_API_URL", None)
         self.proc = Proc(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env, workdir / "prefect-server.log",
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env,
+            workdir / "prefect-server.log",
         )
 
     def start(self) -> PrefectServer:
         self.proc.start()
         try:
-            wait_until(lambda: _healthy(self.api_url + "/health") or not self.proc.alive(),
-                       180, "the Prefect server")
+            wait_until(
+                lambda: _healthy(self.api_url + "/health") or not self.proc.alive(),
+                180,
+                "the Prefect server",
+            )
         except AssertionError:
             raise AssertionError("Prefect server did not start:\n" + self.proc.tail()) from None
         if not self.proc.alive():
@@ -157,17 +176,22 @@ class Ascob:
         if command != "executor":
             args += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = Proc(args, self.env, self.home / f"{command}.log")
-        self.http = httpx.Client(base_url=self.url, headers={"X-Api-Token": ROOT_TOKEN},
-                                 timeout=30)
+        self.http = httpx.Client(base_url=self.url, headers={"X-Api-Token": ROOT_TOKEN}, timeout=30)
 
     def start(self, timeout: float = 120.0) -> Ascob:
         self.proc.start()
         if self.command == "executor":
-            wait_until(lambda: "ready" in self.proc.tail(200) or not self.proc.alive(),
-                       timeout, "the executor")
+            wait_until(
+                lambda: "ready" in self.proc.tail(200) or not self.proc.alive(),
+                timeout,
+                "the executor",
+            )
         else:
-            wait_until(lambda: _healthy(self.url + "/api/health") or not self.proc.alive(),
-                       timeout, "ascob to answer")
+            wait_until(
+                lambda: _healthy(self.url + "/api/health") or not self.proc.alive(),
+                timeout,
+                "ascob to answer",
+            )
         if not self.proc.alive():
             raise AssertionError(f"ascob {self.command} exited:\n" + self.proc.tail())
         return self
@@ -185,8 +209,7 @@ class Ascob:
     # ------------------------------------------------------------------ REST helpers
 
     def submit(self, spec: dict[str, Any], token: str = ROOT_TOKEN) -> int:
-        r = self.http.post("/api/runs", json={"jobSpec": spec},
-                           headers={"X-Api-Token": token})
+        r = self.http.post("/api/runs", json={"jobSpec": spec}, headers={"X-Api-Token": token})
         assert r.status_code == 200, r.text
         return int(r.json()["runId"])
 
@@ -197,9 +220,12 @@ class Ascob:
 
     def wait_status(self, run_id: int, *statuses: str, timeout: float = 60.0) -> dict[str, Any]:
         try:
-            return dict(wait_until(
-                lambda: (info := self.run(run_id))["status"] in statuses and info,
-                timeout, f"run {run_id} to reach {statuses}",
-            ))
+            return dict(
+                wait_until(
+                    lambda: (info := self.run(run_id))["status"] in statuses and info,
+                    timeout,
+                    f"run {run_id} to reach {statuses}",
+                )
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- log ---\n{self.proc.tail(80)}") from None

@@ -6,8 +6,9 @@ from tests.harness import Ascob
 
 
 def test_dummy_job_runs_to_succeded(ascob: Ascob) -> None:
-    run_id = ascob.submit({"description": "dummy",
-                           "labels": {"_execution_backend_id": "dummyBackend"}})
+    run_id = ascob.submit(
+        {"description": "dummy", "labels": {"_execution_backend_id": "dummyBackend"}}
+    )
     info = ascob.wait_status(run_id, "SUCCEDED")
     assert info["id"] == run_id
     assert info["parentId"] is None
