@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 import typer
 
@@ -99,7 +100,7 @@ def _serve_api(parts: object, host: str, port: int, executor: object, token_note
             executor.stop()  # type: ignore[attr-defined]
 
 
-def _launcher_lifespan(parts: object):  # type: ignore[no-untyped-def]
+def _launcher_lifespan(parts: object) -> Any:
     """``ascob api`` alone still creates flow runs for what it records."""
     import asyncio
     from contextlib import asynccontextmanager
@@ -113,7 +114,7 @@ def _launcher_lifespan(parts: object):  # type: ignore[no-untyped-def]
     assert isinstance(parts, Parts)
 
     @asynccontextmanager
-    async def lifespan(_app):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
         runtime = Runtime(repo=parts.repo, backends=parts.backends, locks=parts.locks)
         launcher = Launcher(runtime)
         parts.services.on_launch.append(launcher.kick)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
@@ -27,7 +27,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 
 
-def require(permission: Permission) -> object:
+def require(permission: Permission) -> Any:
     """A dependency that refuses tokens without ``permission`` (403)."""
 
     def check(identity: IdentityDep) -> Identity:

@@ -117,7 +117,7 @@ class Repository:
         secret = secrets.token_urlsafe(32)
         expires = utcnow() + timedelta(seconds=expiry_seconds) if expiry_seconds else None
         with self.session() as s:
-            s.exec(delete(ApiToken).where(col(ApiToken.identifier) == identifier))  # type: ignore[call-overload]
+            s.exec(delete(ApiToken).where(col(ApiToken.identifier) == identifier))
             s.add(
                 ApiToken(
                     identifier=identifier,
@@ -170,13 +170,13 @@ class Repository:
         for name, value in (where or {}).items():
             stmt = stmt.where(getattr(Run, name) == value)
         with self.session() as s:
-            result = s.exec(stmt.values(**values))  # type: ignore[call-overload]
+            result = s.exec(stmt.values(**values))
             s.commit()
             return bool(result.rowcount)
 
     def update_fields(self, run_id: int, **fields: Any) -> None:
         with self.session() as s:
-            s.exec(update(Run).where(col(Run.id) == run_id).values(**fields))  # type: ignore[call-overload]
+            s.exec(update(Run).where(col(Run.id) == run_id).values(**fields))
             s.commit()
 
     def runs_to_launch(self, limit: int) -> list[int]:
@@ -193,7 +193,7 @@ class Repository:
 
     def set_flow_run(self, run_id: int, flow_run_id: str) -> None:
         with self.session() as s:
-            s.exec(  # type: ignore[call-overload]
+            s.exec(
                 update(Run)
                 .where(col(Run.id) == run_id)
                 .where(col(Run.flow_run_id).is_(None))
@@ -208,7 +208,7 @@ class Repository:
         else:
             stmt = stmt.where(col(Run.executor_id) == expected)
         with self.session() as s:
-            result = s.exec(stmt.values(executor_id=executor_id))  # type: ignore[call-overload]
+            result = s.exec(stmt.values(executor_id=executor_id))
             s.commit()
             return bool(result.rowcount)
 
@@ -262,7 +262,7 @@ class Repository:
 
     def retire_executor(self, executor_id: str) -> None:
         with self.session() as s:
-            s.exec(delete(Executor).where(col(Executor.id) == executor_id))  # type: ignore[call-overload]
+            s.exec(delete(Executor).where(col(Executor.id) == executor_id))
             s.commit()
 
     def count_runs(self) -> int:

@@ -355,7 +355,7 @@ class Executor:
                                 type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
                             ),
                             next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                                before_=prefect_now("UTC")
+                                before_=prefect_now("UTC")  # type: ignore[arg-type]
                             ),
                         ),
                         deployment_filter=DeploymentFilter(
@@ -383,7 +383,7 @@ class Executor:
         if flow_run.id in self.active:
             return
         try:
-            result = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
+            result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
         except ObjectNotFound:
             return
         except Exception as exc:

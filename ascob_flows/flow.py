@@ -33,7 +33,7 @@ _MAX_BACKOFF = 60.0
 
 def _flow_run_name() -> str:
     ctx = FlowRunContext.get()
-    params = ctx.parameters if ctx else {}
+    params = (ctx.parameters if ctx else None) or {}
     if params.get("run_id") is not None:
         return f"ascob-{params['run_id']}"
     return "ascob-new"
@@ -77,8 +77,8 @@ async def acquire_locks(run_id: int) -> dict[str, int] | None:
             rt.repo.transition, run_id, [RunStatus.DEFINED], RunStatus.WAITING_LOCKS
         )
     logger.info("run %s: waiting for locks %s", run_id, list(rec.lock_keys))
-    grant = await _acquire_unless_stopped(rt, rec)
-    if grant is None:
+    waited = await _acquire_unless_stopped(rt, rec)
+    if waited is None:
         await rt.locks.release(run_id)
         logger.info("run %s: stopped while waiting for locks", run_id)
         return None
@@ -92,9 +92,9 @@ async def acquire_locks(run_id: int) -> dict[str, int] | None:
         await rt.locks.release(run_id)
         return None
     logger.info(
-        "run %s: holds locks %s (fencing token %s)", run_id, grant.tokens, grant.fencing_token
+        "run %s: holds locks %s (fencing token %s)", run_id, waited.tokens, waited.fencing_token
     )
-    return grant.tokens
+    return waited.tokens
 
 
 async def _acquire_unless_stopped(rt: Runtime, rec: RunRecord) -> Grant | None:

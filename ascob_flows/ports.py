@@ -42,7 +42,12 @@ class RunRepository(Protocol):
     def get_record(self, run_id: int) -> RunRecord: ...
 
     def transition(
-        self, run_id: int, allowed: Iterable[RunStatus], to: RunStatus, **fields: Any
+        self,
+        run_id: int,
+        allowed: Iterable[RunStatus],
+        to: RunStatus,
+        where: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> bool:
         """Move to ``to`` if the status is one of ``allowed``; False if it was not."""
         ...

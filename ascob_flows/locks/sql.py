@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, delete, text, update
+from sqlalchemy import JSON, Column, delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
@@ -75,12 +75,12 @@ class SqlLockStore(LockStore):
 
     def _serialise(self, s: Session) -> None:
         if self.engine.dialect.name == "postgresql":
-            s.exec(text("LOCK TABLE lock_holds IN EXCLUSIVE MODE"))  # type: ignore[call-overload]
+            s.connection().exec_driver_sql("LOCK TABLE lock_holds IN EXCLUSIVE MODE")
         # SQLite: the engine begins every transaction with BEGIN IMMEDIATE
 
     def _expire(self, s: Session, now: datetime) -> None:
-        s.exec(delete(LockHold).where(col(LockHold.expires_at) < now))  # type: ignore[call-overload]
-        s.exec(delete(LockWaiter).where(col(LockWaiter.expires_at) < now))  # type: ignore[call-overload]
+        s.exec(delete(LockHold).where(col(LockHold.expires_at) < now))
+        s.exec(delete(LockWaiter).where(col(LockWaiter.expires_at) < now))
 
     def _existing_grant(self, s: Session, run_id: int, keys: Sequence[str]) -> Grant | None:
         rows = s.exec(select(LockHold).where(LockHold.run_id == run_id)).all()
@@ -97,7 +97,7 @@ class SqlLockStore(LockStore):
             self._expire(s, now)
             grant = self._existing_grant(s, run_id, keys)
             if grant is not None:
-                s.exec(  # type: ignore[call-overload]
+                s.exec(
                     update(LockHold).where(col(LockHold.run_id) == run_id).values(expires_at=lease)
                 )
             else:
@@ -217,8 +217,8 @@ class SqlLockStore(LockStore):
 
     def _release_sync(self, run_id: int) -> None:
         with self._tx() as s:
-            s.exec(delete(LockHold).where(col(LockHold.run_id) == run_id))  # type: ignore[call-overload]
-            s.exec(delete(LockWaiter).where(col(LockWaiter.run_id) == run_id))  # type: ignore[call-overload]
+            s.exec(delete(LockHold).where(col(LockHold.run_id) == run_id))
+            s.exec(delete(LockWaiter).where(col(LockWaiter.run_id) == run_id))
             s.commit()
 
     async def release(self, run_id: int) -> None:
@@ -243,10 +243,10 @@ class SqlLockStore(LockStore):
         with self._tx() as s:
             for start in range(0, len(run_ids), 500):
                 chunk = run_ids[start : start + 500]
-                s.exec(  # type: ignore[call-overload]
+                s.exec(
                     update(LockHold).where(col(LockHold.run_id).in_(chunk)).values(expires_at=lease)
                 )
-                s.exec(  # type: ignore[call-overload]
+                s.exec(
                     update(LockWaiter)
                     .where(col(LockWaiter.run_id).in_(chunk))
                     .values(expires_at=lease)
