@@ -71,8 +71,11 @@ def main() -> None:
     ascob_start = time.perf_counter() - t0
     try:
         client = httpx.Client(base_url=app.url, headers={"X-Api-Token": "rootToken"})
-        spec = {"description": "dummy", "labels": {"_execution_backend_id": "dummyBackend",
-                                                   "status": "RUNNING"}, "manualStart": True}
+        spec = {
+            "description": "dummy",
+            "labels": {"_execution_backend_id": "dummyBackend", "status": "RUNNING"},
+            "manualStart": True,
+        }
         for _ in range(20):  # warm-up
             client.get("/api/health")
             client.post("/api/runs", json={"jobSpec": spec})
@@ -91,8 +94,12 @@ def main() -> None:
         for _ in range(args.jobs):
             t = time.perf_counter()
             run_id = client.post("/api/runs", json={"jobSpec": dummy}).json()["runId"]
-            wait_until(lambda: client.get(f"/api/runs/{run_id}").json()["status"] == "SUCCEDED",
-                       120, "SUCCEDED", interval=0.02)
+            wait_until(
+                lambda rid=run_id: client.get(f"/api/runs/{rid}").json()["status"] == "SUCCEDED",
+                120,
+                "SUCCEDED",
+                interval=0.02,
+            )
             e2e.append(time.perf_counter() - t)
     finally:
         app.stop()
@@ -100,18 +107,26 @@ def main() -> None:
     prefect.stop()
 
     print(f"Prefect server start (cold, SQLite):      {prefect_start:.1f} s")
-    print(f"ascob serve start to first answer:        {ascob_start:.1f} s "
-          "(Prefect server already up)")
-    print(f"submit latency p50 / p99 ({args.submits}):      {ms(pct(submit, .5))} / "
-          f"{ms(pct(submit, .99))}")
-    print(f"  baseline GET /api/health p50 / p99:     {ms(pct(health, .5))} / "
-          f"{ms(pct(health, .99))}")
-    print(f"  ratio submit/health p50:                {pct(submit, .5) / pct(health, .5):.1f}x")
-    print(f"dummy job submit -> SUCCEDED p50 / max:   {ms(statistics.median(e2e))} / "
-          f"{ms(max(e2e))}")
+    print(
+        f"ascob serve start to first answer:        {ascob_start:.1f} s (Prefect server already up)"
+    )
+    print(
+        f"submit latency p50 / p99 ({args.submits}):      {ms(pct(submit, 0.5))} / "
+        f"{ms(pct(submit, 0.99))}"
+    )
+    print(
+        f"  baseline GET /api/health p50 / p99:     {ms(pct(health, 0.5))} / "
+        f"{ms(pct(health, 0.99))}"
+    )
+    print(f"  ratio submit/health p50:                {pct(submit, 0.5) / pct(health, 0.5):.1f}x")
+    print(
+        f"dummy job submit -> SUCCEDED p50 / max:   {ms(statistics.median(e2e))} / {ms(max(e2e))}"
+    )
     print(f"  baseline bare Prefect flow run p50:     {ms(statistics.median(baseline))}")
-    print(f"  ratio ascob/bare:                       "
-          f"{statistics.median(e2e) / statistics.median(baseline):.1f}x")
+    print(
+        f"  ratio ascob/bare:                       "
+        f"{statistics.median(e2e) / statistics.median(baseline):.1f}x"
+    )
 
 
 if __name__ == "__main__":
