@@ -28,7 +28,7 @@ from uuid import UUID
 
 import httpx
 from prefect import Flow
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -39,12 +39,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.context import AsyncClientContext
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.server.schemas.responses import SetStateStatus
 from prefect.states import Pending, Scheduled
 from prefect.types._datetime import now as prefect_now
 
+from ascob_flows.engine_compat import engine_settings, tune_flow_engine
 from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, install_runtime
@@ -112,6 +114,7 @@ class Launcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick = asyncio.Event()
         self.sweep_interval = 2.0
+        self.concurrency = 4
 
     def kick(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -131,7 +134,12 @@ class Launcher:
                 if not ids:
                     break
                 try:
-                    await asyncio.gather(*(self._create(client, deployment_id, i) for i in ids))
+                    # a few at a time: a burst of writes makes a SQLite-backed Prefect server
+                    # answer "database is locked" for everything, including running flows
+                    gate = asyncio.Semaphore(self.concurrency)
+                    await asyncio.gather(
+                        *(self._create(client, deployment_id, i, gate) for i in ids)
+                    )
                     backoff.ok()
                 except Exception as exc:
                     log.warning(
@@ -143,7 +151,13 @@ class Launcher:
                 if self.on_created:
                     self.on_created()
 
-    async def _create(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
+    async def _create(
+        self, client: PrefectClient, deployment_id: UUID, run_id: int, gate: asyncio.Semaphore
+    ) -> None:
+        async with gate:
+            await self._create_one(client, deployment_id, run_id)
+
+    async def _create_one(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
         rec = await self.runtime.record(run_id)
         tags = [f"backend:{rec.backend_id}"]
         if rec.submitter:
@@ -162,6 +176,25 @@ class Launcher:
             )
         await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
         log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+
+
+class Stats:
+    """Counters for the executor's periodic log line."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self.claim_seconds = 0.0
+        self.finished = 0
+
+    def claim(self, seconds: float) -> None:
+        self.claims += 1
+        self.claim_seconds += seconds
+
+    def report(self) -> str:
+        mean = self.claim_seconds / self.claims * 1000 if self.claims else 0.0
+        text = f"{self.claims} started ({mean:.0f} ms per claim), {self.finished} finished"
+        self.claims, self.claim_seconds, self.finished = 0, 0.0, 0
+        return text
 
 
 async def _supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -201,7 +234,9 @@ class Executor:
         self.heartbeat_interval = heartbeat_interval
         self.executor_ttl = executor_ttl
         self.deployment_name = deployment_name
+        self.stats_interval = 30.0
         self.active: dict[UUID, asyncio.Task[Any]] = {}
+        self.stats = Stats()
         self.active_runs = runtime.active_runs
         runtime.executor_id = executor_id
         self.launcher = Launcher(runtime, on_created=self.kick) if with_launcher else None
@@ -250,7 +285,16 @@ class Executor:
         self._kick_event = asyncio.Event()
         self._stop = asyncio.Event()
         install_runtime(self.runtime)
-        async with get_client() as client:
+        tune_flow_engine()
+        with engine_settings():
+            await self._run()
+
+    async def _run(self) -> None:
+        assert self._stop is not None
+        # one API client for the executor and all its flow runs (the engine reuses the
+        # context's client instead of building one, with its SSL context, per flow run)
+        async with AsyncClientContext.get_or_create() as client_context:
+            client = client_context.client
             backoff = Backoff()
             while True:
                 try:
@@ -295,7 +339,16 @@ class Executor:
                 await self.runtime.locks.aclose()
 
     async def _heartbeat_loop(self) -> None:
+        last_report = time.monotonic()
         while True:
+            if time.monotonic() - last_report >= self.stats_interval:
+                last_report = time.monotonic()
+                log.info(
+                    "executor %s: %d live flow runs; %s",
+                    self.executor_id,
+                    len(self.active),
+                    self.stats.report(),
+                )
             try:
                 await asyncio.to_thread(
                     self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
@@ -382,8 +435,10 @@ class Executor:
     async def _claim_and_start(self, client: PrefectClient, flow_run: Any) -> None:
         if flow_run.id in self.active:
             return
+        started = time.monotonic()
         try:
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
+            self.stats.claim(time.monotonic() - started)
         except ObjectNotFound:
             return
         except Exception as exc:
@@ -411,6 +466,7 @@ class Executor:
         except BaseException:
             log.exception("flow run %s ended with an error", flow_run.id)
         finally:
+            self.stats.finished += 1
             self.active.pop(flow_run.id, None)
             if run_id is not None:
                 self.active_runs.discard(int(run_id))

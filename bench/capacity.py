@@ -11,6 +11,7 @@ GET latency meanwhile against its own idle baseline measured before any run exis
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -54,7 +55,7 @@ def main() -> None:
         prefect.api_url,
         env={
             "ASCOB_POLL_INTERVAL": "10",
-            "ASCOB_LOG_LEVEL": "WARNING",
+            "ASCOB_LOG_LEVEL": "INFO",
             "PREFECT_LOGGING_LEVEL": "WARNING",
         },
     ).start()
@@ -78,10 +79,10 @@ def main() -> None:
                 submitted.append(r.json()["runId"])
 
             def running(want: int = target) -> bool:
-                r = client.post(
-                    "/api/search/runs", json={"statusFilter": ["RUNNING"], "maxResults": 100000}
-                )
-                return len(r.json()["items"]) >= want
+                # the search API caps its results; count in the repository itself
+                with sqlite3.connect(app.home / "ascob.db", timeout=30) as db:
+                    (n,) = db.execute("select count(*) from runs where status='RUNNING'").fetchone()
+                return int(n) >= want
 
             wait_until(running, 3600, f"{target} runs RUNNING", interval=2)
             ramp = time.perf_counter() - t0
