@@ -38,7 +38,9 @@ def test_tuned_engine_starts_no_thread_per_flow_run(prefect_server) -> None:  # 
         seen.append(threading.active_count())
         return 1
 
-    with engine_settings():
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    with engine_settings(), temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}):
         probe()  # warm-up: the events client and API clients start their threads once
         before = threading.active_count()
         probe()
