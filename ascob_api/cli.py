@@ -54,6 +54,8 @@ def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
         "" if settings.root_token else " (generated; in %s)" % (settings.home / "root_token")
     )
     settings.ensure_root_token()
+    if with_api and not settings.public_url:
+        settings.public_url = f"http://{host}:{port}"
     server = _prepare(settings, start_local_prefect=with_api and with_executor)
     try:
         from ascob_api.wiring import build, make_executor

@@ -235,6 +235,10 @@ class Repository:
                 out.update({rid: RunStatus(st) for rid, st in rows if rid is not None})
         return out
 
+    def run_for_flow_run(self, flow_run_id: str) -> int | None:
+        with self.session() as s:
+            return s.exec(select(Run.id).where(Run.flow_run_id == flow_run_id)).first()
+
     def register_spec(self, job_spec: Mapping[str, Any], flow_run_id: str) -> int:
         raise NotImplementedError  # replaced by the service layer (see ascob_api.service)
 

@@ -20,6 +20,7 @@ from ascob_api.errors import BadRequest, NotFound
 from ascob_api.models import JobSpec, Run, RunInfo
 from ascob_api.repository import Repository
 from ascob_api.settings import Settings
+from ascob_flows.control import AlreadyFinal, request_stop
 from ascob_flows.locks import LockStore, validate_key
 from ascob_flows.status import NOT_DISPATCHED, RunStatus
 from backends import BackendRegistry, SpecRejected
@@ -144,63 +145,12 @@ class Services:
     # ------------------------------------------------------------------ stop
 
     async def abort(self, run_id: int, force: bool) -> Run:
-        run = await asyncio.to_thread(self.repo.get_run, run_id)
-        status = RunStatus(run.status)
-        if status.is_final:
-            raise BadRequest(f"run {run_id} is already {status.value}")
-        now_aborted = False
-        if status in NOT_DISPATCHED:
-            now_aborted = await asyncio.to_thread(
-                self.repo.transition,
-                run_id,
-                NOT_DISPATCHED,
-                RunStatus.ABORTED,
-                message="stopped before dispatch",
-            )
-        if not now_aborted and status in (*NOT_DISPATCHED, RunStatus.PENDING_SUBMIT):
-            now_aborted = await asyncio.to_thread(
-                self.repo.transition,
-                run_id,
-                [RunStatus.PENDING_SUBMIT],
-                RunStatus.ABORTED,
-                {"dispatch_started": False},
-                message="stopped before dispatch",
-            )
-        if now_aborted:
-            await self.locks.release(run_id)
-            log.info("run %s: ABORTED before dispatch", run_id, extra={"runId": run_id})
-        else:
-            moved = await asyncio.to_thread(
-                self.repo.transition,
-                run_id,
-                [RunStatus.PENDING_SUBMIT, RunStatus.SUBMITTED, RunStatus.RUNNING],
-                RunStatus.ABORTING,
-                abort_force=force,
-            )
-            if moved:
-                log.info("run %s: ABORTING (force=%s)", run_id, force, extra={"runId": run_id})
-                await self._stop_backend(run_id)
+        try:
+            await request_stop(self.repo, self.locks, self.backends, run_id, force)
+        except AlreadyFinal as exc:
+            raise BadRequest(str(exc)) from None
         self._changed(run_id)
         return await asyncio.to_thread(self.repo.get_run, run_id)
-
-    async def _stop_backend(self, run_id: int) -> None:
-        run = await asyncio.to_thread(self.repo.get_run, run_id)
-        if not run.identification_keys or run.stop_sent:
-            return  # the flow stops it as soon as the submission returns
-        backend = self.backends.get(run.backend_id)
-        if not backend.can_stop:
-            return
-        try:
-            await backend.stop(run.identification_keys, force=run.abort_force)
-            await asyncio.to_thread(self.repo.update_fields, run_id, stop_sent=True)
-        except Exception as exc:
-            log.warning(
-                "run %s: stop on %s failed (%r); the executor tries again",
-                run_id,
-                backend.id,
-                exc,
-                extra={"runId": run_id},
-            )
 
     # ------------------------------------------------------------------ refresh and output
 

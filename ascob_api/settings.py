@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     job_manager_tokens: CsvList = Field(default_factory=list)
     webhook_tokens: CsvList = Field(default_factory=list)
     etcd_url: str | None = None
+    etcd_api: Literal["v3", "v2"] = "v3"
     config: Path | None = None
     prefect_port: int = 4200
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None
     deployment: str = "ascob-job"
+    public_url: str | None = None
     executor_concurrency: int = 5000
     executor_start_rate: float = 20.0
     log_format: Literal["console", "json"] = "console"

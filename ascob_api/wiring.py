@@ -31,11 +31,17 @@ class Parts:
 
 
 def make_lock_store(settings: Settings, repo: Repository) -> LockStore:
+    """etcd when ASCOB_ETCD_URL is set (v3 API, or v2 with ASCOB_ETCD_API=v2); else SQL."""
     if settings.etcd_url:
-        raise SystemExit(
-            "ASCOB_ETCD_URL is set, but this build has no etcd lock store yet; "
-            "unset it to use the SQL lock store"
-        )
+        if settings.etcd_api == "v2":
+            from ascob_flows.locks.etcd_v2 import EtcdV2LockStore
+
+            log.info("locks: etcd v2 API at %s", settings.etcd_url)
+            return EtcdV2LockStore(settings.etcd_url, lease_seconds=settings.lock_lease_seconds)
+        from ascob_flows.locks.etcd_v3 import EtcdV3LockStore
+
+        log.info("locks: etcd v3 API at %s", settings.etcd_url)
+        return EtcdV3LockStore(settings.etcd_url, lease_seconds=settings.lock_lease_seconds)
     return SqlLockStore(repo.engine, lease_seconds=settings.lock_lease_seconds)
 
 
@@ -66,6 +72,7 @@ def make_executor(parts: Parts, executor_id: str | None = None) -> Executor:
         locks=parts.locks,
         poll_interval=settings.poll_interval,
         register_spec=parts.services.register_from_flow,
+        public_url=settings.public_url,
     )
     executor = Executor(
         runtime,

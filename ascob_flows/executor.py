@@ -46,10 +46,12 @@ from prefect.server.schemas.responses import SetStateStatus
 from prefect.states import Pending, Scheduled
 from prefect.types._datetime import now as prefect_now
 
+from ascob_flows.control import AlreadyFinal, request_stop
 from ascob_flows.engine_compat import engine_settings, tune_flow_engine
-from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job
+from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job, flow_run_name
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, install_runtime
+from ascob_flows.status import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ class Launcher:
         flow_run = await client.create_flow_run_from_deployment(
             deployment_id,
             parameters={"run_id": run_id},
-            name=f"ascob-{run_id}",
+            name=flow_run_name(run_id, rec.description),
             tags=tags,
             idempotency_key=launch_key(rec),
         )
@@ -235,6 +237,7 @@ class Executor:
         self.executor_ttl = executor_ttl
         self.deployment_name = deployment_name
         self.stats_interval = 30.0
+        self.cancel_interval = 2.0
         self.active: dict[UUID, asyncio.Task[Any]] = {}
         self.stats = Stats()
         self.active_runs = runtime.active_runs
@@ -312,6 +315,7 @@ class Executor:
                 "heartbeat": self._heartbeat_loop,
                 "reaper": lambda: self._reaper_loop(client),
                 "claimer": lambda: self._claim_loop(client),
+                "canceller": lambda: self._cancel_loop(client),
             }
             if self.launcher is not None:
                 launcher = self.launcher
@@ -389,6 +393,53 @@ class Executor:
             )
         if orphans:
             self.kick()
+
+    async def _cancel_loop(self, client: PrefectClient) -> None:
+        """Cancel pressed in the Prefect UI stops the ASCOB run, like DELETE /api/runs/{id}."""
+        while True:
+            await asyncio.sleep(self.cancel_interval)
+            try:
+                await self._honour_cancellations(client)
+            except Exception:
+                log.warning("reading cancelled flow runs failed", exc_info=True)
+
+    async def _honour_cancellations(self, client: PrefectClient) -> None:
+        assert self.deployment_id is not None
+        repo, rt = self.runtime.repo, self.runtime
+        wanted: list[int] = []
+        for state_type, sort in (
+            (StateType.CANCELLING, FlowRunSort.START_TIME_DESC),
+            (StateType.CANCELLED, FlowRunSort.END_TIME_DESC),
+        ):
+            flow_runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state_type]))
+                ),
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[self.deployment_id])
+                ),
+                sort=sort,
+                limit=100,
+            )
+            for flow_run in flow_runs:
+                run_id = flow_run.parameters.get("run_id")
+                if run_id is None:
+                    run_id = await asyncio.to_thread(repo.run_for_flow_run, str(flow_run.id))
+                if run_id is not None:
+                    wanted.append(int(run_id))
+        if not wanted:
+            return
+        statuses = await asyncio.to_thread(repo.statuses, wanted)
+        for run_id, status in statuses.items():
+            if status.is_final or status is RunStatus.ABORTING:
+                continue
+            try:
+                await request_stop(
+                    repo, rt.locks, rt.backends, run_id, force=False, reason="cancelled in Prefect"
+                )
+            except AlreadyFinal:
+                continue
+            rt.notify(run_id)
 
     async def _claim_loop(self, client: PrefectClient) -> None:
         assert self._kick_event is not None and self.deployment_id is not None

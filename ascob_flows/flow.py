@@ -12,9 +12,11 @@ import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import PrefectClient
 from prefect.context import FlowRunContext
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, Running, State
 
 from ascob_flows.clock import utcnow
 from ascob_flows.locks import Grant
@@ -31,12 +33,33 @@ _NOT_FINAL = (RunStatus.DEFINED, RunStatus.WAITING_LOCKS, *_ACTIVE)
 _MAX_BACKOFF = 60.0
 
 
-def _flow_run_name() -> str:
+_STATE_NAMES = {
+    RunStatus.WAITING_LOCKS: "WaitingLocks",
+    RunStatus.PENDING_SUBMIT: "PendingSubmit",
+    RunStatus.SUBMITTED: "Submitted",
+    RunStatus.RUNNING: "Running",
+    RunStatus.ABORTING: "Aborting",
+}
+
+
+def flow_run_name(run_id: int, description: str | None) -> str:
+    """``ascob-<runId>``, then the description: readable in the Prefect UI's run list."""
+    text = " ".join((description or "").split())
+    return f"ascob-{run_id}" + (f" {text[:80]}" if text else "")
+
+
+async def mirror_state(status: RunStatus) -> None:
+    """Show the ASCOB status as the flow run's state name (a Running state)."""
+    name = _STATE_NAMES.get(status)
     ctx = FlowRunContext.get()
-    params = (ctx.parameters if ctx else None) or {}
-    if params.get("run_id") is not None:
-        return f"ascob-{params['run_id']}"
-    return "ascob-new"
+    if name is None or ctx is None or ctx.flow_run is None:
+        return
+    if not isinstance(ctx.client, PrefectClient):
+        return
+    try:
+        await ctx.client.set_flow_run_state(ctx.flow_run.id, Running(name=name), force=True)
+    except Exception as exc:  # cosmetic: never fail a run for it
+        get_run_logger().debug("could not show state %s: %r", name, exc)
 
 
 def _stopping(status: RunStatus) -> bool:
@@ -76,6 +99,7 @@ async def acquire_locks(run_id: int) -> dict[str, int] | None:
         await asyncio.to_thread(
             rt.repo.transition, run_id, [RunStatus.DEFINED], RunStatus.WAITING_LOCKS
         )
+    await mirror_state(RunStatus.WAITING_LOCKS)
     logger.info("run %s: waiting for locks %s", run_id, list(rec.lock_keys))
     waited = await _acquire_unless_stopped(rt, rec)
     if waited is None:
@@ -208,12 +232,17 @@ async def poll_to_completion(run_id: int) -> str:
     rt = get_runtime()
     logger = get_run_logger()
     backoff = 0.0
+    shown: RunStatus | None = None
+    linked = False
     while True:
         rec = await rt.record(run_id)
         if rec.status.is_final:
             return rec.status.value
         if rec.status not in (RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING):
             return rec.status.value  # not dispatched (stopped before dispatch)
+        if rec.status is not shown:
+            await mirror_state(rec.status)
+            shown = rec.status
         backend = rt.backends.get(rec.backend_id)
         try:
             if rec.status is RunStatus.ABORTING and not rec.stop_sent:
@@ -228,6 +257,9 @@ async def poll_to_completion(run_id: int) -> str:
             await rt.wait_change(run_id, rec.status, backoff)
             continue
         backoff = 0.0
+        if not linked:
+            linked = True
+            await _link_artifact(rt, rec, report.url)
         new = RunStatus.from_backend(report.status)
         if new.is_final:
             allowed = [RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING]
@@ -243,6 +275,42 @@ async def poll_to_completion(run_id: int) -> str:
             logger.info("run %s: RUNNING", run_id)
             continue
         await rt.wait_change(run_id, rec.status, rt.poll_interval)
+
+
+async def _link_artifact(rt: Runtime, rec: RunRecord, job_url: str | None) -> None:
+    """An artifact on the flow run that links the backend's job page and the ASCOB run."""
+    lines = [f"# ASCOB run {rec.id}", "", f"* backend: `{rec.backend_id}`"]
+    if job_url:
+        lines.append(f"* backend job: [{job_url}]({job_url})")
+    if rt.public_url:
+        api = f"{rt.public_url.rstrip('/')}/api/runs/{rec.id}"
+        lines.append(f"* ASCOB run: [{api}]({api}) (output: [{api}/output.txt]({api}/output.txt))")
+    keys = ", ".join(f"`{k}={v}`" for k, v in rec.identification_keys.items() if k != "output")
+    lines.append(f"* identification keys: {keys}")
+    try:
+        await acreate_markdown_artifact(
+            markdown="\n".join(lines),
+            key=f"ascob-run-{rec.id}",
+            description=f"ASCOB run {rec.id} on {rec.backend_id}",
+        )
+    except Exception as exc:  # cosmetic
+        get_run_logger().debug("run %s: no link artifact: %r", rec.id, exc)
+
+
+async def _output_artifact(rt: Runtime, rec: RunRecord, limit: int = 4000) -> None:
+    """The end of the job's output, readable on the flow run page."""
+    if not rec.identification_keys:
+        return
+    try:
+        chunk = await rt.backends.get(rec.backend_id).output(rec.identification_keys, 0)
+        text = chunk.text[-limit:]
+        await acreate_markdown_artifact(
+            markdown=f"# Output of ASCOB run {rec.id} ({rec.status.value})\n\n```\n{text}\n```",
+            key=f"ascob-output-{rec.id}",
+            description=f"last {limit} characters of the output",
+        )
+    except Exception as exc:  # cosmetic
+        get_run_logger().debug("run %s: no output artifact: %r", rec.id, exc)
 
 
 async def _stop(rt: Runtime, backend: Backend, rec: RunRecord) -> None:
@@ -276,7 +344,6 @@ def final_state(rec: RunRecord, message: str | None = None) -> State[Any]:
 
 @flow(
     name=FLOW_NAME,
-    flow_run_name=_flow_run_name,
     persist_result=False,
     description="One ASCOB run: acquire locks, dispatch to the backend, poll, release locks.",
 )
@@ -295,6 +362,11 @@ async def ascob_job(
         flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else ""
         run_id = await asyncio.to_thread(rt.register_spec, job_spec, flow_run_id)
         rt.active_runs.add(run_id)
+        if ctx and ctx.flow_run and isinstance(ctx.client, PrefectClient):
+            rec = await rt.record(run_id)
+            await ctx.client.set_flow_run_name(
+                ctx.flow_run.id, flow_run_name(run_id, rec.description)
+            )
         await asyncio.to_thread(rt.repo.update_fields, run_id, executor_id=rt.executor_id)
         logger.info("run %s: registered from a deployment flow run", run_id)
     completed = False
@@ -314,6 +386,7 @@ async def ascob_job(
         rec = await rt.record(run_id)
         if rec.status.is_final:
             await release_locks(run_id)
+            await _output_artifact(rt, rec)
         elif completed:
             logger.error("run %s: flow ended with the run still %s", run_id, rec.status.value)
     return final_state(rec)

@@ -29,6 +29,7 @@ class Runtime:
     register_spec: Callable[[dict[str, Any], str], int] | None = None
     watch_interval: float = 1.0
     executor_id: str | None = None
+    public_url: str | None = None
     active_runs: set[int] = field(default_factory=set)
     _watched: dict[int, tuple[RunStatus, asyncio.Event]] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None

@@ -406,7 +406,7 @@ def test_every_run_is_a_flow_run_of_the_deployment(ascob: Ascob) -> None:
 
     def flow_run() -> Any:
         runs = httpx.post(
-            f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [f"ascob-{run_id}"]}}}
+            f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"like_": f"ascob-{run_id} "}}}
         ).json()
         return runs and runs[0]["state_type"] == "COMPLETED" and runs[0]
 
