@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     executor_id: str | None = None
     deployment: str = "ascob-job"
     public_url: str | None = None
+    executor_ttl: float = 20.0
+    executor_heartbeat: float = 5.0
     executor_concurrency: int = 5000
     executor_start_rate: float = 20.0
     log_format: Literal["console", "json"] = "console"

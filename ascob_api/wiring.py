@@ -80,6 +80,8 @@ def make_executor(parts: Parts, executor_id: str | None = None) -> Executor:
         max_concurrent=settings.executor_concurrency,
         start_rate=settings.executor_start_rate,
         deployment_name=settings.deployment,
+        executor_ttl=settings.executor_ttl,
+        heartbeat_interval=settings.executor_heartbeat,
     )
     parts.services.on_launch.append(executor.launcher.kick if executor.launcher else executor.kick)
     parts.services.on_change.append(runtime.notify)

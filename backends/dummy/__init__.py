@@ -6,7 +6,8 @@ Labels:
   (runs until stopped);
 - ``duration``: seconds before the job reaches that status (default 0);
 - ``fail``: ``"true"`` makes the submission fail (the run ends FAILED);
-- ``output``: the text of output.txt (default ``Dummy output``).
+- ``output``: the text of output.txt (default ``Dummy output``);
+- ``submit_delay``: seconds the submission itself takes (a slow backend trigger; default 0).
 
 What it reports is computed from the identification keys and the clock, plus the stops it
 recorded in a small SQLite file in its data folder, so it does not change when ASCOB restarts.
@@ -71,11 +72,22 @@ class DummyBackend(Backend):
             ) from None
         if not 0 <= duration < 10**7:
             raise SpecRejected(f"label duration={labels['duration']!r} is out of range")
+        try:
+            delay = float(labels.get("submit_delay", "0"))
+        except ValueError:
+            raise SpecRejected(
+                f"label submit_delay={labels['submit_delay']!r} is not a number"
+            ) from None
+        if not 0 <= delay <= 3600:
+            raise SpecRejected(f"label submit_delay={labels['submit_delay']!r} is out of range")
 
     async def submit(self, job: Job) -> dict[str, str]:
         labels = job.labels
         if labels.get("fail", "").lower() == "true":
             raise SubmitRefused("dummyBackend: submission failed as asked (label fail=true)")
+        delay = float(labels.get("submit_delay", "0"))
+        if delay:
+            await asyncio.sleep(delay)
         status = labels.get("status", "SUCCEEDED").upper().replace("SUCCEDED", "SUCCEEDED")
         return {
             "dummyJobId": uuid.uuid4().hex,

@@ -1,0 +1,125 @@
+"""An executor SIGKILLed while its runs wait for locks, are being dispatched and are being polled:
+another executor takes them over; nothing is dispatched twice; an unknowable dispatch ends
+IN_DOUBT, visibly."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Ascob, PrefectServer, wait_until
+
+DUMMY = {"_execution_backend_id": "dummyBackend"}
+
+
+class Installation:
+    """One ASCOB installation: an API process and executors sharing home, database, deployment."""
+
+    def __init__(self, workdir: Path, prefect: PrefectServer) -> None:
+        self.workdir, self.prefect = workdir, prefect
+        self.api = Ascob(workdir, prefect.api_url, command="api")
+        self.env = {
+            "ASCOB_HOME": str(self.api.home),
+            "ASCOB_DEPLOYMENT": self.api.env["ASCOB_DEPLOYMENT"],
+            "ASCOB_EXECUTOR_TTL": "6",
+            "ASCOB_EXECUTOR_HEARTBEAT": "1",
+        }
+        self.executors: dict[str, Ascob] = {}
+
+    def executor(self, name: str) -> Ascob:
+        proc = Ascob(
+            self.workdir,
+            self.prefect.api_url,
+            command="executor",
+            home=self.api.home,
+            env={**self.env, "ASCOB_EXECUTOR_ID": name},
+        )
+        proc.proc.log = self.api.home / f"executor-{name}.log"
+        self.executors[name] = proc
+        return proc.start()
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.api.home / "ascob.db", timeout=30)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        for proc in self.executors.values():
+            proc.stop()
+        self.api.stop()
+
+
+@pytest.fixture
+def installation(workdir: Path, prefect_server: PrefectServer) -> Iterator[Installation]:
+    inst = Installation(workdir, prefect_server)
+    yield inst
+    inst.stop()
+
+
+def test_sigkilled_executor_is_taken_over(installation: Installation) -> None:
+    inst = installation
+    api = inst.api.start()
+    first = inst.executor("exec-a")
+    polled = api.submit(
+        {
+            "description": "dummy polled",
+            "locks": [{"key": "db"}],
+            "labels": {**DUMMY, "status": "RUNNING"},
+        }
+    )
+    api.wait_status(polled, "RUNNING")
+    waiting = api.submit({"description": "dummy waits", "locks": [{"key": "db"}], "labels": DUMMY})
+    api.wait_status(waiting, "WAITING_LOCKS")
+    in_flight = api.submit(
+        {"description": "dummy slow trigger", "labels": {**DUMMY, "submit_delay": "60"}}
+    )
+    wait_until(
+        lambda: inst.rows("select dispatch_started from runs where id = ?", in_flight)[0][0] == 1,
+        60,
+        "the slow dispatch to start",
+    )
+    finishing = api.submit({"description": "dummy 15 s", "labels": {**DUMMY, "duration": "15"}})
+    api.wait_status(finishing, "RUNNING")
+    owners = dict(inst.rows("select id, executor_id from runs"))
+    assert {owners[i] for i in (polled, waiting, in_flight, finishing)} == {"exec-a"}
+    keys_before = dict(inst.rows("select id, identification_keys from runs"))
+
+    inst.executor("exec-b")
+    first.kill()
+
+    api.wait_status(finishing, "SUCCEDED", timeout=90)
+    info = api.wait_status(in_flight, "IN_DOUBT", timeout=90)
+    assert info["endTime"]
+    out = api.http.get(f"/api/runs/{in_flight}/output.txt").text
+    assert "may or may not have received the job" in out
+    owners = dict(inst.rows("select id, executor_id from runs"))
+    assert owners[polled] == owners[waiting] == owners[finishing] == "exec-b"
+    keys_after = dict(inst.rows("select id, identification_keys from runs"))
+    assert keys_after[polled] == keys_before[polled]  # re-attached, not dispatched again
+    assert keys_after[finishing] == keys_before[finishing]
+    assert api.run(polled)["status"] == "RUNNING"
+    assert api.run(waiting)["status"] == "WAITING_LOCKS"
+    assert dict(inst.rows("select key, run_id from lock_holds"))["db"] == polled
+
+    api.http.delete(f"/api/runs/{polled}")
+    api.wait_status(polled, "ABORTED", timeout=30)
+    api.wait_status(waiting, "SUCCEDED", timeout=30)
+
+
+def test_restarted_executor_resumes_its_own_runs_at_once(installation: Installation) -> None:
+    inst = installation
+    api = inst.api.start()
+    only = inst.executor("solo")
+    run_id = api.submit({"description": "dummy", "labels": {**DUMMY, "status": "RUNNING"}})
+    api.wait_status(run_id, "RUNNING")
+    only.kill()
+    only.restart()
+    # the same executor id resumes without waiting for the TTL; the stop proves it is followed
+    api.http.delete(f"/api/runs/{run_id}")
+    api.wait_status(run_id, "ABORTED", timeout=30)
