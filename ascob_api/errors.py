@@ -6,7 +6,8 @@
     ├── BadRequest        400  invalid spec, bad input, wrong state for the operation
     ├── Unauthorized      401  missing, unknown or expired token
     ├── Forbidden         403  valid token without the permission
-    └── NotFound          404  unknown run, file, webhook or token
+    ├── NotFound          404  unknown run, file, webhook or token
+    └── BackendFailed     502  the backend did not answer a request made on the caller's behalf
 """
 
 from __future__ import annotations
@@ -34,3 +35,7 @@ class Forbidden(AscobError):
 
 class NotFound(AscobError):
     status_code = 404
+
+
+class BackendFailed(AscobError):
+    status_code = 502

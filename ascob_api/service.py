@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ascob_api.errors import BadRequest, NotFound
+from ascob_api.errors import BackendFailed, BadRequest, NotFound
 from ascob_api.models import JobSpec, Run, RunInfo
 from ascob_api.repository import Repository
 from ascob_api.settings import Settings
@@ -163,7 +163,7 @@ class Services:
         try:
             report = await backend.status(run.identification_keys)
         except Exception as exc:
-            raise BadRequest(f"{backend.id} did not answer: {exc}") from exc
+            raise BackendFailed(f"{backend.id} did not answer: {exc}") from exc
         new = RunStatus.from_backend(report.status)
         if new.is_final:
             allowed = [RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING]
@@ -186,7 +186,11 @@ class Services:
         try:
             chunk = await backend.output(run.identification_keys, offset)
         except Exception as exc:
-            raise BadRequest(f"{backend.id} did not return the output: {exc}") from exc
+            note = f"{backend.id} did not return the output: {exc}"
+            if RunStatus(run.status).is_final:
+                # what ASCOB knows is still worth showing: the run's message and why no more
+                return f"{prefix}[ascob] {note}\n", offset, False
+            raise BackendFailed(note) from exc
         return prefix + chunk.text, chunk.next_offset, chunk.more
 
     # ------------------------------------------------------------------ webhook

@@ -341,6 +341,7 @@ class Executor:
                     task.cancel()
                 await asyncio.gather(*self.active.values(), return_exceptions=True)
                 await self.runtime.locks.aclose()
+                await self.runtime.backends.aclose()  # the clients of this event loop
 
     async def _heartbeat_loop(self) -> None:
         last_report = time.monotonic()

@@ -23,7 +23,7 @@ from ascob_flows.locks import Grant
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
 from ascob_flows.status import NOT_DISPATCHED, RunStatus
-from backends import Backend, BackendUnavailable, Job, SubmitRefused
+from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
 
 FLOW_NAME = "ascob-job"
 DEPLOYMENT_NAME = "ascob-job"
@@ -31,6 +31,7 @@ DEPLOYMENT_NAME = "ascob-job"
 _ACTIVE = (RunStatus.PENDING_SUBMIT, RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING)
 _NOT_FINAL = (RunStatus.DEFINED, RunStatus.WAITING_LOCKS, *_ACTIVE)
 _MAX_BACKOFF = 60.0
+_NOT_FOUND_LIMIT = 5  # consecutive "job not found" answers before the run ends FAILED
 
 
 _STATE_NAMES = {
@@ -234,6 +235,7 @@ async def poll_to_completion(run_id: int) -> str:
     backoff = 0.0
     shown: RunStatus | None = None
     linked = False
+    not_found = 0
     while True:
         rec = await rt.record(run_id)
         if rec.status.is_final:
@@ -248,6 +250,16 @@ async def poll_to_completion(run_id: int) -> str:
             if rec.status is RunStatus.ABORTING and not rec.stop_sent:
                 await _stop(rt, backend, rec)
             report = await backend.status(rec.identification_keys)
+        except JobNotFound as exc:
+            not_found += 1
+            if not_found >= _NOT_FOUND_LIMIT:
+                logger.error("run %s: %s no longer knows the job: %s", run_id, backend.id, exc)
+                await _end(
+                    rt, run_id, RunStatus.FAILED, f"{backend.id} no longer knows the job ({exc})"
+                )
+                continue
+            await rt.wait_change(run_id, rec.status, rt.poll_interval)
+            continue
         except Exception as exc:
             backoff = min(_MAX_BACKOFF, max(rt.poll_interval, backoff * 2 or 1.0))
             level = logger.warning if isinstance(exc, BackendUnavailable) else logger.error
@@ -257,6 +269,7 @@ async def poll_to_completion(run_id: int) -> str:
             await rt.wait_change(run_id, rec.status, backoff)
             continue
         backoff = 0.0
+        not_found = 0
         if not linked:
             linked = True
             await _link_artifact(rt, rec, report.url)

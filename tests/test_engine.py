@@ -152,3 +152,9 @@ def test_sigkill_and_restart_keeps_runs_reattaches_and_locks_stay_exclusive(
         slow,
         done,
     }
+
+
+def test_a_job_the_backend_forgot_ends_failed_with_the_reason(ascob: Ascob) -> None:
+    run_id = ascob.submit(spec([], lost="true"))
+    ascob.wait_status(run_id, "FAILED", timeout=60)
+    assert "no longer knows the job" in ascob.http.get(f"/api/runs/{run_id}/output.txt").text

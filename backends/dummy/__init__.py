@@ -7,7 +7,8 @@ Labels:
 - ``duration``: seconds before the job reaches that status (default 0);
 - ``fail``: ``"true"`` makes the submission fail (the run ends FAILED);
 - ``output``: the text of output.txt (default ``Dummy output``);
-- ``submit_delay``: seconds the submission itself takes (a slow backend trigger; default 0).
+- ``submit_delay``: seconds the submission itself takes (a slow backend trigger; default 0);
+- ``lost``: ``"true"`` makes the backend forget the job once submitted (status: job not found).
 
 What it reports is computed from the identification keys and the clock, plus the stops it
 recorded in a small SQLite file in its data folder, so it does not change when ASCOB restarts.
@@ -95,6 +96,7 @@ class DummyBackend(Backend):
             "status": status,
             "duration": labels.get("duration", "0"),
             "output": labels.get("output", "Dummy output"),
+            **({"lost": "true"} if labels.get("lost", "").lower() == "true" else {}),
         }
 
     def _job_id(self, keys: Mapping[str, str]) -> str:
@@ -110,6 +112,8 @@ class DummyBackend(Backend):
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
         job_id = self._job_id(keys)
+        if keys.get("lost") == "true":
+            raise JobNotFound(f"dummy job {job_id} is gone (label lost=true)")
         final = BackendStatus(keys.get("status", "SUCCEEDED"))
         ends_at = float(keys.get("startedAt", "0")) + float(keys.get("duration", "0"))
         stopped_at = await asyncio.to_thread(self._stopped_at, job_id)
