@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ascob_api import __version__
 from ascob_api.errors import AscobError
-from ascob_api.routes import backends, events, runs, search, security, webhooks
+from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
 
@@ -50,7 +50,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
-    for module in (runs, events, search, webhooks, security, backends):
+    for module in (runs, events, search, webhooks, security, backends, locks):
         app.include_router(module.router)
 
     @app.exception_handler(AscobError)

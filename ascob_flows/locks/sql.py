@@ -47,6 +47,9 @@ class LockWaiter(SQLModel, table=True):
     expires_at: datetime
 
 
+_GLOBAL = "*"  # the one fencing counter (a row of lock_counters)
+
+
 class LockCounter(SQLModel, table=True):
     __tablename__ = "lock_counters"
 
@@ -122,17 +125,33 @@ class SqlLockStore(LockStore):
             self._serialise(s)
             self._expire(s, now)
             held = {h.key: h.run_id for h in s.exec(select(LockHold)).all()}
+            queued = {w.run_id for w in s.exec(select(LockWaiter)).all()}
+            for run_id, wanted in local.items():
+                if run_id in queued:
+                    continue
+                grant = self._existing_grant(s, run_id, wanted)
+                if grant is not None:  # granted before, but the answer was lost
+                    granted[run_id] = grant
+                    continue
+                # its place ran out (no keepalive for a lease): queue again, at the back
+                log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
+                s.add(
+                    LockWaiter(run_id=run_id, keys=list(wanted), enqueued_at=now, expires_at=lease)
+                )
+            s.flush()
             blocked: set[str] = set()
             waiters = s.exec(select(LockWaiter).order_by(col(LockWaiter.id))).all()
             for w in waiters:
                 keys = set(w.keys)
                 free = not (keys & blocked) and all(held.get(k, w.run_id) == w.run_id for k in keys)
                 if free and w.run_id in local:
+                    # one counter for all keys: a grant's tokens exceed every earlier token,
+                    # so the fencing token (their max) also increases per key
+                    counter = s.get(LockCounter, _GLOBAL) or self._first_counter(s)
+                    counter.last_token += 1
+                    s.add(counter)
                     tokens: dict[str, int] = {}
                     for key in sorted(keys):
-                        counter = s.get(LockCounter, key) or LockCounter(key=key, last_token=0)
-                        counter.last_token += 1
-                        s.add(counter)
                         tokens[key] = counter.last_token
                         s.merge(
                             LockHold(
@@ -149,6 +168,12 @@ class SqlLockStore(LockStore):
                 blocked |= keys
             s.commit()
         return granted
+
+    @staticmethod
+    def _first_counter(s: Session) -> LockCounter:
+        # start above the per-key counters of earlier versions: tokens never go back
+        last = max((c.last_token for c in s.exec(select(LockCounter)).all()), default=0)
+        return LockCounter(key=_GLOBAL, last_token=last)
 
     # ------------------------------------------------------------------ the pump
 
@@ -176,7 +201,10 @@ class SqlLockStore(LockStore):
         assert self._kick is not None
         while True:
             try:
-                await asyncio.wait_for(self._kick.wait(), timeout=self.poll_seconds)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation
+                # that arrives together with a kick, and aclose() would wait forever
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._kick.wait()
             except TimeoutError:
                 pass
             self._kick.clear()

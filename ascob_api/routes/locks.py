@@ -1,0 +1,62 @@
+"""/api/locks: who holds which lock since when (with its fencing token), and who waits, in order."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import Field, field_serializer
+
+from ascob_api.deps import ServicesDep, require
+from ascob_api.errors import AscobError
+from ascob_api.models import WireModel
+from ascob_api.security import Identity, Permission
+from ascob_flows.clock import wire_time
+from ascob_flows.locks import LockStoreUnavailable
+
+router = APIRouter(prefix="/api/locks", tags=["locks"])
+
+
+class LockStoreDown(AscobError):
+    status_code = 503
+
+
+class LockView(WireModel):
+    key: str
+    holder: int | None = Field(default=None, serialization_alias="holderRunId")
+    since: datetime | None = None
+    fencing_token: int | None = Field(default=None, serialization_alias="fencingToken")
+    waiting: list[int] = Field(default_factory=list, serialization_alias="waitingRunIds")
+
+    @field_serializer("since")
+    def _wire_time(self, value: datetime | None) -> str | None:
+        return wire_time(value)
+
+
+class LocksResponse(WireModel):
+    store: str
+    items: list[LockView]
+
+
+@router.get("", response_model=LocksResponse, response_model_by_alias=True)
+async def list_locks(
+    services: ServicesDep, _: Identity = require(Permission.job_run_read)
+) -> LocksResponse:
+    """Every held or awaited lock: holder run, since when, fencing token, waiting runs in order."""
+    try:
+        infos = await services.locks.snapshot()
+    except LockStoreUnavailable as exc:
+        raise LockStoreDown(f"the lock store does not answer: {exc}") from exc
+    return LocksResponse(
+        store=services.locks.name,
+        items=[
+            LockView(
+                key=i.key,
+                holder=i.holder,
+                since=i.since,
+                fencing_token=i.token,
+                waiting=list(i.waiting),
+            )
+            for i in infos
+        ],
+    )

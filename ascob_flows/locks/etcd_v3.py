@@ -1,0 +1,514 @@
+"""The etcd lock store, v3 API, through etcd's JSON gateway (``/v3/...``) over httpx.
+
+Layout under ``prefix`` (default ``ascob/locks/``; lock keys encoded by
+:func:`~ascob_flows.locks.queueing.encode_key`)::
+
+    <prefix>h/<key>     the hold of a key: {"run", "since", "keys"}; its mod_revision is the
+                        fencing token
+    <prefix>w/<run>     a waiting run: {"run", "keys", "since"}; its create_revision is its
+                        place in the (global) queue
+    <prefix>r/<run>     the run's marker: which lease carries its keys
+
+Every key of a run is attached to the run's own lease (``lease_seconds``, renewed by
+:meth:`keepalive`), so a dead executor's holds and waits vanish when the lease runs out, and
+:meth:`release` is one lease revocation. A grant is one transaction: "the waiter is still there
+and each key is still unheld" -> put every hold and delete the waiter. Waiters are woken by a watch
+on the prefix (any deletion may free something); a slow poll backs the watch up.
+
+Errors: :class:`EtcdError` (etcd answered with an error) and
+:class:`~ascob_flows.locks.LockStoreUnavailable` (no answer); :meth:`acquire` never raises them,
+it keeps trying until etcd answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from ascob_flows.locks.base import Grant, LockError, LockInfo, LockStore, LockStoreUnavailable
+from ascob_flows.locks.queueing import Pump, Waiter, decode_key, eligible, encode_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EtcdError", "EtcdV3LockStore"]
+
+
+class EtcdError(LockError):
+    """etcd answered a request with an error."""
+
+    def __init__(self, status: int, code: int | None, message: str) -> None:
+        super().__init__(f"etcd error {code} (HTTP {status}): {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def _unb64(value: str) -> str:
+    return base64.b64decode(value).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _run_segment(run_id: int) -> str:
+    return f"{run_id:020d}"
+
+
+@dataclass
+class _Hold:
+    run_id: int
+    token: int
+    since: datetime | None
+    lease: int
+
+
+@dataclass
+class _State:
+    """The whole prefix as read at ``revision``."""
+
+    revision: int
+    holds: dict[str, _Hold] = field(default_factory=dict)
+    waiters: dict[int, tuple[Waiter, int]] = field(default_factory=dict)  # run -> (waiter, lease)
+    markers: dict[int, int] = field(default_factory=dict)  # run -> lease
+
+    def held_by(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        if keys and all(k in self.holds and self.holds[k].run_id == run_id for k in keys):
+            return Grant(run_id, tuple(keys), {k: self.holds[k].token for k in keys})
+        return None
+
+
+class EtcdV3LockStore(LockStore):
+    name = "etcd-v3"
+
+    def __init__(
+        self,
+        url: str,
+        lease_seconds: float = 30.0,
+        *,
+        prefix: str = "ascob/locks/",
+        api_prefix: str = "/v3",
+        transport: httpx.AsyncBaseTransport | None = None,
+        poll_seconds: float = 5.0,
+        request_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(lease_seconds)
+        self.endpoints = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint in the URL")
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.api_prefix = api_prefix
+        self.request_timeout = request_timeout
+        self._transport = transport
+        self._endpoint = 0
+        # one client per event loop: ``ascob serve`` shares the store between the API's loop
+        # and the executor's
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        self._clients = weakref.WeakKeyDictionary()
+        self._leases: dict[int, int] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_from = 0
+        self._pump = Pump(self._grant_round, self.release, poll_seconds, "etcd-v3-lock-pump")
+
+    # ------------------------------------------------------------------ HTTP
+
+    @property
+    def ttl(self) -> int:
+        return max(1, math.ceil(self.lease_seconds))
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                transport=self._transport, timeout=httpx.Timeout(self.request_timeout)
+            )
+            self._clients[loop] = client
+        return client
+
+    def _url(self, path: str) -> str:
+        return f"{self.endpoints[self._endpoint]}{self.api_prefix}{path}"
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http().post(self._url(path), json=body)
+        except httpx.TransportError as exc:
+            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+            raise LockStoreUnavailable(f"etcd at {self.endpoints} unreachable: {exc!r}") from exc
+        if response.status_code >= 500 and response.status_code != 501:
+            raise LockStoreUnavailable(f"etcd answered HTTP {response.status_code}")
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise EtcdError(response.status_code, None, response.text[:200]) from exc
+        if response.status_code != 200 or "error" in payload:
+            if payload.get("code") == 14:  # UNAVAILABLE (no leader, stopping)
+                raise LockStoreUnavailable(payload.get("error", "etcd unavailable"))
+            raise EtcdError(response.status_code, payload.get("code"), payload.get("error", ""))
+        return dict(payload)
+
+    # ------------------------------------------------------------------ keys
+
+    def _hold_key(self, key: str) -> str:
+        return f"{self.prefix}h/{encode_key(key)}"
+
+    def _waiter_key(self, run_id: int) -> str:
+        return f"{self.prefix}w/{_run_segment(run_id)}"
+
+    def _marker_key(self, run_id: int) -> str:
+        return f"{self.prefix}r/{_run_segment(run_id)}"
+
+    async def _read(self) -> _State:
+        payload = await self._call(
+            "/kv/range", {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)}
+        )
+        state = _State(revision=int(payload["header"]["revision"]))
+        for kv in payload.get("kvs", []):
+            name = _unb64(kv["key"])[len(self.prefix) :]
+            kind, _, rest = name.partition("/")
+            lease = int(kv.get("lease", 0))
+            try:
+                value = json.loads(_unb64(kv.get("value", "")) or "{}")
+                if kind == "h":
+                    since = value.get("since")
+                    state.holds[decode_key(rest)] = _Hold(
+                        int(value["run"]),
+                        int(kv["mod_revision"]),
+                        datetime.fromisoformat(since) if since else None,
+                        lease,
+                    )
+                elif kind == "w":
+                    run_id = int(rest)
+                    waiter = Waiter(int(kv["create_revision"]), run_id, tuple(value["keys"]))
+                    state.waiters[run_id] = (waiter, lease)
+                elif kind == "r":
+                    state.markers[int(rest)] = lease
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed lock entry %r", name)
+        self._watch_from = max(self._watch_from, state.revision + 1)
+        return state
+
+    async def _grant_lease(self) -> int:
+        payload = await self._call("/lease/grant", {"TTL": self.ttl, "ID": 0})
+        return int(payload["ID"])
+
+    async def _revoke(self, lease: int) -> None:
+        try:
+            await self._call("/lease/revoke", {"ID": lease})
+        except EtcdError as exc:
+            if exc.code != 5:  # NOT_FOUND: gone already
+                raise
+
+    # ------------------------------------------------------------------ acquire
+
+    async def acquire(self, run_id: int, keys: Sequence[str]) -> Grant:
+        keys = tuple(dict.fromkeys(keys))
+        delay = 0.0
+        while True:
+            try:
+                grant = await self._enqueue(run_id, keys)
+                break
+            except (LockStoreUnavailable, EtcdError) as exc:
+                delay = min(5.0, delay * 2 or 0.2)
+                log.warning(
+                    "run %s: cannot queue for locks (%r); again in %.1f s", run_id, exc, delay
+                )
+                await asyncio.sleep(delay)
+        if grant is not None:
+            return grant
+        self._ensure_watch()
+        return await self._pump.wait_for_grant(run_id, keys)
+
+    async def _enqueue(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
+        """The grant if the run holds every key already; else make sure it waits in the queue."""
+        while True:
+            state = await self._read()
+            grant = state.held_by(run_id, keys)
+            if grant is not None:
+                self._leases[run_id] = state.holds[keys[0]].lease
+                return grant
+            queued = state.waiters.get(run_id)
+            if queued is not None and set(queued[0].keys) == set(keys):
+                self._leases[run_id] = queued[1]  # keeps its place
+                return None
+            waiter_key = self._waiter_key(run_id)
+            if queued is not None:  # it waits for other keys than asked now: queue again
+                await self._call(
+                    "/kv/txn",
+                    {
+                        "compare": [self._same_create(waiter_key, queued[0].order)],
+                        "success": [{"request_delete_range": {"key": _b64(waiter_key)}}],
+                    },
+                )
+                continue
+            lease = state.markers.get(run_id) or await self._grant_lease()
+            value = json.dumps({"run": run_id, "keys": list(keys), "since": _now_iso()})
+            payload = await self._call(
+                "/kv/txn",
+                {
+                    "compare": [self._absent(waiter_key)],
+                    "success": [
+                        self._put(waiter_key, value, lease),
+                        self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease),
+                    ],
+                },
+            )
+            if payload.get("succeeded"):
+                self._leases[run_id] = lease
+                return None
+
+    @staticmethod
+    def _absent(key: str) -> dict[str, Any]:
+        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+    @staticmethod
+    def _same_create(key: str, revision: int) -> dict[str, Any]:
+        return {
+            "key": _b64(key),
+            "target": "CREATE",
+            "result": "EQUAL",
+            "create_revision": revision,
+        }
+
+    @staticmethod
+    def _put(key: str, value: str, lease: int) -> dict[str, Any]:
+        return {"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}}
+
+    async def _grant_round(self, pending: dict[int, tuple[str, ...]]) -> dict[int, Grant]:
+        state = await self._read()
+        granted: dict[int, Grant] = {}
+        for run_id, keys in pending.items():
+            grant = state.held_by(run_id, keys)
+            if grant is not None:
+                granted[run_id] = grant
+            elif run_id not in state.waiters:
+                # its lease ran out (or someone released it): queue again, at the back
+                log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
+                self._leases.pop(run_id, None)
+                await self._enqueue(run_id, keys)
+                self._pump.wake()
+        holders = {k: h.run_id for k, h in state.holds.items()}
+        waiters = [w for w, _ in state.waiters.values()]
+        for waiter in eligible(waiters, holders, set(pending) - set(granted)):
+            grant = await self._take(state, waiter)
+            if grant is not None:
+                granted[waiter.run_id] = grant
+            else:
+                self._pump.wake()  # something changed under us: look again
+        return granted
+
+    async def _take(self, state: _State, waiter: Waiter) -> Grant | None:
+        run_id = waiter.run_id
+        lease = state.waiters[run_id][1]
+        waiter_key = self._waiter_key(run_id)
+        compare = [self._same_create(waiter_key, waiter.order)]
+        success: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(waiter_key)}}]
+        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(waiter.keys)})
+        for key in waiter.keys:
+            hold_key = self._hold_key(key)
+            held = state.holds.get(key)
+            if held is not None:  # ours already (eligible): keep it, with its token
+                compare.append(
+                    {
+                        "key": _b64(hold_key),
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": held.token,
+                    }
+                )
+            else:
+                compare.append(self._absent(hold_key))
+                success.append(self._put(hold_key, value, lease))
+        payload = await self._call("/kv/txn", {"compare": compare, "success": success})
+        if not payload.get("succeeded"):
+            return None
+        revision = int(payload["header"]["revision"])
+        tokens = {k: (state.holds[k].token if k in state.holds else revision) for k in waiter.keys}
+        self._leases[run_id] = lease
+        log.debug("run %s: took %s (revision %s)", run_id, list(waiter.keys), revision)
+        return Grant(run_id, waiter.keys, tokens)
+
+    # ------------------------------------------------------------------ watch
+
+    def _ensure_watch(self) -> None:
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch(), name="etcd-v3-lock-watch"
+            )
+
+    async def _watch(self) -> None:
+        """Wake the pump on every deletion under the prefix; reconnect when the stream breaks."""
+        delay = 0.0
+        while True:
+            request: dict[str, Any] = {
+                "key": _b64(self.prefix),
+                "range_end": _prefix_end(self.prefix),
+                "filters": ["NOPUT"],
+            }
+            if self._watch_from:
+                request["start_revision"] = self._watch_from
+            try:
+                async with self._http().stream(
+                    "POST",
+                    self._url("/watch"),
+                    json={"create_request": request},
+                    timeout=httpx.Timeout(self.request_timeout, read=None),
+                ) as response:
+                    if response.status_code != 200:
+                        raise LockStoreUnavailable(f"watch answered HTTP {response.status_code}")
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        result = json.loads(line).get("result", {})
+                        delay = 0.0
+                        if result.get("compact_revision") or result.get("canceled"):
+                            # history compacted: read again from now
+                            self._watch_from = 0
+                            self._pump.wake()
+                            break
+                        revision = int(result.get("header", {}).get("revision", 0))
+                        if result.get("events"):
+                            self._watch_from = max(self._watch_from, revision + 1)
+                            self._pump.wake()
+                        elif result.get("created"):
+                            self._pump.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = min(5.0, delay * 2 or 0.2)
+                log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
+                if isinstance(exc, httpx.TransportError):
+                    self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                await asyncio.sleep(delay)
+                self._pump.wake()
+
+    # ------------------------------------------------------------------ the rest
+
+    async def release(self, run_id: int) -> None:
+        attempts = 0
+        while True:
+            try:
+                await self._release(run_id)
+                break
+            except LockStoreUnavailable:
+                attempts += 1
+                if attempts >= 3:
+                    raise
+                await asyncio.sleep(0.2 * attempts)
+        self._pump.wake()
+
+    async def _release(self, run_id: int) -> None:
+        leases = set()
+        known = self._leases.get(run_id)
+        if known:
+            leases.add(known)
+        state = await self._read()
+        leases.update(lease for rid, lease in state.markers.items() if rid == run_id)
+        if run_id in state.waiters:
+            leases.add(state.waiters[run_id][1])
+        held = [k for k, h in state.holds.items() if h.run_id == run_id]
+        leases.update(state.holds[k].lease for k in held)
+        for lease in leases - {0}:
+            await self._revoke(lease)
+        leftovers = [self._hold_key(k) for k in held if not state.holds[k].lease]
+        if leftovers:
+            await self._call(
+                "/kv/txn",
+                {"success": [{"request_delete_range": {"key": _b64(k)}} for k in leftovers]},
+            )
+        self._leases.pop(run_id, None)
+
+    async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
+        """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
+        for attempt in range(4):
+            try:
+                payload = await self._call(
+                    "/kv/txn",
+                    {
+                        "success": [
+                            {"request_range": {"key": _b64(self._hold_key(k))}} for k in keys
+                        ]
+                    },
+                )
+                break
+            except LockStoreUnavailable:
+                await asyncio.sleep(0.25 * (attempt + 1))
+        else:
+            return False
+        for response in payload.get("responses", []):
+            kvs = response.get("response_range", {}).get("kvs", [])
+            if not kvs or json.loads(_unb64(kvs[0].get("value", "")) or "{}").get("run") != run_id:
+                return False
+        return True
+
+    async def keepalive(self, run_ids: Iterable[int]) -> None:
+        leases = {rid: self._leases[rid] for rid in run_ids if rid in self._leases}
+        if not leases:
+            return
+        limit = asyncio.Semaphore(16)
+
+        async def renew(run_id: int, lease: int) -> None:
+            async with limit:
+                payload = await self._call("/lease/keepalive", {"ID": lease})
+            if not int(payload.get("result", {}).get("TTL", 0)):
+                log.warning("run %s: its lock lease %s had run out", run_id, lease)
+                if self._leases.get(run_id) == lease:
+                    del self._leases[run_id]
+
+        results = await asyncio.gather(
+            *(renew(rid, lease) for rid, lease in leases.items()), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise LockStoreUnavailable(f"renewing {len(errors)} lock leases failed: {errors[0]!r}")
+
+    async def snapshot(self) -> list[LockInfo]:
+        state = await self._read()
+        queues: dict[str, list[int]] = {}
+        for waiter, _ in sorted(state.waiters.values(), key=lambda e: e[0].order):
+            for key in waiter.keys:
+                queues.setdefault(key, []).append(waiter.run_id)
+        out = []
+        for key in sorted(set(state.holds) | set(queues)):
+            held = state.holds.get(key)
+            out.append(
+                LockInfo(
+                    key,
+                    held.run_id if held else None,
+                    held.since if held else None,
+                    held.token if held else None,
+                    tuple(queues.get(key, ())),
+                )
+            )
+        return out
+
+    async def aclose(self) -> None:
+        await self._pump.aclose()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._watch_task = None
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
