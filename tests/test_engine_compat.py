@@ -27,9 +27,8 @@ def test_engine_settings_turn_heartbeats_off() -> None:
 
 def test_tuned_engine_starts_no_thread_per_flow_run(prefect_server) -> None:  # type: ignore[no-untyped-def]
     """A flow run in the tuned engine leaves the thread count as it was."""
-    import os
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-    os.environ["PREFECT_API_URL"] = prefect_server.api_url
     tune_flow_engine()
     seen: list[int] = []
 
@@ -38,9 +37,8 @@ def test_tuned_engine_starts_no_thread_per_flow_run(prefect_server) -> None:  # 
         seen.append(threading.active_count())
         return 1
 
-    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
-
-    with engine_settings(), temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}):
+    settings = {PREFECT_API_URL: prefect_server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
+    with engine_settings(), temporary_settings(settings):
         probe()  # warm-up: the events client and API clients start their threads once
         before = threading.active_count()
         probe()

@@ -142,17 +142,16 @@ def test_cancel_in_prefect_before_the_run_starts(ascob: Ascob) -> None:
 
 
 def _run_deployment(ascob: Ascob, job_spec: dict[str, Any]) -> str:
-    import os
-
-    os.environ["PREFECT_API_URL"] = ascob.env["PREFECT_API_URL"]
     from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async def go() -> str:
-        fr = await run_deployment(
-            f"ascob-job/{ascob.env['ASCOB_DEPLOYMENT']}",
-            parameters={"job_spec": job_spec},
-            timeout=0,
-        )
+        with temporary_settings(updates={PREFECT_API_URL: ascob.env["PREFECT_API_URL"]}):
+            fr = await run_deployment(
+                f"ascob-job/{ascob.env['ASCOB_DEPLOYMENT']}",
+                parameters={"job_spec": job_spec},
+                timeout=0,
+            )
         return str(fr.id)
 
     return asyncio.run(go())
