@@ -23,17 +23,15 @@ Identification keys: ``jenkinsInstance``, ``jenkinsProject``, ``jenkinsQueueId``
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import uuid
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 
+from backends._http import ClientsPerLoop, describe, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -88,19 +86,7 @@ class Instance:
         )
 
     def token(self) -> str | None:
-        if self.token_env is None:
-            return None
-        value = os.environ.get(self.token_env)
-        if value is None:
-            raise SubmitRefused(
-                f"jenkins instance {self.name!r}: environment variable {self.token_env} "
-                "(its API token) is not set"
-            )
-        return value
-
-
-def _http_failure(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return secret_from_env("jenkins", self.name, self.token_env)
 
 
 class JenkinsBackend(Backend):
@@ -116,11 +102,7 @@ class JenkinsBackend(Backend):
             name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
         }
         self._transport = transport
-        # httpx clients belong to one event loop; ASCOB calls backends from the API's loop
-        # and from the executor's, so each loop gets its own clients.
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, JenkinsClient]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: ClientsPerLoop[JenkinsClient] = ClientsPerLoop()
         self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
 
     # ------------------------------------------------------------------ spec
@@ -152,15 +134,13 @@ class JenkinsBackend(Backend):
             raise SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
 
     def _client(self, name: str) -> JenkinsClient:
-        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(name)
-        if client is None:
-            inst = self.instances[name]
-            client = JenkinsClient(
+        inst = self.instances[name]
+        return self._clients.get(
+            name,
+            lambda: JenkinsClient(
                 inst.url, inst.user, inst.token(), inst.timeout, transport=self._transport
-            )
-            clients[name] = client
-        return client
+            ),
+        )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, JenkinsClient, str]:
         try:
@@ -193,7 +173,7 @@ class JenkinsBackend(Backend):
                 raise SubmitRefused(f"{where}: no such job") from exc
             raise SubmitRefused(f"{where}: {exc}") from exc
         except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the job ({_http_failure(exc)})") from exc
+            raise SubmitRefused(f"{where}: cannot read the job ({describe(exc)})") from exc
         if definition.get("buildable") is False:
             raise SubmitRefused(f"{where}: the job is disabled")
         declared = {
@@ -218,7 +198,7 @@ class JenkinsBackend(Backend):
                 raise SubmitRefused(f"{where}: {exc}") from exc
             raise RuntimeError(f"{where}: trigger answered {exc}; outcome unknown") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({_http_failure(exc)})") from exc
+            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
         return {
             "jenkinsInstance": name,
@@ -271,7 +251,7 @@ class JenkinsBackend(Backend):
                 raise JobNotFound(f"jenkins: {exc}") from exc
             raise BackendUnavailable(f"jenkins: {exc}") from exc
         except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {_http_failure(exc)}") from exc
+            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
         url = build.get("url")
         result = build.get("result")
         if build.get("building") or result is None:
@@ -304,7 +284,7 @@ class JenkinsBackend(Backend):
         except JenkinsHTTPError as exc:
             raise BackendUnavailable(f"jenkins stop: {exc}") from exc
         except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins stop: {_http_failure(exc)}") from exc
+            raise BackendUnavailable(f"jenkins stop: {describe(exc)}") from exc
 
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         try:
@@ -318,10 +298,8 @@ class JenkinsBackend(Backend):
                 raise JobNotFound(f"jenkins: {exc}") from exc
             raise BackendUnavailable(f"jenkins: {exc}") from exc
         except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {_http_failure(exc)}") from exc
+            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
         return OutputChunk(text, next_offset, more)
 
     async def aclose(self) -> None:
-        clients = self._clients.pop(asyncio.get_running_loop(), {})
-        for client in clients.values():
-            await client.aclose()
+        await self._clients.aclose()

@@ -17,16 +17,14 @@ Identification keys: ``rundeckInstance``, ``rundeckJobId``, ``rundeckExecutionId
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 
+from backends._http import ClientsPerLoop, describe, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -92,19 +90,7 @@ class Instance:
         )
 
     def token(self) -> str | None:
-        if self.token_env is None:
-            return None
-        value = os.environ.get(self.token_env)
-        if value is None:
-            raise SubmitRefused(
-                f"rundeck instance {self.name!r}: environment variable {self.token_env} "
-                "(its API token) is not set"
-            )
-        return value
-
-
-def _failure(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return secret_from_env("rundeck", self.name, self.token_env)
 
 
 class RundeckBackend(Backend):
@@ -120,9 +106,7 @@ class RundeckBackend(Backend):
             name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
         }
         self._transport = transport
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, RundeckClient]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: ClientsPerLoop[RundeckClient] = ClientsPerLoop()
 
     # ------------------------------------------------------------------ spec
 
@@ -154,15 +138,13 @@ class RundeckBackend(Backend):
             )
 
     def _client(self, name: str) -> RundeckClient:
-        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(name)
-        if client is None:
-            inst = self.instances[name]
-            client = RundeckClient(
+        inst = self.instances[name]
+        return self._clients.get(
+            name,
+            lambda: RundeckClient(
                 inst.url, inst.token(), inst.api_version, inst.timeout, transport=self._transport
-            )
-            clients[name] = client
-        return client
+            ),
+        )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[RundeckClient, str]:
         try:
@@ -208,7 +190,7 @@ class RundeckBackend(Backend):
                 raise SubmitRefused(f"{where}: no such job or project ({exc.message})") from exc
             raise SubmitRefused(f"{where}: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
-            raise SubmitRefused(f"{where}: cannot find the job ({_failure(exc)})") from exc
+            raise SubmitRefused(f"{where}: cannot find the job ({describe(exc)})") from exc
         try:
             execution = await client.run_job(job_id, dict(job.parameters))
         except RundeckHTTPError as exc:
@@ -217,7 +199,7 @@ class RundeckBackend(Backend):
             message = f"{where} job {job_id}: run answered {exc}; outcome unknown"
             raise RuntimeError(message) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({_failure(exc)})") from exc
+            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
         if execution.get("id") is None:
             raise RuntimeError(f"{where} job {job_id}: run answered without an execution id")
         log.info("run %s: %s job %s is execution %s", job.run_id, where, job_id, execution["id"])
@@ -255,7 +237,7 @@ class RundeckBackend(Backend):
                 raise JobNotFound(f"rundeck: {exc}") from exc
             raise BackendUnavailable(f"rundeck: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError) as exc:
-            raise BackendUnavailable(f"rundeck: {_failure(exc)}") from exc
+            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
         mapped = STATUSES.get(state)
         if mapped is BackendStatus.QUEUED and execution_id != keys.get("rundeckExecutionId"):
             mapped = BackendStatus.RUNNING  # a retry waiting to start: the run goes on
@@ -279,7 +261,7 @@ class RundeckBackend(Backend):
         except RundeckHTTPError as exc:
             raise BackendUnavailable(f"rundeck abort: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError) as exc:
-            raise BackendUnavailable(f"rundeck abort: {_failure(exc)}") from exc
+            raise BackendUnavailable(f"rundeck abort: {describe(exc)}") from exc
         abort = answer.get("abort") or {}
         if isinstance(abort, dict) and abort.get("status") == "failed":
             raise BackendUnavailable(f"rundeck abort failed: {abort.get('reason') or 'no reason'}")
@@ -294,7 +276,7 @@ class RundeckBackend(Backend):
                 raise JobNotFound(f"rundeck: {exc}") from exc
             raise BackendUnavailable(f"rundeck: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError, ValueError, TypeError) as exc:
-            raise BackendUnavailable(f"rundeck: {_failure(exc)}") from exc
+            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
         entries = data.get("entries") or []
         text = "".join(
             f"{e.get('log', '')}\n" for e in entries if isinstance(e, dict) and "log" in e
@@ -304,6 +286,4 @@ class RundeckBackend(Backend):
         return OutputChunk(text, next_offset, more)
 
     async def aclose(self) -> None:
-        clients = self._clients.pop(asyncio.get_running_loop(), {})
-        for client in clients.values():
-            await client.aclose()
+        await self._clients.aclose()
