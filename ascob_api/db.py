@@ -52,5 +52,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# any constant: the key of the PostgreSQL advisory lock that serialises schema creation
+_SCHEMA_LOCK = 0x_A5C0_B5C4
+
+
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Create missing tables. On PostgreSQL, processes that start together take turns: two
+    concurrent ``CREATE TABLE`` of the same table fail with a unique violation on ``pg_type``
+    (``create_all``'s "does it exist?" check and the create are not atomic)."""
+    if engine.dialect.name != "postgresql":
+        SQLModel.metadata.create_all(engine)
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+        SQLModel.metadata.create_all(conn)

@@ -161,6 +161,8 @@ class Launcher:
 
     async def _create_one(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
         rec = await self.runtime.record(run_id)
+        if rec.flow_run_id is not None:
+            return  # another launcher (API replica or executor) got there first
         tags = [f"backend:{rec.backend_id}"]
         if rec.submitter:
             tags.append(f"owner:{rec.submitter}")
