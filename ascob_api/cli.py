@@ -50,8 +50,8 @@ def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
     settings.home.mkdir(parents=True, exist_ok=True)
-    token_note = (
-        "" if settings.root_token else " (generated; in %s)" % (settings.home / "root_token")
+    token_note = (  # where a generated root token is, never the token itself
+        "" if settings.root_token else f"; root token generated in {settings.home / 'root_token'}"
     )
     settings.ensure_root_token()
     if with_api and not settings.public_url:
@@ -84,13 +84,7 @@ def _serve_api(parts: object, host: str, port: int, executor: object, token_note
     if executor is None:
         lifespan = _launcher_lifespan(parts)
     application = create_app(parts.services, lifespan=lifespan)
-    log.info(
-        "ASCOB API on http://%s:%d (docs /docs); root token%s",
-        host,
-        port,
-        token_note,
-        *([parts.settings.home / "root_token"] if token_note else []),
-    )
+    log.info("ASCOB API on http://%s:%d (docs at /docs)%s", host, port, token_note)
     log.info("Prefect API %s", os.environ.get("PREFECT_API_URL"))
     config = uvicorn.Config(
         application, host=host, port=port, log_config=None, access_log=False, lifespan="on"
