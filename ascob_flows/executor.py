@@ -491,6 +491,12 @@ class Executor:
             return
         started = time.monotonic()
         try:
+            # the batch may be seconds old: Prefect accepts Pending from Completed and Failed
+            # (a rerun), so a flow run that another executor claimed *and finished* meanwhile
+            # would be run a second time. Propose only while it is still Scheduled.
+            current = await client.read_flow_run(flow_run.id)
+            if current.state is None or current.state.type != StateType.SCHEDULED:
+                return
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
             self.stats.claim(time.monotonic() - started)
         except ObjectNotFound:

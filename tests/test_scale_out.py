@@ -32,6 +32,7 @@ DUMMY = {"_execution_backend_id": "dummyBackend"}
 EXECUTORS = ("exec-a", "exec-b")
 FINAL = {"SUCCEDED", "FAILED", "ABORTED", "IN_DOUBT"}
 # the flow's log line after a successful backend submission (once per line: not the message=)
+_BEGUN = re.compile(r"\] Beginning flow run 'ascob-(\d+) ")
 _SUBMITTED = re.compile(r"\] run (\d+): submitted to dummyBackend as \{'dummyJobId': '(\w+)'")
 
 
@@ -238,6 +239,11 @@ def test_two_apis_two_executors_on_postgres(cluster: Cluster) -> None:
                 submissions[run_id] += 1
                 submitted_by[run_id] = name
                 assert m.group(2) in rows[run_id][4]  # the job the repository knows
+    # ... and each flow run was started once, by one executor (not again by a stale claim)
+    begun = Counter(
+        int(m.group(1)) for path in logs.values() for m in _BEGUN.finditer(path.read_text())
+    )
+    assert all(begun[rid] == 1 for rid in ids), {r: n for r, n in begun.items() if n != 1}
     dispatched = [rid for rid in ids if "dummyJobId" in rows[rid][4]]
     refused = [rid for rid in ids if rows[rid][3] and "dummyJobId" not in rows[rid][4]]
     assert len(dispatched) == len(ids) - 1 and len(refused) == 1  # the fail=true run
