@@ -45,7 +45,7 @@ def test_a_lock_serialises_runs_and_hands_over_on_release(ascob: Ascob) -> None:
     ascob.wait_status(first, "ABORTED")
     # woken by the release, not by a 30 s timer
     ascob.wait_status(second, "SUCCEDED", timeout=15)
-    assert key not in holders(ascob)
+    wait_until(lambda: key not in holders(ascob), 10, f"{key} released")
 
 
 def test_all_or_nothing_and_a_waiting_run_holds_nothing(ascob: Ascob) -> None:
@@ -112,7 +112,8 @@ def test_fencing_token_reaches_the_job(ascob: Ascob) -> None:
         run_id = ascob.submit(spec([key], output="token=%%LOCKTOKEN%%"))
         ascob.wait_status(run_id, "SUCCEDED")
         outputs.append(ascob.http.get(f"/api/runs/{run_id}/output.txt").text)
-    assert outputs == ["token=1", "token=2"]
+    first, second = (int(out.removeprefix("token=")) for out in outputs)
+    assert 0 < first < second  # fencing tokens increase with every acquisition
 
 
 def test_sigkill_and_restart_keeps_runs_reattaches_and_locks_stay_exclusive(
