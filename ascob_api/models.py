@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_serializer
 from pydantic import Field as PField
 from sqlalchemy import JSON, Column, LargeBinary
 from sqlmodel import Field, SQLModel
@@ -126,6 +126,21 @@ class RunInfo(WireModel):
     defined_time: datetime | None = PField(default=None, serialization_alias="definedTime")
     submission_time: datetime | None = PField(default=None, serialization_alias="submissionTime")
     end_time: datetime | None = PField(default=None, serialization_alias="endTime")
+    waiting_for: list[int] | None = PField(
+        default=None,
+        serialization_alias="waitingFor",
+        description="WAITING_LOCKS only: the runs this run waits for (holders, then earlier "
+        "waiters of its locks). Absent otherwise.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_extras(self, handler: Any) -> dict[str, Any]:
+        # the original ASCOB fields are always there (null included); extras only when set
+        data: dict[str, Any] = handler(self)
+        for extra in ("waitingFor", "waiting_for"):
+            if extra in data and data[extra] is None:
+                del data[extra]
+        return data
 
     @field_serializer("defined_time", "submission_time", "end_time")
     def _wire_time(self, value: datetime | None) -> str | None:

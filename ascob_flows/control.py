@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ascob_flows.locks import LockStore
+from ascob_flows.locks import LockStore, LockStoreUnavailable
 from ascob_flows.ports import RunRepository
 from ascob_flows.status import NOT_DISPATCHED, RunStatus
 from backends import BackendRegistry
@@ -52,7 +52,15 @@ async def request_stop(
             message=message,
         )
     if aborted:
-        await locks.release(run_id)
+        try:
+            await locks.release(run_id)
+        except LockStoreUnavailable:
+            # the flow releases them too, and a lease runs out by itself
+            log.warning(
+                "run %s: lock store unavailable; its locks are released later",
+                run_id,
+                extra={"runId": run_id},
+            )
         log.info("run %s: ABORTED before dispatch (%s)", run_id, reason, extra={"runId": run_id})
         return RunStatus.ABORTED
     moved = await asyncio.to_thread(

@@ -39,7 +39,10 @@ def test_a_lock_serialises_runs_and_hands_over_on_release(ascob: Ascob) -> None:
     second = ascob.submit(spec([key]))
     ascob.wait_status(second, "WAITING_LOCKS")
     time.sleep(1.5)
-    assert ascob.run(second)["status"] == "WAITING_LOCKS"
+    waiting = ascob.run(second)
+    assert waiting["status"] == "WAITING_LOCKS"
+    assert waiting["waitingFor"] == [first]  # an extra field, only while waiting
+    assert "waitingFor" not in ascob.run(first)
     assert holders(ascob)[key] == first
     ascob.http.delete(f"/api/runs/{first}")
     ascob.wait_status(first, "ABORTED")

@@ -12,6 +12,8 @@ from ascob_api.deps import ServicesDep, require
 from ascob_api.errors import BadRequest
 from ascob_api.models import RunInfo, SubmitRequest, SubmitResponse
 from ascob_api.security import Identity, Permission
+from ascob_flows.locks import LockStoreUnavailable
+from ascob_flows.status import RunStatus
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -34,8 +36,14 @@ async def submit(
 async def get_run(
     runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
-    """The run's status and times."""
-    return RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
+    """The run's status and times; a run waiting for locks also says which runs it waits for."""
+    info = RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
+    if info.status is RunStatus.WAITING_LOCKS:
+        try:
+            info.waiting_for = await services.locks.waiting_for(runId)
+        except LockStoreUnavailable:
+            pass  # the original fields still answer
+    return info
 
 
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
