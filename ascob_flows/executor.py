@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -43,6 +44,7 @@ from prefect.context import AsyncClientContext
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.server.schemas.responses import SetStateStatus
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Pending, Scheduled
 from prefect.types._datetime import now as prefect_now
 
@@ -54,6 +56,7 @@ from ascob_flows.runtime import Runtime, install_runtime
 from ascob_flows.status import RunStatus
 
 log = logging.getLogger(__name__)
+_CREATE_ATTEMPTS = 20
 
 
 async def ensure_deployment(
@@ -166,13 +169,24 @@ class Launcher:
         tags = [f"backend:{rec.backend_id}"]
         if rec.submitter:
             tags.append(f"owner:{rec.submitter}")
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment_id,
-            parameters={"run_id": run_id},
-            name=flow_run_name(run_id, rec.description),
-            tags=tags,
-            idempotency_key=launch_key(rec),
-        )
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                # a SQLite-backed Prefect server answers 503 ("database is locked") to a create
+                # that races another write; Prefect's client would wait 2, 4, 8, 16, 32 s. The
+                # idempotency key makes an immediate, short-jittered retry safe.
+                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                    flow_run = await client.create_flow_run_from_deployment(
+                        deployment_id,
+                        parameters={"run_id": run_id},
+                        name=flow_run_name(run_id, rec.description),
+                        tags=tags,
+                        idempotency_key=launch_key(rec),
+                    )
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 503 or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0.05, 0.25))
         if flow_run.deployment_id != deployment_id or flow_run.parameters.get("run_id") != run_id:
             raise RuntimeError(
                 f"run {run_id}: Prefect returned flow run {flow_run.id} of another deployment "
