@@ -50,7 +50,7 @@ from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.control import AlreadyFinal, request_stop
 from ascob_flows.engine_compat import engine_settings, tune_flow_engine
-from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job, flow_run_name
+from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job, final_state, flow_run_name
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, install_runtime
 from ascob_flows.status import RunStatus
@@ -521,6 +521,8 @@ class Executor:
         if result.status != SetStateStatus.ACCEPT:
             return  # another executor has it
         run_id = flow_run.parameters.get("run_id")
+        if run_id is not None and await self._already_over(client, flow_run.id, int(run_id)):
+            return
         if run_id is not None:
             self.active_runs.add(int(run_id))
             await asyncio.to_thread(
@@ -529,6 +531,32 @@ class Executor:
         flow_run.state = result.state
         task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
         self.active[flow_run.id] = task
+
+    async def _already_over(self, client: PrefectClient, flow_run_id: UUID, run_id: int) -> bool:
+        """A claim can still win the race against another executor that ran the flow run to its
+        end between our read and our proposal (Prefect takes Pending from Completed as a rerun).
+        If the ASCOB run is final there is nothing to run: give the flow run its final state
+        back, make sure the locks are free, and leave the run to its owner."""
+        rec = await self.runtime.record(run_id)
+        if not rec.status.is_final:
+            return False
+        log.info(
+            "run %s: already %s; not running its flow run again",
+            run_id,
+            rec.status.value,
+            extra={"runId": run_id},
+        )
+        try:
+            await self.runtime.locks.release(run_id)
+            await client.set_flow_run_state(flow_run_id, final_state(rec), force=True)
+        except Exception as exc:
+            log.warning(
+                "run %s: restoring the final state failed (%r)",
+                run_id,
+                exc,
+                extra={"runId": run_id},
+            )
+        return True
 
     async def _execute(self, flow_run: Any, run_id: int | None) -> None:
         try:

@@ -303,7 +303,6 @@ async def _link_artifact(rt: Runtime, rec: RunRecord, job_url: str | None) -> No
     try:
         await acreate_markdown_artifact(
             markdown="\n".join(lines),
-            key=f"ascob-run-{rec.id}",
             description=f"ASCOB run {rec.id} on {rec.backend_id}",
         )
     except Exception as exc:  # cosmetic
@@ -319,7 +318,6 @@ async def _output_artifact(rt: Runtime, rec: RunRecord, limit: int = 4000) -> No
         text = chunk.text[-limit:]
         await acreate_markdown_artifact(
             markdown=f"# Output of ASCOB run {rec.id} ({rec.status.value})\n\n```\n{text}\n```",
-            key=f"ascob-output-{rec.id}",
             description=f"last {limit} characters of the output",
         )
     except Exception as exc:  # cosmetic
