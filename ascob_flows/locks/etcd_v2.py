@@ -37,7 +37,14 @@ from urllib.parse import urlsplit
 import etcd
 
 from ascob_flows.locks.base import Grant, LockInfo, LockStore, LockStoreUnavailable
-from ascob_flows.locks.queueing import Pump, Waiter, decode_key, eligible, encode_key
+from ascob_flows.locks.queueing import (
+    Pump,
+    Waiter,
+    decode_key,
+    eligible,
+    encode_key,
+    lock_infos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -355,23 +362,10 @@ class EtcdV2LockStore(LockStore):
 
     async def snapshot(self) -> list[LockInfo]:
         state = await self._read()
-        queues: dict[str, list[int]] = {}
-        for waiter in state.waiters:
-            for key in waiter.keys:
-                queues.setdefault(key, []).append(waiter.run_id)
-        out = []
-        for key in sorted(set(state.holds) | set(queues)):
-            held = state.holds.get(key)
-            out.append(
-                LockInfo(
-                    key,
-                    held.run_id if held else None,
-                    held.since if held else None,
-                    held.created if held else None,
-                    tuple(queues.get(key, ())),
-                )
-            )
-        return out
+        return lock_infos(
+            {k: (h.run_id, h.since, h.created) for k, h in state.holds.items()},
+            ((w.run_id, w.keys) for w in state.waiters),
+        )
 
     async def aclose(self) -> None:
         self._closed.set()

@@ -36,7 +36,14 @@ from typing import Any
 import httpx
 
 from ascob_flows.locks.base import Grant, LockError, LockInfo, LockStore, LockStoreUnavailable
-from ascob_flows.locks.queueing import Pump, Waiter, decode_key, eligible, encode_key
+from ascob_flows.locks.queueing import (
+    Pump,
+    Waiter,
+    decode_key,
+    eligible,
+    encode_key,
+    lock_infos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -482,23 +489,11 @@ class EtcdV3LockStore(LockStore):
 
     async def snapshot(self) -> list[LockInfo]:
         state = await self._read()
-        queues: dict[str, list[int]] = {}
-        for waiter, _ in sorted(state.waiters.values(), key=lambda e: e[0].order):
-            for key in waiter.keys:
-                queues.setdefault(key, []).append(waiter.run_id)
-        out = []
-        for key in sorted(set(state.holds) | set(queues)):
-            held = state.holds.get(key)
-            out.append(
-                LockInfo(
-                    key,
-                    held.run_id if held else None,
-                    held.since if held else None,
-                    held.token if held else None,
-                    tuple(queues.get(key, ())),
-                )
-            )
-        return out
+        in_order = sorted(state.waiters.values(), key=lambda e: e[0].order)
+        return lock_infos(
+            {k: (h.run_id, h.since, h.token) for k, h in state.holds.items()},
+            ((w.run_id, w.keys) for w, _ in in_order),
+        )
 
     async def aclose(self) -> None:
         await self._pump.aclose()

@@ -17,8 +17,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from ascob_flows.locks.base import Grant
+from ascob_flows.locks.base import Grant, LockInfo
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,24 @@ def eligible(
 
 
 Round = Callable[[dict[int, tuple[str, ...]]], Awaitable[dict[int, Grant]]]
+
+
+def lock_infos(
+    holds: Mapping[str, tuple[int, datetime | None, int | None]],
+    waiters: Iterable[tuple[int, Iterable[str]]],
+) -> list[LockInfo]:
+    """The snapshot of a store: ``holds`` key -> (run, since, token); ``waiters`` (run, keys)
+    in arrival order."""
+    queues: dict[str, list[int]] = {}
+    for run_id, keys in waiters:
+        for key in keys:
+            queues.setdefault(key, []).append(run_id)
+    out = []
+    for key in sorted(set(holds) | set(queues)):
+        held = holds.get(key)
+        holder, since, token = held if held is not None else (None, None, None)
+        out.append(LockInfo(key, holder, since, token, tuple(queues.get(key, ()))))
+    return out
 
 
 class Pump:
