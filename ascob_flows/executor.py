@@ -127,6 +127,14 @@ class Launcher:
 
     async def run(self, client: PrefectClient, deployment_id: UUID) -> None:
         self._loop = asyncio.get_running_loop()
+        # a SQLite-backed Prefect server answers 503 ("database is locked") to a create that
+        # races another write; Prefect's client would wait 2, 4, 8, 16, 32 s. The idempotency
+        # key makes an immediate, short-jittered retry safe, so this task's client calls do not
+        # retry by themselves. (Set once for the task: building settings costs milliseconds.)
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            await self._run(client, deployment_id)
+
+    async def _run(self, client: PrefectClient, deployment_id: UUID) -> None:
         backoff = Backoff()
         while True:
             try:
@@ -171,17 +179,13 @@ class Launcher:
             tags.append(f"owner:{rec.submitter}")
         for attempt in range(_CREATE_ATTEMPTS):
             try:
-                # a SQLite-backed Prefect server answers 503 ("database is locked") to a create
-                # that races another write; Prefect's client would wait 2, 4, 8, 16, 32 s. The
-                # idempotency key makes an immediate, short-jittered retry safe.
-                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                    flow_run = await client.create_flow_run_from_deployment(
-                        deployment_id,
-                        parameters={"run_id": run_id},
-                        name=flow_run_name(run_id, rec.description),
-                        tags=tags,
-                        idempotency_key=launch_key(rec),
-                    )
+                flow_run = await client.create_flow_run_from_deployment(
+                    deployment_id,
+                    parameters={"run_id": run_id},
+                    name=flow_run_name(run_id, rec.description),
+                    tags=tags,
+                    idempotency_key=launch_key(rec),
+                )
                 break
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 503 or attempt == _CREATE_ATTEMPTS - 1:
@@ -254,6 +258,7 @@ class Executor:
         self.deployment_name = deployment_name
         self.stats_interval = 30.0
         self.cancel_interval = 2.0
+        self.claim_concurrency = 4
         self.active: dict[UUID, asyncio.Task[Any]] = {}
         self.stats = Stats()
         self.active_runs = runtime.active_runs
@@ -492,13 +497,28 @@ class Executor:
                     break
                 if not batch:
                     break
+                # a claim is two round trips to Prefect: a few in flight at once, started no
+                # faster than start_rate per second
+                gate = asyncio.Semaphore(self.claim_concurrency)
+                claims: list[asyncio.Task[None]] = []
                 for flow_run in batch:
-                    started = time.monotonic()
-                    await self._claim_and_start(client, flow_run)
+                    await gate.acquire()
+                    claims.append(asyncio.create_task(self._gated_claim(client, flow_run, gate)))
                     if interval:
-                        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                        await asyncio.sleep(interval)
+                await asyncio.gather(*claims)
                 if len(batch) < 100:
                     break
+
+    async def _gated_claim(
+        self, client: PrefectClient, flow_run: Any, gate: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._claim_and_start(client, flow_run)
+        except Exception:
+            log.exception("starting flow run %s failed", flow_run.id)
+        finally:
+            gate.release()
 
     async def _claim_and_start(self, client: PrefectClient, flow_run: Any) -> None:
         if flow_run.id in self.active:

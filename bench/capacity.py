@@ -11,8 +11,10 @@ GET latency meanwhile against its own idle baseline measured before any run exis
 from __future__ import annotations
 
 import argparse
+import signal
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +50,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, nargs="+", default=[500, 1000, 2000])
     parser.add_argument("--sample", type=float, default=30.0)
     args = parser.parse_args()
+    # stopped with kill (or from a background shell, where SIGINT is ignored): still stop the
+    # servers this benchmark started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="ascob-capacity-"))
     prefect = PrefectServer(work).start()
     app = Ascob(
