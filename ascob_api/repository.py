@@ -179,7 +179,7 @@ class Repository:
             s.exec(update(Run).where(col(Run.id) == run_id).values(**fields))
             s.commit()
 
-    def runs_to_launch(self, limit: int) -> list[int]:
+    def runs_to_launch(self, limit: int, older_than: float = 0.0) -> list[int]:
         query = (
             select(Run.id)
             .where(Run.launch_requested == True)  # noqa: E712
@@ -188,6 +188,8 @@ class Repository:
             .order_by(col(Run.id))
             .limit(limit)
         )
+        if older_than > 0:
+            query = query.where(col(Run.defined_time) <= utcnow() - timedelta(seconds=older_than))
         with self.session() as s:
             return [i for i in s.exec(query).all() if i is not None]
 

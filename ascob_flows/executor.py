@@ -119,6 +119,7 @@ class Launcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick = asyncio.Event()
         self.sweep_interval = 2.0
+        self.sweep_grace = 10.0
         self.concurrency = 4
 
     def kick(self) -> None:
@@ -141,11 +142,20 @@ class Launcher:
                 await asyncio.wait_for(self._kick.wait(), self.sweep_interval)
             except TimeoutError:
                 pass
+            # kicked: this process recorded runs, create their flow runs now. A periodic sweep
+            # (every launcher of the installation does one) takes only runs that waited
+            # sweep_grace already, in its own random order: launchers do not all create the
+            # same flow runs (idempotent, but each attempt is a write on the Prefect server)
+            kicked = self._kick.is_set()
             self._kick.clear()
             while True:
-                ids = await asyncio.to_thread(self.runtime.repo.runs_to_launch, 200)
+                ids = await asyncio.to_thread(
+                    self.runtime.repo.runs_to_launch, 200, 0.0 if kicked else self.sweep_grace
+                )
                 if not ids:
                     break
+                if not kicked:
+                    random.shuffle(ids)
                 try:
                     # a few at a time: a burst of writes makes a SQLite-backed Prefect server
                     # answer "database is locked" for everything, including running flows
@@ -205,17 +215,22 @@ class Stats:
 
     def __init__(self) -> None:
         self.claims = 0
+        self.lost = 0
         self.claim_seconds = 0.0
         self.finished = 0
 
-    def claim(self, seconds: float) -> None:
+    def claim(self, seconds: float, won: bool) -> None:
         self.claims += 1
+        self.lost += not won
         self.claim_seconds += seconds
 
     def report(self) -> str:
         mean = self.claim_seconds / self.claims * 1000 if self.claims else 0.0
-        text = f"{self.claims} started ({mean:.0f} ms per claim), {self.finished} finished"
-        self.claims, self.claim_seconds, self.finished = 0, 0.0, 0
+        text = (
+            f"{self.claims - self.lost} started ({mean:.0f} ms per claim, {self.lost} claims "
+            f"lost to other executors), {self.finished} finished"
+        )
+        self.claims, self.lost, self.claim_seconds, self.finished = 0, 0, 0.0, 0
         return text
 
 
@@ -498,7 +513,9 @@ class Executor:
                 if not batch:
                     break
                 # a claim is two round trips to Prefect: a few in flight at once, started no
-                # faster than start_rate per second
+                # faster than start_rate per second. Other executors read the same batch: in
+                # random order, they rarely race each other for the same flow run
+                random.shuffle(batch)
                 gate = asyncio.Semaphore(self.claim_concurrency)
                 claims: list[asyncio.Task[None]] = []
                 for flow_run in batch:
@@ -532,7 +549,7 @@ class Executor:
             if current.state is None or current.state.type != StateType.SCHEDULED:
                 return
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
-            self.stats.claim(time.monotonic() - started)
+            self.stats.claim(time.monotonic() - started, result.status == SetStateStatus.ACCEPT)
         except ObjectNotFound:
             return
         except Exception as exc:

@@ -8,7 +8,10 @@ whose job was dispatched is re-attached through its identification keys, never s
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,6 +27,8 @@ from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
 from ascob_flows.status import NOT_DISPATCHED, RunStatus
 from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
+
+log = logging.getLogger(__name__)
 
 FLOW_NAME = "ascob-job"
 DEPLOYMENT_NAME = "ascob-job"
@@ -49,18 +54,71 @@ def flow_run_name(run_id: int, description: str | None) -> str:
     return f"ascob-{run_id}" + (f" {text[:80]}" if text else "")
 
 
+class UiWriter:
+    """Writes what the Prefect UI shows of one flow run (state names that mirror the ASCOB
+    status, artifacts) in order, in the background: a slow Prefect server then never holds a
+    run, or the locks it holds, back. The flow flushes it before its final state, so a late
+    state name can never overwrite the final state."""
+
+    flush_limit = 30.0  # seconds the flow waits for its UI updates at the end
+
+    def __init__(self) -> None:
+        self._tail: asyncio.Future[None] | None = None
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def submit(self, what: str, update: Callable[[], Awaitable[Any]]) -> None:
+        previous = self._tail
+
+        async def in_order() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            try:
+                await update()
+            except Exception as exc:  # cosmetic: never fail a run for it
+                log.debug("could not show %s in Prefect: %r", what, exc)
+
+        self._tail = asyncio.ensure_future(in_order())
+        self._pending.add(self._tail)
+        self._tail.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        _done, late = await asyncio.wait(set(self._pending), timeout=self.flush_limit)
+        for update in late:
+            update.cancel()
+        if late:
+            log.warning("gave up %d Prefect UI update(s) after %.0f s", len(late), self.flush_limit)
+
+
+_ui: ContextVar[UiWriter | None] = ContextVar("ascob_ui_writer", default=None)
+
+
+async def show(what: str, update: Callable[[], Awaitable[Any]]) -> None:
+    """Queue a UI update of the current flow run (done at once outside an ASCOB flow)."""
+    writer = _ui.get()
+    if writer is not None:
+        writer.submit(what, update)
+        return
+    try:
+        await update()
+    except Exception as exc:
+        log.debug("could not show %s in Prefect: %r", what, exc)
+
+
 async def mirror_state(status: RunStatus) -> None:
     """Show the ASCOB status as the flow run's state name (a Running state)."""
     name = _STATE_NAMES.get(status)
     ctx = FlowRunContext.get()
     if name is None or ctx is None or ctx.flow_run is None:
         return
-    if not isinstance(ctx.client, PrefectClient):
+    client, flow_run_id = ctx.client, ctx.flow_run.id
+    if not isinstance(client, PrefectClient):
         return
-    try:
-        await ctx.client.set_flow_run_state(ctx.flow_run.id, Running(name=name), force=True)
-    except Exception as exc:  # cosmetic: never fail a run for it
-        get_run_logger().debug("could not show state %s: %r", name, exc)
+    await show(
+        f"state {name}",
+        lambda: client.set_flow_run_state(flow_run_id, Running(name=name), force=True),
+    )
 
 
 def _stopping(status: RunStatus) -> bool:
@@ -300,13 +358,12 @@ async def _link_artifact(rt: Runtime, rec: RunRecord, job_url: str | None) -> No
         lines.append(f"* ASCOB run: [{api}]({api}) (output: [{api}/output.txt]({api}/output.txt))")
     keys = ", ".join(f"`{k}={v}`" for k, v in rec.identification_keys.items() if k != "output")
     lines.append(f"* identification keys: {keys}")
-    try:
-        await acreate_markdown_artifact(
-            markdown="\n".join(lines),
-            description=f"ASCOB run {rec.id} on {rec.backend_id}",
-        )
-    except Exception as exc:  # cosmetic
-        get_run_logger().debug("run %s: no link artifact: %r", rec.id, exc)
+    await show(
+        "the link artifact",
+        lambda: acreate_markdown_artifact(
+            markdown="\n".join(lines), description=f"ASCOB run {rec.id} on {rec.backend_id}"
+        ),
+    )
 
 
 async def _output_artifact(rt: Runtime, rec: RunRecord, limit: int = 4000) -> None:
@@ -380,6 +437,8 @@ async def ascob_job(
             )
         await asyncio.to_thread(rt.repo.update_fields, run_id, executor_id=rt.executor_id)
         logger.info("run %s: registered from a deployment flow run", run_id)
+    ui = UiWriter()
+    _ui.set(ui)
     completed = False
     try:
         while True:
@@ -400,4 +459,5 @@ async def ascob_job(
             await _output_artifact(rt, rec)
         elif completed:
             logger.error("run %s: flow ended with the run still %s", run_id, rec.status.value)
+        await ui.flush()
     return final_state(rec)

@@ -54,8 +54,9 @@ class RunRepository(Protocol):
 
     def update_fields(self, run_id: int, **fields: Any) -> None: ...
 
-    def runs_to_launch(self, limit: int) -> list[int]:
-        """Runs that should have a flow run but have none yet."""
+    def runs_to_launch(self, limit: int, older_than: float = 0.0) -> list[int]:
+        """Runs that should have a flow run but have none yet (recorded at least
+        ``older_than`` seconds ago)."""
         ...
 
     def set_flow_run(self, run_id: int, flow_run_id: str) -> None: ...

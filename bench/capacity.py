@@ -79,6 +79,7 @@ def main() -> None:
     try:
         for target in args.runs:
             t0 = time.perf_counter()
+            new = target - len(submitted)
             while len(submitted) < target:
                 r = client.post("/api/runs", json={"jobSpec": spec})
                 submitted.append(r.json()["runId"])
@@ -101,7 +102,7 @@ def main() -> None:
                 f"{target:5d} live runs: RSS {rss:.0f} MiB, {threads} threads, "
                 f"CPU {cpu:.2f} core while waiting, GET p50 {busy * 1000:.1f} ms "
                 f"({busy / idle:.1f}x idle), started in {ramp:.0f} s "
-                f"({target / ramp:.1f} runs/s)",
+                f"({new} new runs at {new / ramp:.1f} runs/s)",
                 flush=True,
             )
     finally:

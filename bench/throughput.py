@@ -399,7 +399,7 @@ def main() -> None:
     # after 2, 4, 8, 16, 32 s): counted per variant
     os.environ["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"
     prefect = PrefectServer(work).start()
-    server_log = work / "prefect-server.log"
+    server_log = prefect.log
 
     def busy_count() -> int:
         text = server_log.read_text(errors="replace")

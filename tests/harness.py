@@ -97,16 +97,24 @@ class Proc:
 
 
 class PrefectServer:
-    def __init__(self, workdir: Path) -> None:
+    """``prefect server start`` on a free loopback port: on SQLite in its own folder (what
+    ``ascob serve`` starts), or on PostgreSQL given ``database_url`` (``postgresql://…``)."""
+
+    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        home = workdir / "prefect-home"
+        home = workdir / f"prefect-home-{self.port}"
+        self.log = workdir / f"prefect-server-{self.port}.log"
         home.mkdir(parents=True, exist_ok=True)
+        if database_url is None:
+            database_url = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+        else:
+            database_url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
         env = {
             **os.environ,
             "PREFECT_HOME": str(home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
         }
         env.pop("PREFECT_API_URL", None)
         self.proc = Proc(
@@ -122,7 +130,7 @@ class PrefectServer:
                 str(self.port),
             ],
             env,
-            workdir / "prefect-server.log",
+            self.log,
         )
 
     def start(self) -> PrefectServer:

@@ -138,17 +138,14 @@ class PostgresServer:
             "start",
         )
         self._wait_ready()
-        self._run(
-            self.bindir / "createdb",
-            "-h",
-            self.sockdir,
-            "-p",
-            str(self.port),
-            "-U",
-            self.user,
-            self.database,
-        )
+        self.create_database(self.database)
         return self
+
+    def create_database(self, name: str) -> str:
+        """One more database in this cluster; its ``postgresql://`` URL."""
+        port = str(self.port)
+        self._run(self.bindir / "createdb", "-h", self.sockdir, "-p", port, "-U", self.user, name)
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
 
     def _mkdir(self, path: Path) -> None:
         path.mkdir(mode=0o700, exist_ok=True)

@@ -101,14 +101,14 @@ def start_cluster(
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def cluster_case(
-    request: pytest.FixtureRequest, workdir: Path, prefect_server: PrefectServer
+    request: pytest.FixtureRequest, workdir: Path, prefect_server_pg: PrefectServer
 ) -> Iterator[tuple[Cluster, str]]:
     store, variant = request.param
     etcd = None
     if store != "sql":
         binary_server = request.getfixturevalue("etcd_server")  # fails in CI without etcd
         etcd = EtcdServer(workdir, binary_server.binary).start()
-    cluster = start_cluster(workdir, prefect_server, store, etcd)
+    cluster = start_cluster(workdir, prefect_server_pg, store, etcd)
     try:
         yield cluster, variant
     finally:
