@@ -21,14 +21,24 @@ def _normalise(url: str) -> str:
     return url
 
 
+READ_ONLY = "ascob_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (and pool) for transactions that only read."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def make_engine(url: str) -> Engine:
     url = _normalise(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
         kwargs["pool_size"] = 20
         kwargs["max_overflow"] = 20
     else:
+        # a database server may drop idle connections: test each one before use
+        kwargs["pool_pre_ping"] = True
         kwargs["pool_size"] = 10
         kwargs["max_overflow"] = 20
     engine = create_engine(url, **kwargs)
@@ -46,8 +56,13 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # take the write lock up front: no deadlock between two upgrading readers
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # a transaction that may write takes the write lock up front: no deadlock between
+            # two upgrading readers. Reads (see read_only) take none: in WAL mode they neither
+            # wait for writers nor make them wait
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

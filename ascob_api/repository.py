@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from ascob_api.db import read_only
 from ascob_api.errors import NotFound
 from ascob_api.models import ApiToken, Executor, Run, RunFile
 from ascob_flows.clock import utcnow
@@ -36,10 +37,17 @@ class Repository:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._reader = read_only(engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite it does not take the write lock."""
+        with Session(self._reader, expire_on_commit=False) as session:
             yield session
 
     # ------------------------------------------------------------------ runs (API side)
@@ -55,14 +63,14 @@ class Repository:
             return run
 
     def get_run(self, run_id: int) -> Run:
-        with self.session() as s:
+        with self.reading() as s:
             run = s.get(Run, run_id)
         if run is None:
             raise NotFound(f"run {run_id} not found")
         return run
 
     def get_run_by_webhook(self, webhook_id: str) -> Run:
-        with self.session() as s:
+        with self.reading() as s:
             run = s.exec(select(Run).where(Run.webhook_id == webhook_id)).first()
         if run is None:
             raise NotFound("webhook not found")
@@ -87,7 +95,7 @@ class Repository:
         if created_before:
             query = query.where(Run.defined_time <= created_before)
         query = query.order_by(col(Run.defined_time).desc(), col(Run.id).desc()).limit(limit)
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.exec(query).all())
 
     # ------------------------------------------------------------------ files
@@ -105,7 +113,7 @@ class Repository:
             s.commit()
 
     def get_file(self, run_id: int, file_id: str) -> RunFile:
-        with self.session() as s:
+        with self.reading() as s:
             found = s.get(RunFile, (run_id, file_id))
         if found is None:
             raise NotFound(f"file {file_id!r} not found")
@@ -138,7 +146,7 @@ class Repository:
             s.commit()
 
     def find_token(self, secret: str) -> ApiToken | None:
-        with self.session() as s:
+        with self.reading() as s:
             token = s.exec(
                 select(ApiToken).where(ApiToken.secret_hash == hash_secret(secret))
             ).first()
@@ -190,7 +198,7 @@ class Repository:
         )
         if older_than > 0:
             query = query.where(col(Run.defined_time) <= utcnow() - timedelta(seconds=older_than))
-        with self.session() as s:
+        with self.reading() as s:
             return [i for i in s.exec(query).all() if i is not None]
 
     def set_flow_run(self, run_id: int, flow_run_id: str) -> None:
@@ -224,13 +232,13 @@ class Repository:
         )
         if alive:
             query = query.where(col(Run.executor_id).not_in(alive))
-        with self.session() as s:
+        with self.reading() as s:
             return [i for i in s.exec(query.order_by(col(Run.id)).limit(limit)).all() if i]
 
     def statuses(self, run_ids: Iterable[int]) -> dict[int, RunStatus]:
         ids = list(run_ids)
         out: dict[int, RunStatus] = {}
-        with self.session() as s:
+        with self.reading() as s:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 rows = s.exec(select(Run.id, Run.status).where(col(Run.id).in_(chunk))).all()
@@ -238,7 +246,7 @@ class Repository:
         return out
 
     def run_for_flow_run(self, flow_run_id: str) -> int | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.exec(select(Run.id).where(Run.flow_run_id == flow_run_id)).first()
 
     def register_spec(self, job_spec: Mapping[str, Any], flow_run_id: str) -> int:
@@ -258,11 +266,11 @@ class Repository:
             s.commit()
 
     def live_executors(self) -> list[str]:
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.exec(select(Executor.id).where(Executor.expires_at > utcnow())).all())
 
     def executor_alive_elsewhere(self, executor_id: str) -> bool:
-        with self.session() as s:
+        with self.reading() as s:
             row = s.get(Executor, executor_id)
         return row is not None and row.expires_at > utcnow()
 
@@ -272,11 +280,11 @@ class Repository:
             s.commit()
 
     def count_runs(self) -> int:
-        with self.session() as s:
+        with self.reading() as s:
             return int(s.exec(select(func.count()).select_from(Run)).one())
 
     def active_run_ids(self) -> list[int]:
-        with self.session() as s:
+        with self.reading() as s:
             rows = s.exec(select(Run.id).where(or_(col(Run.status).not_in(_FINAL)))).all()
         return [r for r in rows if r is not None]
 
