@@ -4,7 +4,8 @@ Every job is a dummy job of 0.1 s whose output carries its fencing token (``%%LO
 substituted at dispatch); the dummy backend's identification keys carry the job's start time.
 From those records the checker proves, per key, that no two jobs ran at once and that fencing
 tokens increase in the order the jobs ran; and that every run finished. Variants: one executor
-SIGKILLed mid-way; etcd restarted mid-way.
+SIGKILLed mid-way; etcd restarted mid-way. The cluster shares a Prefect server on PostgreSQL,
+as an installation of this size would.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ RUNS = 300
 KEYS = 10
 DURATION = 0.1
 FINAL = {"SUCCEDED", "FAILED", "ABORTED", "IN_DOUBT"}
-# seconds for the 300 runs once submitted: Prefect's flow-run creation and claiming, not the
-# locks, set the pace (about 1 run/s on a loaded 2-core machine)
+# seconds for the 300 runs once submitted: the Prefect server's work per flow run (creating,
+# claiming, recording task-run events), not the locks, sets the pace: 1-2 runs/s on a 2-core
+# machine, with Prefect on PostgreSQL (the fixture prefect_server_pg)
 BUDGET = float(os.environ.get("ASCOB_STRESS_BUDGET", "420"))
 
 
