@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -411,25 +412,69 @@ class Executor:
         repo = self.runtime.repo
         alive = await asyncio.to_thread(repo.live_executors)
         orphans = await asyncio.to_thread(repo.orphaned_runs, self.executor_id, alive, 500)
+        resumed = 0
         for run_id in orphans:
             if run_id in self.active_runs:
                 continue
             rec = await self.runtime.record(run_id)
-            if rec.flow_run_id is None or not await asyncio.to_thread(
-                repo.claim_for_executor, run_id, self.executor_id, rec.executor_id
-            ):
+            if rec.flow_run_id is None:
                 continue
-            log.warning(
-                "run %s: resuming (its executor %s is gone)",
-                run_id,
-                rec.executor_id,
-                extra={"runId": run_id},
-            )
-            await client.set_flow_run_state(
-                UUID(rec.flow_run_id), Scheduled(name="Resuming"), force=True
-            )
-        if orphans:
+            if rec.executor_id == self.executor_id and await self._waits_for_claim(
+                client, UUID(rec.flow_run_id)
+            ):
+                continue  # handed back already: Scheduled, waiting for an executor
+            resumed += await self._resume(client, rec, f"its executor {rec.executor_id} is gone")
+        resumed += await self._reap_stuck_claims(client, alive)
+        if resumed:
             self.kick()
+
+    async def _resume(self, client: PrefectClient, rec: RunRecord, why: str) -> bool:
+        """Take the run over in the repository (one reaper wins) and hand its flow run back
+        to Prefect as Scheduled: the next claim carries on from the repository's state."""
+        assert rec.flow_run_id is not None
+        if not await asyncio.to_thread(
+            self.runtime.repo.claim_for_executor, rec.id, self.executor_id, rec.executor_id
+        ):
+            return False
+        log.warning("run %s: resuming (%s)", rec.id, why, extra={"runId": rec.id})
+        await client.set_flow_run_state(
+            UUID(rec.flow_run_id), Scheduled(name="Resuming"), force=True
+        )
+        return True
+
+    async def _waits_for_claim(self, client: PrefectClient, flow_run_id: UUID) -> bool:
+        try:
+            flow_run = await client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            return False
+        return flow_run.state is not None and flow_run.state.type == StateType.SCHEDULED
+
+    async def _reap_stuck_claims(self, client: PrefectClient, alive: list[str]) -> int:
+        """A flow run claimed (Pending) by an executor that died before it recorded the claim
+        in the repository: Pending for longer than an executor's TTL, no live executor."""
+        assert self.deployment_id is not None
+        pending = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id])),
+            limit=200,
+        )
+        horizon = prefect_now("UTC") - timedelta(seconds=self.executor_ttl)
+        resumed = 0
+        for flow_run in pending:
+            run_id = flow_run.parameters.get("run_id")
+            if flow_run.id in self.active or run_id is None or flow_run.state is None:
+                continue
+            if flow_run.state.timestamp > horizon or int(run_id) in self.active_runs:
+                continue
+            rec = await self.runtime.record(int(run_id))
+            if rec.status.is_final or rec.flow_run_id != str(flow_run.id):
+                continue
+            if rec.executor_id is not None and rec.executor_id in alive:
+                continue
+            resumed += await self._resume(client, rec, "its claim was never recorded")
+        return resumed
 
     async def _cancel_loop(self, client: PrefectClient) -> None:
         """Cancel pressed in the Prefect UI stops the ASCOB run, like DELETE /api/runs/{id}."""
@@ -548,6 +593,8 @@ class Executor:
             current = await client.read_flow_run(flow_run.id)
             if current.state is None or current.state.type != StateType.SCHEDULED:
                 return
+            run_id = flow_run.parameters.get("run_id")
+            known = None if run_id is None else (await self.runtime.record(int(run_id))).executor_id
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
             self.stats.claim(time.monotonic() - started, result.status == SetStateStatus.ACCEPT)
         except ObjectNotFound:
@@ -557,14 +604,17 @@ class Executor:
             return
         if result.status != SetStateStatus.ACCEPT:
             return  # another executor has it
-        run_id = flow_run.parameters.get("run_id")
         if run_id is not None and await self._already_over(client, flow_run.id, int(run_id)):
             return
         if run_id is not None:
+            # recorded only if no reaper took the run over meanwhile (it judges a claim that
+            # stays unrecorded for an executor's TTL a dead executor's)
+            if not await asyncio.to_thread(
+                self.runtime.repo.claim_for_executor, int(run_id), self.executor_id, known
+            ):
+                log.warning("run %s: taken over while being claimed; not starting it", run_id)
+                return
             self.active_runs.add(int(run_id))
-            await asyncio.to_thread(
-                self.runtime.repo.update_fields, int(run_id), executor_id=self.executor_id
-            )
         flow_run.state = result.state
         task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
         self.active[flow_run.id] = task

@@ -1,9 +1,10 @@
 """Issue "Prefect engine at scale" (b): end-to-end throughput of dummy jobs, with baselines.
 
     .venv/bin/python -m bench.throughput [--jobs 50] [--serve-jobs 6] [--concurrency 0]
-        [--rounds 1] [--profile]
+        [--rounds 1] [--profile] [--prefect-db sqlite|postgres]
 
-Starts one Prefect server (SQLite, loopback) and measures against it, in the same run:
+Starts one Prefect server (SQLite by default, or PostgreSQL; loopback) and measures against it,
+in the same run:
 
 - **ascob**: one ``ascob serve`` process; ``--jobs`` dummy jobs submitted concurrently through
   ``POST /api/runs`` (16 requests in flight, as a busy portal would), timed from the first
@@ -379,6 +380,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="pause between variants (s)")
     parser.add_argument("--profile", action="store_true", help="py-spy the ascob process")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
+    parser.add_argument(
+        "--prefect-db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the Prefect server's database (postgres: Debian's postgresql, started here)",
+    )
     parser.add_argument("--inprocess", choices=["gather", "deployment"], help=argparse.SUPPRESS)
     parser.add_argument("--compat", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-worker", action="store_true", help=argparse.SUPPRESS)
@@ -398,7 +405,18 @@ def main() -> None:
     # the server logs each request it answers 503 ("database is locked": the client retries
     # after 2, 4, 8, 16, 32 s): counted per variant
     os.environ["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"
-    prefect = PrefectServer(work).start()
+    postgres = None
+    database_url = None
+    if args.prefect_db == "postgres":
+        from tests.postgres_server import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("--prefect-db postgres needs Debian's postgresql package")
+        postgres = PostgresServer(bindir, database="prefect").start()
+        database_url = postgres.url
+    prefect = PrefectServer(work, database_url=database_url).start()
+    print(f"Prefect server on {args.prefect_db}", flush=True)
     server_log = prefect.log
 
     def busy_count() -> int:
@@ -464,6 +482,8 @@ def main() -> None:
         if "serve" not in args.skip:
             serve.stop()
         prefect.stop()
+        if postgres is not None:
+            postgres.stop()
 
     median = {k: statistics.median(r["jobs_per_s"] for r in v) for k, v in results.items()}
     print()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness import Ascob, PrefectServer, wait_until
@@ -123,3 +124,32 @@ def test_restarted_executor_resumes_its_own_runs_at_once(installation: Installat
     # the same executor id resumes without waiting for the TTL; the stop proves it is followed
     api.http.delete(f"/api/runs/{run_id}")
     api.wait_status(run_id, "ABORTED", timeout=30)
+
+
+def test_claim_never_recorded_is_taken_over(installation: Installation) -> None:
+    """An executor killed between winning a claim (the flow run went Pending) and recording it
+    in the repository: after an executor TTL another executor hands the flow run back and runs
+    it; without that the run would stay DEFINED forever (only Scheduled flow runs are claimed)."""
+    inst = installation
+    api = inst.api.start()  # creates flow runs, runs none
+    run_id = api.submit({"description": "dummy", "labels": DUMMY})
+    flow_run = wait_until(
+        lambda: inst.rows("select flow_run_id from runs where id = ?", run_id)[0][0],
+        60,
+        "the flow run to be created",
+    )
+    prefect = httpx.Client(base_url=inst.prefect.api_url, timeout=30)
+    claimed = prefect.post(
+        f"/flow_runs/{flow_run}/set_state", json={"state": {"type": "PENDING"}, "force": False}
+    )
+    assert claimed.json()["status"] == "ACCEPT", claimed.text
+    inst.executor("rescuer")
+    api.wait_status(run_id, "SUCCEDED", timeout=90)
+    assert inst.rows("select executor_id from runs where id = ?", run_id)[0][0] == "rescuer"
+    log = (inst.api.home / "executor-rescuer.log").read_text()
+    assert f"run {run_id}: resuming (its claim was never recorded)" in log
+    wait_until(
+        lambda: prefect.get(f"/flow_runs/{flow_run}").json()["state"]["type"] == "COMPLETED",
+        30,
+        "the flow run to end Completed",
+    )
