@@ -115,9 +115,11 @@ async def mirror_state(status: RunStatus) -> None:
     client, flow_run_id = ctx.client, ctx.flow_run.id
     if not isinstance(client, PrefectClient):
         return
+    # not forced: Prefect's rules then refuse it once the flow run is Cancelling (Cancel pressed
+    # in the UI) or final, so a late name never hides a cancellation from the canceller
     await show(
         f"state {name}",
-        lambda: client.set_flow_run_state(flow_run_id, Running(name=name), force=True),
+        lambda: client.set_flow_run_state(flow_run_id, Running(name=name), force=False),
     )
 
 

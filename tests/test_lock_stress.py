@@ -3,9 +3,10 @@
 Every job is a dummy job of 0.1 s whose output carries its fencing token (``%%LOCKTOKEN%%``,
 substituted at dispatch); the dummy backend's identification keys carry the job's start time.
 From those records the checker proves, per key, that no two jobs ran at once and that fencing
-tokens increase in the order the jobs ran; and that every run finished. Variants: one executor
-SIGKILLed mid-way; etcd restarted mid-way. The cluster shares a Prefect server on PostgreSQL,
-as an installation of this size would.
+tokens increase in the order the jobs ran; and that every run finished. On the etcd v3 store
+(the default across machines): 300 runs as they are, with one executor SIGKILLed mid-way, with
+etcd restarted mid-way; the SQL and etcd v2 stores: 100 runs each. The cluster shares a Prefect
+server on PostgreSQL, as an installation of this size would.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tests.harness import Ascob, PrefectServer, Proc, wait_until
 
 pytest_plugins = ["tests.conftest_locks"]
 
-RUNS = 300
+RUNS = 300  # the issue's figure, for the etcd v3 store (the default across machines)
+RUNS_OTHER_STORES = 100  # the SQL and etcd v2 stores: same proof, a third of the CI time
 KEYS = 10
 DURATION = 0.1
 FINAL = {"SUCCEDED", "FAILED", "ABORTED", "IN_DOUBT"}
@@ -94,25 +96,25 @@ def start_cluster(
 
 @pytest.fixture(
     params=[
-        ("sql", "plain"),
-        ("etcd-v3", "plain"),
-        ("etcd-v2", "plain"),
-        ("etcd-v3", "executor-killed"),
-        ("etcd-v3", "etcd-restarted"),
+        ("etcd-v3", "plain", RUNS),
+        ("etcd-v3", "executor-killed", RUNS),
+        ("etcd-v3", "etcd-restarted", RUNS),
+        ("sql", "plain", RUNS_OTHER_STORES),
+        ("etcd-v2", "plain", RUNS_OTHER_STORES),
     ],
-    ids=lambda p: f"{p[0]}-{p[1]}",
+    ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}",
 )
 def cluster_case(
     request: pytest.FixtureRequest, workdir: Path, prefect_server_pg: PrefectServer
-) -> Iterator[tuple[Cluster, str]]:
-    store, variant = request.param
+) -> Iterator[tuple[Cluster, str, int]]:
+    store, variant, runs = request.param
     etcd = None
     if store != "sql":
         binary_server = request.getfixturevalue("etcd_server")  # fails in CI without etcd
         etcd = EtcdServer(workdir, binary_server.binary).start()
     cluster = start_cluster(workdir, prefect_server_pg, store, etcd)
     try:
-        yield cluster, variant
+        yield cluster, variant, runs
     finally:
         for proc in [cluster.api, *cluster.executors]:
             proc.stop()
@@ -120,13 +122,13 @@ def cluster_case(
             etcd.stop()
 
 
-def test_300_runs_never_share_a_key(cluster_case: tuple[Cluster, str]) -> None:
-    cluster, variant = cluster_case
+def test_runs_never_share_a_key(cluster_case: tuple[Cluster, str, int]) -> None:
+    cluster, variant, runs = cluster_case
     rng = random.Random(300)
     marker = uuid.uuid4().hex[:6]
     keys = [f"stress-{marker}-{i}" for i in range(KEYS)]
     ids: list[int] = []
-    for n in range(RUNS):
+    for n in range(runs):
         wanted = rng.sample(keys, rng.randint(1, 3))
         ids.append(
             cluster.api.submit(
@@ -149,7 +151,7 @@ def test_300_runs_never_share_a_key(cluster_case: tuple[Cluster, str]) -> None:
     failure = None
     try:
         wait_until(
-            lambda: finished() >= RUNS // 3, BUDGET / 2, "a third of the runs to finish", 0.5
+            lambda: finished() >= runs // 3, BUDGET / 2, "a third of the runs to finish", 0.5
         )
         if variant == "executor-killed":
             cluster.executors[0].kill()
@@ -159,16 +161,16 @@ def test_300_runs_never_share_a_key(cluster_case: tuple[Cluster, str]) -> None:
             time.sleep(3)  # runs wait in WAITING_LOCKS meanwhile
             cluster.etcd.start()
         wait_until(
-            lambda: finished() == RUNS, deadline - time.monotonic(), "every run to finish", 0.5
+            lambda: finished() == runs, deadline - time.monotonic(), "every run to finish", 0.5
         )
     except AssertionError as exc:
         failure = f"{exc}\n{cluster.logs()}"
     # the runs that did finish never shared a key, whatever happened to the others
-    check([r for r in cluster.rows(ids) if r["status"] in FINAL], variant)
+    check([r for r in cluster.rows(ids) if r["status"] in FINAL], variant, runs)
     assert failure is None, failure
 
 
-def check(rows: list[sqlite3.Row], variant: str) -> None:
+def check(rows: list[sqlite3.Row], variant: str, runs: int) -> None:
     """Per key: job windows do not overlap, fencing tokens increase in the order jobs ran."""
     statuses = {row["status"] for row in rows}
     if variant == "plain":
@@ -191,5 +193,5 @@ def check(rows: list[sqlite3.Row], variant: str) -> None:
             assert e1 <= s2, f"{key}: runs {r1} and {r2} ran at once ({s1:.3f}-{e1:.3f}, {s2:.3f})"
             assert t1 < t2, f"{key}: run {r2} ran after {r1} with a smaller token ({t2} <= {t1})"
             checked += 1
-    if len(rows) == RUNS:  # (on a partial set the caller fails anyway)
-        assert checked > RUNS // 2
+    if len(rows) == runs:  # (on a partial set the caller fails anyway)
+        assert checked > runs // 2
