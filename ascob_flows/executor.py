@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -35,26 +36,28 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterNextScheduledStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import AsyncClientContext
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.server.schemas.responses import SetStateStatus
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-from prefect.states import Pending, Scheduled
+from prefect.states import Pending, Scheduled, State
 from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.control import AlreadyFinal, request_stop
 from ascob_flows.engine_compat import engine_settings, tune_flow_engine
-from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job, final_state, flow_run_name
+from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME, ascob_job
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, install_runtime
 from ascob_flows.status import RunStatus
+from ascob_flows.ui import final_state, flow_run_name
 
 log = logging.getLogger(__name__)
 _CREATE_ATTEMPTS = 20
@@ -73,7 +76,7 @@ async def ensure_deployment(
         parameter_openapi_schema=_parameter_schema(flow),
         enforce_parameter_schema=False,
         paused=False,
-        tags=["ascob"],
+        tags=[],  # every tag is one more row per event of every flow run
     )
 
 
@@ -112,11 +115,17 @@ class Backoff:
 
 
 class Launcher:
-    """Creates the missing flow runs of recorded runs; ``kick()`` is thread-safe."""
+    """Creates the missing flow runs of recorded runs; ``kick()`` is thread-safe.
 
-    def __init__(self, runtime: Runtime, on_created: Callable[[], None] | None = None) -> None:
+    The launcher of an executor's process (``ascob serve``, ``ascob executor``; it runs in the
+    executor's event loop) creates the flow run already claimed for that executor (Pending,
+    marked with a nonce) while the executor has room, and hands it over: one write on the
+    Prefect server instead of a create, a read and a claim. The launcher of ``ascob api``
+    creates Scheduled flow runs, which executors claim."""
+
+    def __init__(self, runtime: Runtime, executor: Executor | None = None) -> None:
         self.runtime = runtime
-        self.on_created = on_created
+        self.executor = executor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick = asyncio.Event()
         self.sweep_interval = 2.0
@@ -172,8 +181,6 @@ class Launcher:
                         exc_info=not _transient(exc),
                     )
                     await backoff.failed()
-                if self.on_created:
-                    self.on_created()
 
     async def _create(
         self, client: PrefectClient, deployment_id: UUID, run_id: int, gate: asyncio.Semaphore
@@ -185,6 +192,21 @@ class Launcher:
         rec = await self.runtime.record(run_id)
         if rec.flow_run_id is not None:
             return  # another launcher (API replica or executor) got there first
+        executor = self.executor
+        claim = await executor.reserve() if executor is not None else None
+        try:
+            flow_run = await self._create_flow_run(client, deployment_id, rec, claim)
+            await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
+            log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+            if executor is not None:
+                await executor.adopt(flow_run, rec, claim)
+        finally:
+            if executor is not None and claim is not None:
+                executor.unreserve()
+
+    async def _create_flow_run(
+        self, client: PrefectClient, deployment_id: UUID, rec: RunRecord, state: State[Any] | None
+    ) -> FlowRun:
         tags = [f"backend:{rec.backend_id}"]
         if rec.submitter:
             tags.append(f"owner:{rec.submitter}")
@@ -192,23 +214,23 @@ class Launcher:
             try:
                 flow_run = await client.create_flow_run_from_deployment(
                     deployment_id,
-                    parameters={"run_id": run_id},
-                    name=flow_run_name(run_id, rec.description),
+                    parameters={"run_id": rec.id},
+                    name=flow_run_name(rec.id, rec.description),
                     tags=tags,
                     idempotency_key=launch_key(rec),
+                    state=state,
                 )
                 break
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 503 or attempt == _CREATE_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(random.uniform(0.05, 0.25))
-        if flow_run.deployment_id != deployment_id or flow_run.parameters.get("run_id") != run_id:
+        if flow_run.deployment_id != deployment_id or flow_run.parameters.get("run_id") != rec.id:
             raise RuntimeError(
-                f"run {run_id}: Prefect returned flow run {flow_run.id} of another deployment "
+                f"run {rec.id}: Prefect returned flow run {flow_run.id} of another deployment "
                 "for its idempotency key"
             )
-        await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
-        log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+        return flow_run
 
 
 class Stats:
@@ -274,12 +296,19 @@ class Executor:
         self.deployment_name = deployment_name
         self.stats_interval = 30.0
         self.cancel_interval = 2.0
+        self.cancel_margin = timedelta(minutes=5)
+        self._cancelled_since: Any = None  # a Prefect datetime once the first look is done
         self.claim_concurrency = 4
         self.active: dict[UUID, asyncio.Task[Any]] = {}
         self.stats = Stats()
         self.active_runs = runtime.active_runs
         runtime.executor_id = executor_id
-        self.launcher = Launcher(runtime, on_created=self.kick) if with_launcher else None
+        self.launcher = Launcher(runtime, self) if with_launcher else None
+        self._reserved = 0  # flow runs the launcher is creating claimed for this executor
+        self._next_start = 0.0
+        self._fresh: dict[UUID, FlowRun] = {}  # created by this process's launcher
+        self._claiming: set[UUID] = set()
+        self._read_due = True
         self.deployment_id: UUID | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -306,7 +335,8 @@ class Executor:
             self.ready.set()
 
     def kick(self) -> None:
-        """Look for flow runs to claim now (thread-safe)."""
+        """Read the deployment's Scheduled flow runs now, to claim them (thread-safe)."""
+        self._read_due = True
         loop, event = self._loop, self._kick_event
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
@@ -489,13 +519,19 @@ class Executor:
         assert self.deployment_id is not None
         repo, rt = self.runtime.repo, self.runtime
         wanted: list[int] = []
-        for state_type, sort in (
-            (StateType.CANCELLING, FlowRunSort.START_TIME_DESC),
-            (StateType.CANCELLED, FlowRunSort.END_TIME_DESC),
+        # Cancelled flow runs: the latest 100 at start, then only those that ended since the
+        # last look (with a margin for clocks): every ABORTED run's flow run ends Cancelled, and
+        # reading them all again every few seconds would load the Prefect server for nothing
+        since = self._cancelled_since
+        next_since = prefect_now("UTC") - self.cancel_margin
+        for state_type, sort, ended in (
+            (StateType.CANCELLING, FlowRunSort.START_TIME_DESC, None),
+            (StateType.CANCELLED, FlowRunSort.END_TIME_DESC, since),
         ):
             flow_runs = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state_type]))
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state_type])),
+                    end_time=None if ended is None else FlowRunFilterEndTime(after_=ended),
                 ),
                 deployment_filter=DeploymentFilter(
                     id=DeploymentFilterId(any_=[self.deployment_id])
@@ -509,6 +545,7 @@ class Executor:
                     run_id = await asyncio.to_thread(repo.run_for_flow_run, str(flow_run.id))
                 if run_id is not None:
                     wanted.append(int(run_id))
+        self._cancelled_since = next_since
         if not wanted:
             return
         statuses = await asyncio.to_thread(repo.statuses, wanted)
@@ -523,10 +560,51 @@ class Executor:
                 continue
             rt.notify(run_id)
 
+    async def reserve(self) -> State[Any] | None:
+        """For this process's launcher (same event loop): the Pending state that claims the flow
+        run it is about to create, or None when this executor is full. Paced like every start;
+        :meth:`unreserve` afterwards, whatever happened."""
+        if len(self.active) + self._reserved >= self.max_concurrent:
+            return None
+        self._reserved += 1
+        await self._pace()
+        return Pending(message=f"claimed at creation by {self.executor_id} ({uuid.uuid4().hex})")
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+
+    async def adopt(self, flow_run: FlowRun, rec: RunRecord, claim: State[Any] | None) -> None:
+        """A flow run this process's launcher just created: run it if the create claimed it
+        (Prefect answers an idempotent create with the flow run another launcher made, in its
+        own state: the nonce tells), else claim it without reading it back."""
+        state = flow_run.state
+        if state is None:
+            return
+        if claim is not None and state.type == StateType.PENDING and state.message == claim.message:
+            self.stats.claim(0.0, won=True)
+            await self._start(flow_run, rec.id, rec.executor_id)
+        elif state.type == StateType.SCHEDULED:
+            self._fresh[flow_run.id] = flow_run
+            if self._kick_event is not None:
+                self._kick_event.set()
+
+    async def _pace(self) -> None:
+        """Start no more than ``start_rate`` flow runs per second."""
+        if self.start_rate <= 0:
+            return
+        now = time.monotonic()
+        wait = self._next_start - now
+        self._next_start = max(now, self._next_start) + 1.0 / self.start_rate
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def _claim_loop(self, client: PrefectClient) -> None:
+        """Claim the flow runs the launcher hands over, and every ``claim_interval`` (or when
+        kicked) read the deployment's Scheduled flow runs: created by other processes, by
+        ``run_deployment``, or handed back by a reaper."""
         assert self._kick_event is not None and self.deployment_id is not None
         backoff = Backoff()
-        interval = 1.0 / self.start_rate if self.start_rate > 0 else 0.0
+        last_read = float("-inf")
         while True:
             try:
                 await asyncio.wait_for(self._kick_event.wait(), self.claim_interval)
@@ -534,6 +612,14 @@ class Executor:
                 pass
             self._kick_event.clear()
             while len(self.active) < self.max_concurrent:
+                room = min(100, self.max_concurrent - len(self.active))
+                if self._fresh:
+                    batch = [self._fresh.pop(i) for i in list(self._fresh)[:room]]
+                    await self._claim_batch(client, batch, checked=True)
+                    continue
+                if not self._read_due and time.monotonic() - last_read < self.claim_interval:
+                    break
+                self._read_due, last_read = False, time.monotonic()
                 try:
                     batch = await client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(
@@ -548,51 +634,62 @@ class Executor:
                             id=DeploymentFilterId(any_=[self.deployment_id])
                         ),
                         sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
-                        limit=min(100, self.max_concurrent - len(self.active)),
+                        limit=room,
                     )
                     backoff.ok()
                 except Exception as exc:
                     log.warning("reading scheduled flow runs failed (%r)", exc)
                     await backoff.failed()
                     break
-                if not batch:
-                    break
-                # a claim is two round trips to Prefect: a few in flight at once, started no
-                # faster than start_rate per second. Other executors read the same batch: in
-                # random order, they rarely race each other for the same flow run
-                random.shuffle(batch)
-                gate = asyncio.Semaphore(self.claim_concurrency)
-                claims: list[asyncio.Task[None]] = []
-                for flow_run in batch:
-                    await gate.acquire()
-                    claims.append(asyncio.create_task(self._gated_claim(client, flow_run, gate)))
-                    if interval:
-                        await asyncio.sleep(interval)
-                await asyncio.gather(*claims)
-                if len(batch) < 100:
-                    break
+                await self._claim_batch(
+                    client, [f for f in batch if f.id not in self._claiming], checked=False
+                )
+                self._read_due = len(batch) == room  # more may wait
+
+    async def _claim_batch(
+        self, client: PrefectClient, batch: list[FlowRun], checked: bool
+    ) -> None:
+        # a claim is one or two round trips to Prefect: a few in flight at once, started no
+        # faster than start_rate per second. Other executors read the same batch: in random
+        # order, they rarely race each other for the same flow run
+        random.shuffle(batch)
+        gate = asyncio.Semaphore(self.claim_concurrency)
+        claims: list[asyncio.Task[None]] = []
+        for flow_run in batch:
+            await gate.acquire()
+            await self._pace()
+            self._claiming.add(flow_run.id)
+            claims.append(asyncio.create_task(self._gated_claim(client, flow_run, checked, gate)))
+        await asyncio.gather(*claims)
 
     async def _gated_claim(
-        self, client: PrefectClient, flow_run: Any, gate: asyncio.Semaphore
+        self, client: PrefectClient, flow_run: FlowRun, checked: bool, gate: asyncio.Semaphore
     ) -> None:
         try:
-            await self._claim_and_start(client, flow_run)
+            await self._claim_and_start(client, flow_run, checked)
         except Exception:
             log.exception("starting flow run %s failed", flow_run.id)
         finally:
+            self._claiming.discard(flow_run.id)
             gate.release()
 
-    async def _claim_and_start(self, client: PrefectClient, flow_run: Any) -> None:
+    async def _claim_and_start(
+        self, client: PrefectClient, flow_run: FlowRun, checked: bool
+    ) -> None:
+        """Propose Pending; run the flow run if Prefect accepts. ``checked``: its Scheduled state
+        was read a moment ago (the launcher's create), no need to read it again."""
         if flow_run.id in self.active:
             return
         started = time.monotonic()
         try:
-            # the batch may be seconds old: Prefect accepts Pending from Completed and Failed
+            # a batch read may be seconds old: Prefect accepts Pending from Completed and Failed
             # (a rerun), so a flow run that another executor claimed *and finished* meanwhile
-            # would be run a second time. Propose only while it is still Scheduled.
-            current = await client.read_flow_run(flow_run.id)
-            if current.state is None or current.state.type != StateType.SCHEDULED:
-                return
+            # would be run a second time. Propose only while it is still Scheduled (and should
+            # the race be lost anyway, _already_over gives the flow run its final state back).
+            if not checked:
+                current = await client.read_flow_run(flow_run.id)
+                if current.state is None or current.state.type != StateType.SCHEDULED:
+                    return
             run_id = flow_run.parameters.get("run_id")
             known = None if run_id is None else (await self.runtime.record(int(run_id))).executor_id
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
@@ -606,16 +703,20 @@ class Executor:
             return  # another executor has it
         if run_id is not None and await self._already_over(client, flow_run.id, int(run_id)):
             return
+        flow_run.state = result.state
+        await self._start(flow_run, None if run_id is None else int(run_id), known)
+
+    async def _start(self, flow_run: FlowRun, run_id: int | None, known: str | None) -> None:
+        """Run a flow run this executor claimed in Prefect."""
         if run_id is not None:
             # recorded only if no reaper took the run over meanwhile (it judges a claim that
             # stays unrecorded for an executor's TTL a dead executor's)
             if not await asyncio.to_thread(
-                self.runtime.repo.claim_for_executor, int(run_id), self.executor_id, known
+                self.runtime.repo.claim_for_executor, run_id, self.executor_id, known
             ):
                 log.warning("run %s: taken over while being claimed; not starting it", run_id)
                 return
-            self.active_runs.add(int(run_id))
-        flow_run.state = result.state
+            self.active_runs.add(run_id)
         task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
         self.active[flow_run.id] = task
 
@@ -656,7 +757,9 @@ class Executor:
             log.exception("flow run %s ended with an error", flow_run.id)
         finally:
             self.stats.finished += 1
+            full = len(self.active) >= self.max_concurrent
             self.active.pop(flow_run.id, None)
             if run_id is not None:
                 self.active_runs.discard(int(run_id))
-            self.kick()
+            if full:  # there is room again: look for Scheduled flow runs now
+                self.kick()

@@ -10,22 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient
 from prefect.context import FlowRunContext
-from prefect.states import Cancelled, Completed, Failed, Running, State
+from prefect.states import State
 
 from ascob_flows.clock import utcnow
 from ascob_flows.locks import Grant
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
 from ascob_flows.status import NOT_DISPATCHED, RunStatus
+from ascob_flows.ui import (
+    current_view,
+    final_state,
+    flow_run_name,
+    link_markdown,
+    open_view,
+    output_markdown,
+)
 from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
 
 log = logging.getLogger(__name__)
@@ -39,88 +44,11 @@ _MAX_BACKOFF = 60.0
 _NOT_FOUND_LIMIT = 5  # consecutive "job not found" answers before the run ends FAILED
 
 
-_STATE_NAMES = {
-    RunStatus.WAITING_LOCKS: "WaitingLocks",
-    RunStatus.PENDING_SUBMIT: "PendingSubmit",
-    RunStatus.SUBMITTED: "Submitted",
-    RunStatus.RUNNING: "Running",
-    RunStatus.ABORTING: "Aborting",
-}
-
-
-def flow_run_name(run_id: int, description: str | None) -> str:
-    """``ascob-<runId>``, then the description: readable in the Prefect UI's run list."""
-    text = " ".join((description or "").split())
-    return f"ascob-{run_id}" + (f" {text[:80]}" if text else "")
-
-
-class UiWriter:
-    """Writes what the Prefect UI shows of one flow run (state names that mirror the ASCOB
-    status, artifacts) in order, in the background: a slow Prefect server then never holds a
-    run, or the locks it holds, back. The flow flushes it before its final state, so a late
-    state name can never overwrite the final state."""
-
-    flush_limit = 30.0  # seconds the flow waits for its UI updates at the end
-
-    def __init__(self) -> None:
-        self._tail: asyncio.Future[None] | None = None
-        self._pending: set[asyncio.Future[None]] = set()
-
-    def submit(self, what: str, update: Callable[[], Awaitable[Any]]) -> None:
-        previous = self._tail
-
-        async def in_order() -> None:
-            if previous is not None:
-                await asyncio.wait({previous})
-            try:
-                await update()
-            except Exception as exc:  # cosmetic: never fail a run for it
-                log.debug("could not show %s in Prefect: %r", what, exc)
-
-        self._tail = asyncio.ensure_future(in_order())
-        self._pending.add(self._tail)
-        self._tail.add_done_callback(self._pending.discard)
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        _done, late = await asyncio.wait(set(self._pending), timeout=self.flush_limit)
-        for update in late:
-            update.cancel()
-        if late:
-            log.warning("gave up %d Prefect UI update(s) after %.0f s", len(late), self.flush_limit)
-
-
-_ui: ContextVar[UiWriter | None] = ContextVar("ascob_ui_writer", default=None)
-
-
-async def show(what: str, update: Callable[[], Awaitable[Any]]) -> None:
-    """Queue a UI update of the current flow run (done at once outside an ASCOB flow)."""
-    writer = _ui.get()
-    if writer is not None:
-        writer.submit(what, update)
-        return
-    try:
-        await update()
-    except Exception as exc:
-        log.debug("could not show %s in Prefect: %r", what, exc)
-
-
-async def mirror_state(status: RunStatus) -> None:
-    """Show the ASCOB status as the flow run's state name (a Running state)."""
-    name = _STATE_NAMES.get(status)
-    ctx = FlowRunContext.get()
-    if name is None or ctx is None or ctx.flow_run is None:
-        return
-    client, flow_run_id = ctx.client, ctx.flow_run.id
-    if not isinstance(client, PrefectClient):
-        return
-    # not forced: Prefect's rules then refuse it once the flow run is Cancelling (Cancel pressed
-    # in the UI) or final, so a late name never hides a cancellation from the canceller
-    await show(
-        f"state {name}",
-        lambda: client.set_flow_run_state(flow_run_id, Running(name=name), force=False),
-    )
+def mirror_state(status: RunStatus) -> None:
+    """Show the ASCOB status as the flow run's state name (a Running state), in time."""
+    view = current_view()
+    if view is not None:
+        view.show_status(status)
 
 
 def _stopping(status: RunStatus) -> bool:
@@ -160,7 +88,7 @@ async def acquire_locks(run_id: int) -> dict[str, int] | None:
         await asyncio.to_thread(
             rt.repo.transition, run_id, [RunStatus.DEFINED], RunStatus.WAITING_LOCKS
         )
-    await mirror_state(RunStatus.WAITING_LOCKS)
+    mirror_state(RunStatus.WAITING_LOCKS)
     logger.info("run %s: waiting for locks %s", run_id, list(rec.lock_keys))
     waited = await _acquire_unless_stopped(rt, rec)
     if waited is None:
@@ -303,7 +231,7 @@ async def poll_to_completion(run_id: int) -> str:
         if rec.status not in (RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING):
             return rec.status.value  # not dispatched (stopped before dispatch)
         if rec.status is not shown:
-            await mirror_state(rec.status)
+            mirror_state(rec.status)
             shown = rec.status
         backend = rt.backends.get(rec.backend_id)
         try:
@@ -332,7 +260,9 @@ async def poll_to_completion(run_id: int) -> str:
         not_found = 0
         if not linked:
             linked = True
-            await _link_artifact(rt, rec, report.url)
+            view = current_view()
+            if view is not None:
+                view.show_link(link_markdown(rec, report.url, rt.public_url))
         new = RunStatus.from_backend(report.status)
         if new.is_final:
             allowed = [RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING]
@@ -350,37 +280,16 @@ async def poll_to_completion(run_id: int) -> str:
         await rt.wait_change(run_id, rec.status, rt.poll_interval)
 
 
-async def _link_artifact(rt: Runtime, rec: RunRecord, job_url: str | None) -> None:
-    """An artifact on the flow run that links the backend's job page and the ASCOB run."""
-    lines = [f"# ASCOB run {rec.id}", "", f"* backend: `{rec.backend_id}`"]
-    if job_url:
-        lines.append(f"* backend job: [{job_url}]({job_url})")
-    if rt.public_url:
-        api = f"{rt.public_url.rstrip('/')}/api/runs/{rec.id}"
-        lines.append(f"* ASCOB run: [{api}]({api}) (output: [{api}/output.txt]({api}/output.txt))")
-    keys = ", ".join(f"`{k}={v}`" for k, v in rec.identification_keys.items() if k != "output")
-    lines.append(f"* identification keys: {keys}")
-    await show(
-        "the link artifact",
-        lambda: acreate_markdown_artifact(
-            markdown="\n".join(lines), description=f"ASCOB run {rec.id} on {rec.backend_id}"
-        ),
-    )
-
-
-async def _output_artifact(rt: Runtime, rec: RunRecord, limit: int = 4000) -> None:
-    """The end of the job's output, readable on the flow run page."""
+async def _output_text(rt: Runtime, rec: RunRecord, limit: int = 4000) -> str | None:
+    """The end of the job's output, for the flow run's artifact."""
     if not rec.identification_keys:
-        return
+        return None
     try:
         chunk = await rt.backends.get(rec.backend_id).output(rec.identification_keys, 0)
-        text = chunk.text[-limit:]
-        await acreate_markdown_artifact(
-            markdown=f"# Output of ASCOB run {rec.id} ({rec.status.value})\n\n```\n{text}\n```",
-            description=f"last {limit} characters of the output",
-        )
     except Exception as exc:  # cosmetic
-        get_run_logger().debug("run %s: no output artifact: %r", rec.id, exc)
+        log.debug("run %s: no output for the artifact: %r", rec.id, exc)
+        return None
+    return output_markdown(rec, chunk.text[-limit:])
 
 
 async def _stop(rt: Runtime, backend: Backend, rec: RunRecord) -> None:
@@ -401,17 +310,6 @@ async def release_locks(run_id: int) -> None:
 # ---------------------------------------------------------------------- the flow
 
 
-def final_state(rec: RunRecord, message: str | None = None) -> State[Any]:
-    text = f"ASCOB run {rec.id}: {rec.status.value}" + (f" ({message})" if message else "")
-    if rec.status is RunStatus.SUCCEDED:
-        return Completed(message=text, name="Succeeded")
-    if rec.status is RunStatus.ABORTED:
-        return Cancelled(message=text, name="Aborted")
-    if rec.status is RunStatus.IN_DOUBT:
-        return Failed(message=text, name="InDoubt")
-    return Failed(message=text)
-
-
 @flow(
     name=FLOW_NAME,
     persist_result=False,
@@ -423,24 +321,22 @@ async def ascob_job(
     """Run ASCOB run ``run_id``; given a ``job_spec`` instead, record a new run first."""
     rt = get_runtime()
     logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx else None
     if run_id is None:
         if job_spec is None:
             raise ValueError("ascob-job needs run_id or job_spec")
         if rt.register_spec is None:
             raise RuntimeError("this executor cannot register runs")
-        ctx = FlowRunContext.get()
-        flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else ""
+        flow_run_id = str(flow_run.id) if flow_run else ""
         run_id = await asyncio.to_thread(rt.register_spec, job_spec, flow_run_id)
         rt.active_runs.add(run_id)
-        if ctx and ctx.flow_run and isinstance(ctx.client, PrefectClient):
+        if ctx and flow_run and isinstance(ctx.client, PrefectClient):
             rec = await rt.record(run_id)
-            await ctx.client.set_flow_run_name(
-                ctx.flow_run.id, flow_run_name(run_id, rec.description)
-            )
+            await ctx.client.set_flow_run_name(flow_run.id, flow_run_name(run_id, rec.description))
         await asyncio.to_thread(rt.repo.update_fields, run_id, executor_id=rt.executor_id)
         logger.info("run %s: registered from a deployment flow run", run_id)
-    ui = UiWriter()
-    _ui.set(ui)
+    view = open_view(ctx.client, flow_run.id, run_id) if ctx and flow_run else None
     completed = False
     try:
         while True:
@@ -456,10 +352,12 @@ async def ascob_job(
         completed = True
     finally:
         rec = await rt.record(run_id)
+        output = None
         if rec.status.is_final:
             await release_locks(run_id)
-            await _output_artifact(rt, rec)
+            output = await _output_text(rt, rec)
         elif completed:
             logger.error("run %s: flow ended with the run still %s", run_id, rec.status.value)
-        await ui.flush()
+        if view is not None:
+            await view.close(output)
     return final_state(rec)
