@@ -79,9 +79,11 @@ def test_flow_run_is_legible_name_tags_state_names_artifacts(ascob: Ascob) -> No
         .post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [fr]}}})
         .json()
     )
-    texts = [a["data"] for a in arts]
-    assert any(f"/api/runs/{run_id}" in t and "dummyBackend" in t for t in texts), texts
-    assert any("all good" in t and "Output of ASCOB run" in t for t in texts), texts
+    # one artifact per run: the links, and the end of the output once the run is over
+    assert len(arts) == 1, arts
+    text = arts[0]["data"]
+    assert f"/api/runs/{run_id}" in text and "dummyBackend" in text, text
+    assert "all good" in text and "Output of ASCOB run" in text, text
     holder_fr = wait_until(
         lambda: (
             (s := state_of(ascob, flow_run_id(ascob, holder)))["state_type"] == "CANCELLED" and s
@@ -221,3 +223,17 @@ def test_invalid_job_spec_from_prefect_fails_the_flow_run(ascob: Ascob) -> None:
         "the flow run to fail",
     )
     assert info["state_type"] == "FAILED"
+
+
+def test_flow_run_of_serve_is_created_claimed(ascob: Ascob) -> None:
+    """``ascob serve`` creates each flow run already claimed by its own executor (one write on
+    the Prefect server instead of a create, a read and a claim): its history starts Pending."""
+    run_id = ascob.submit({"description": "dummy", "labels": DUMMY})
+    ascob.wait_status(run_id, "SUCCEDED")
+    fr = flow_run_id(ascob, run_id)
+    history = prefect(ascob).get("/flow_run_states/", params={"flow_run_id": fr}).json()
+    history.sort(key=lambda state: state["timestamp"])
+    types = [state["type"] for state in history]
+    assert types[0] == "PENDING" and "SCHEDULED" not in types, types
+    assert history[0]["message"].startswith("claimed at creation by "), history[0]
+    assert types[-1] == "COMPLETED", types

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -153,3 +153,59 @@ def test_claim_never_recorded_is_taken_over(installation: Installation) -> None:
         30,
         "the flow run to end Completed",
     )
+
+
+def test_flow_run_claimed_at_creation_by_a_dead_executor_is_taken_over(
+    workdir: Path, prefect_server: PrefectServer
+) -> None:
+    """An executor's launcher creates flow runs already claimed for itself (Pending, with its
+    nonce). One that died before recording the flow run leaves it to the next launcher, whose
+    create (same idempotency key) gets that flow run back: it is not this executor's claim, so
+    it must not run it at once, and the run must not be lost either: after an executor TTL the
+    flow run is handed back and run, once."""
+    from types import SimpleNamespace
+
+    from ascob_flows.executor import launch_key
+
+    app = Ascob(
+        workdir,
+        prefect_server.api_url,
+        env={"ASCOB_EXECUTOR_TTL": "4", "ASCOB_EXECUTOR_HEARTBEAT": "1"},
+    ).start()
+    try:
+        run_id = app.submit({"description": "dummy", "labels": DUMMY, "manualStart": True})
+        db = sqlite3.connect(app.home / "ascob.db", timeout=30)
+        try:
+            row = db.execute("select webhook_id from runs where id = ?", (run_id,)).fetchone()
+        finally:
+            db.close()
+        webhook_id = row[0]
+        prefect = httpx.Client(base_url=prefect_server.api_url, timeout=30)
+        by_name = f"/deployments/name/ascob-job/{app.env['ASCOB_DEPLOYMENT']}"
+        # registered by the executor once it is up, maybe after the API answers
+        wait_until(lambda: prefect.get(by_name).status_code == 200, 60, "the deployment")
+        deployment = prefect.get(by_name)
+        # what the dead executor's launcher did before it could record the flow run
+        gone = prefect.post(
+            f"/deployments/{deployment.json()['id']}/create_flow_run",
+            json={
+                "parameters": {"run_id": run_id},
+                "idempotency_key": launch_key(
+                    cast(Any, SimpleNamespace(id=run_id, webhook_id=webhook_id))
+                ),
+                "state": {"type": "PENDING", "message": "claimed at creation by gone (0123)"},
+            },
+        )
+        assert gone.status_code == 201, gone.text
+        assert app.http.get(f"/api/runs/{run_id}/start").status_code == 200
+        info = app.wait_status(run_id, "SUCCEDED", timeout=90)
+        assert info["status"] == "SUCCEDED"
+        log = app.proc.log.read_text()
+        assert f"run {run_id}: resuming (its claim was never recorded)" in log, app.proc.tail()
+        fr = gone.json()["id"]
+        history = prefect.get("/flow_run_states/", params={"flow_run_id": fr}).json()
+        names = [state["name"] for state in sorted(history, key=lambda s: s["timestamp"])]
+        assert names[0] == "Pending" and "Resuming" in names, names
+        assert names.count("Running") == 1, names  # run once
+    finally:
+        app.stop()
