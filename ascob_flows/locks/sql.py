@@ -117,7 +117,9 @@ class SqlLockStore(LockStore):
             s.commit()
             return grant
 
-    def _grant_round_sync(self, local: dict[int, tuple[str, ...]]) -> dict[int, Grant]:
+    def _grant_round_sync(
+        self, local: dict[int, tuple[tuple[str, ...], asyncio.Future[Grant]]]
+    ) -> dict[int, Grant]:
         now = _now()
         lease = now + timedelta(seconds=self.lease_seconds)
         granted: dict[int, Grant] = {}
@@ -126,8 +128,13 @@ class SqlLockStore(LockStore):
             self._expire(s, now)
             held = {h.key: h.run_id for h in s.exec(select(LockHold)).all()}
             queued = {w.run_id for w in s.exec(select(LockWaiter)).all()}
-            for run_id, wanted in local.items():
+            for run_id, (wanted, fut) in local.items():
                 if run_id in queued:
+                    continue
+                if fut.done():
+                    # the acquire was cancelled after the round began, and the run may have
+                    # released its place since (the release transaction is serialised with
+                    # this one, and a caller cancels before it releases): do not queue it again
                     continue
                 grant = self._existing_grant(s, run_id, wanted)
                 if grant is not None:  # granted before, but the answer was lost
@@ -208,7 +215,7 @@ class SqlLockStore(LockStore):
             except TimeoutError:
                 pass
             self._kick.clear()
-            pending = {rid: keys for rid, (keys, fut) in self._local.items() if not fut.done()}
+            pending = {rid: entry for rid, entry in self._local.items() if not entry[1].done()}
             if not pending:
                 continue
             try:
@@ -245,6 +252,7 @@ class SqlLockStore(LockStore):
 
     def _release_sync(self, run_id: int) -> None:
         with self._tx() as s:
+            self._serialise(s)
             s.exec(delete(LockHold).where(col(LockHold.run_id) == run_id))
             s.exec(delete(LockWaiter).where(col(LockWaiter.run_id) == run_id))
             s.commit()
