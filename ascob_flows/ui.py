@@ -90,6 +90,7 @@ class RunView:
         self._name: str | None = None  # the latest state name asked for
         self._shown: str | None = None  # the last one sent
         self._link: str | None = None
+        self._link_sent = False
         self._artifact: UUID | None = None
         self._closing = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -117,7 +118,7 @@ class RunView:
             except TimeoutError:
                 pass
             name = self._name if self._name != self._shown else None
-            link = self._link if self._artifact is None else None
+            link = self._link if not self._link_sent else None
             if name is None and link is None:
                 self._writer = None
                 return
@@ -132,6 +133,7 @@ class RunView:
                     ),
                 )
             if link is not None:
+                self._link_sent = True  # tried once; close() creates it if that failed
                 await self._quietly("the artifact", self._create(link))
 
     async def close(self, output: str | None) -> None:
