@@ -237,6 +237,7 @@ class Stats:
     """Counters for the executor's periodic log line."""
 
     def __init__(self) -> None:
+        self.created = 0  # flow runs created already claimed by this executor's launcher
         self.claims = 0
         self.lost = 0
         self.claim_seconds = 0.0
@@ -250,10 +251,11 @@ class Stats:
     def report(self) -> str:
         mean = self.claim_seconds / self.claims * 1000 if self.claims else 0.0
         text = (
-            f"{self.claims - self.lost} started ({mean:.0f} ms per claim, {self.lost} claims "
-            f"lost to other executors), {self.finished} finished"
+            f"{self.created + self.claims - self.lost} started ({self.created} created claimed, "
+            f"{self.claims} claims of {mean:.0f} ms on average, {self.lost} lost to other "
+            f"executors), {self.finished} finished"
         )
-        self.claims, self.lost, self.claim_seconds, self.finished = 0, 0, 0.0, 0
+        self.created, self.claims, self.lost, self.claim_seconds, self.finished = 0, 0, 0, 0.0, 0
         return text
 
 
@@ -581,7 +583,7 @@ class Executor:
         if state is None:
             return
         if claim is not None and state.type == StateType.PENDING and state.message == claim.message:
-            self.stats.claim(0.0, won=True)
+            self.stats.created += 1
             await self._start(flow_run, rec.id, rec.executor_id)
         elif state.type == StateType.SCHEDULED:
             self._fresh[flow_run.id] = flow_run
