@@ -89,11 +89,19 @@ def _serve_api(parts: object, host: str, port: int, executor: object, token_note
     config = uvicorn.Config(
         application, host=host, port=port, log_config=None, access_log=False, lifespan="on"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    # found: with Python's default one the process would die there, before the executor and the
+    # local Prefect server are stopped (the server was left running). Exit through Python.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.Server(config).run()
     finally:
         if executor is not None:
             executor.stop()  # type: ignore[attr-defined]
+
+
+def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def _launcher_lifespan(parts: object) -> Any:

@@ -88,7 +88,7 @@ class RunView:
     def __init__(self, client: PrefectClient, flow_run_id: UUID, run_id: int) -> None:
         self.client, self.flow_run_id, self.run_id = client, flow_run_id, run_id
         self._name: str | None = None  # the latest state name asked for
-        self._shown: str | None = None  # the last one sent
+        self._shown: str | None = "Running"  # the last one shown: the engine's, at first
         self._link: str | None = None
         self._link_sent = False
         self._artifact: UUID | None = None

@@ -66,6 +66,17 @@ async def test_a_long_run_shows_its_latest_state_name_then_updates_its_artifact(
     assert client.calls[2:] == [("state", "Running"), ("update", "links\n\noutput")]
 
 
+async def test_running_is_not_written_over_the_engines_running_state() -> None:
+    client = RecordingClient()
+    view = view_of(client, settle=0.05)
+    view.show_status(RunStatus.SUBMITTED)
+    view.show_status(RunStatus.RUNNING)  # before the first write: the flow run says Running
+    await asyncio.sleep(0.3)
+    assert client.calls == []
+    await view.close(None)
+    assert client.calls == []
+
+
 async def test_close_waits_for_a_write_in_flight_and_drops_what_is_pending() -> None:
     client = RecordingClient(delay=0.3)
     view = view_of(client, settle=0.05)
