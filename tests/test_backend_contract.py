@@ -1,20 +1,20 @@
 """One contract suite for every backend the registry finds (``ascob.backends`` entry points).
 
-Each backend has an adapter that prepares a job on its side (a fake Jenkins or Rundeck server on
-loopback, or nothing for the dummy) and returns the labels that select it. A backend registered
-without an adapter fails the suite: a new backend must say how to run its contract.
+Each backend has an adapter in ``tests/contract/`` that starts its stand-in (a fake server on
+loopback, or nothing for the dummy), prepares jobs on its side and returns the labels that select
+them. A backend registered without an adapter fails the suite: a new backend must say how to run
+its contract.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -29,148 +29,22 @@ from backends import (
     SubmitRefused,
 )
 from backends.registry import ENTRY_POINT_GROUP
-from tests.fakes.fake_jenkins import FakeJenkins
-from tests.fakes.fake_rundeck import FakeRundeck
-
-LINES = ["first line", "second line", "third line"]
-
-
-class Adapter:
-    """How to make a job of a given outcome on one backend."""
-
-    backend_id: ClassVar[str]
-    echoes_parameters: ClassVar[bool] = False
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
-        """Labels of a job printing LINES then ending ``succeeded``/``failed``, or ``hang``."""
-        raise NotImplementedError
-
-    def refused_labels(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    def identity(self, keys: Mapping[str, str]) -> str:
-        """What names the job on the backend's side."""
-        raise NotImplementedError
-
-    def invalid_labels(self) -> dict[str, str]:
-        raise NotImplementedError
-
-
-class DummyAdapter(Adapter):
-    backend_id = "dummyBackend"
-
-    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
-        status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "hang": "RUNNING"}[outcome]
-        return {"status": status, "duration": "0.3", "output": "".join(f"{x}\n" for x in LINES)}
-
-    def refused_labels(self) -> dict[str, str]:
-        return {"fail": "true"}
-
-    def identity(self, keys: Mapping[str, str]) -> str:
-        return keys["dummyJobId"]
-
-    def invalid_labels(self) -> dict[str, str]:
-        return {"status": "bogus"}
-
-
-class JenkinsAdapter(Adapter):
-    backend_id = "jenkinsBackend"
-    echoes_parameters = True
-
-    def __init__(self, fake: FakeJenkins) -> None:
-        self.fake = fake
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "jenkins": {
-                "ci": {"url": self.fake.url, "user": "ascob", "token_env": "CONTRACT_JENKINS"}
-            }
-        }
-
-    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
-        path = f"contract/{outcome}-{uuid.uuid4().hex[:6]}"
-        result = {"succeeded": "SUCCESS", "failed": "FAILURE", "hang": "HANG"}[outcome]
-        self.fake.add_job(
-            path,
-            parameters={"ASCOB_RUN": "", "GREETING": "none"},
-            lines=LINES,
-            result=result,
-            queue_delay=0.5 if queued else 0.0,
-        )
-        return {"jenkins_instance": "ci", "jenkins_project_name": path}
-
-    def refused_labels(self) -> dict[str, str]:
-        return {"jenkins_instance": "ci", "jenkins_project_name": "no/such/job"}
-
-    def identity(self, keys: Mapping[str, str]) -> str:
-        return keys["jenkinsQueueId"]  # a merged request answers the same queue item
-
-    def invalid_labels(self) -> dict[str, str]:
-        return {"jenkins_instance": "unknown", "jenkins_project_name": "x"}
-
-
-class RundeckAdapter(Adapter):
-    backend_id = "rundeckBackend"
-    echoes_parameters = True
-
-    def __init__(self, fake: FakeRundeck) -> None:
-        self.fake = fake
-
-    def config(self) -> dict[str, Any]:
-        return {"rundeck": {"ops": {"url": self.fake.url, "token_env": "CONTRACT_RUNDECK"}}}
-
-    def labels(self, outcome: str, queued: bool = False) -> dict[str, str]:
-        name = f"{outcome}-{uuid.uuid4().hex[:6]}"
-        self.fake.add_job(
-            "contract",
-            name,
-            lines=LINES,
-            final={"succeeded": "succeeded", "failed": "failed", "hang": "HANG"}[outcome],
-            scheduled_delay=0.5 if queued else 0.0,
-        )
-        return {
-            "rundeck_instance": "ops",
-            "rundeck_project_name": "contract",
-            "rundeck_job_name": name,
-        }
-
-    def refused_labels(self) -> dict[str, str]:
-        return {"rundeck_instance": "ops", "rundeck_job_id": "no-such-job"}
-
-    def identity(self, keys: Mapping[str, str]) -> str:
-        return keys["rundeckExecutionId"]
-
-    def invalid_labels(self) -> dict[str, str]:
-        return {"rundeck_instance": "ops"}
-
+from tests.contract import LINES, Adapter, load_adapters
 
 BACKEND_IDS = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[tuple[FakeJenkins, FakeRundeck]]:
-    jenkins, rundeck = FakeJenkins().start(), FakeRundeck().start()
-    os.environ["CONTRACT_JENKINS"] = "jenkins-secret"
-    os.environ["CONTRACT_RUNDECK"] = "rundeck-secret"
-    yield jenkins, rundeck
-    jenkins.stop()
-    rundeck.stop()
+ADAPTERS = load_adapters()
 
 
 @pytest.fixture(scope="module", params=BACKEND_IDS)
-def adapter(request: pytest.FixtureRequest, fakes: tuple[FakeJenkins, FakeRundeck]) -> Adapter:
-    jenkins, rundeck = fakes
-    adapters: dict[str, Adapter] = {
-        "dummyBackend": DummyAdapter(),
-        "jenkinsBackend": JenkinsAdapter(jenkins),
-        "rundeckBackend": RundeckAdapter(rundeck),
-    }
-    if request.param not in adapters:
-        pytest.fail(f"backend {request.param} has no contract adapter in {__name__}")
-    return adapters[request.param]
+def adapter(request: pytest.FixtureRequest) -> Iterator[Adapter]:
+    if request.param not in ADAPTERS:
+        pytest.fail(f"backend {request.param} has no contract adapter in tests/contract/")
+    made = ADAPTERS[request.param]()
+    made.start()
+    yield made
+    made.stop()
 
 
 def load_registry(adapter: Adapter, data_dir: Path) -> BackendRegistry:
