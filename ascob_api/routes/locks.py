@@ -27,6 +27,12 @@ class LockView(WireModel):
     since: datetime | None = None
     fencing_token: int | None = Field(default=None, serialization_alias="fencingToken")
     waiting: list[int] = Field(default_factory=list, serialization_alias="waitingRunIds")
+    reserved_for: int | None = Field(
+        default=None,
+        serialization_alias="reservedForRunId",
+        description="The earliest waiting run this key is reserved for: no later run may take "
+        "it, even while it is free. Null: a later run may take the key when it is free.",
+    )
 
     @field_serializer("since")
     def _wire_time(self, value: datetime | None) -> str | None:
@@ -42,7 +48,8 @@ class LocksResponse(WireModel):
 async def list_locks(
     services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> LocksResponse:
-    """Every held or awaited lock: holder run, since when, fencing token, waiting runs in order."""
+    """Every held or awaited lock: holder run, since when, fencing token, waiting runs in order,
+    and the run a free key is reserved for."""
     try:
         infos = await services.locks.snapshot()
     except LockStoreUnavailable as exc:
@@ -56,6 +63,7 @@ async def list_locks(
                 since=i.since,
                 fencing_token=i.token,
                 waiting=list(i.waiting),
+                reserved_for=i.reserved_for,
             )
             for i in infos
         ],

@@ -38,6 +38,7 @@ import etcd
 
 from ascob_flows.locks.base import Grant, LockInfo, LockStore, LockStoreUnavailable
 from ascob_flows.locks.queueing import (
+    Hold,
     Pump,
     Waiter,
     decode_key,
@@ -228,13 +229,13 @@ class EtcdV2LockStore(LockStore):
             grant = state.held_by(run_id, keys)
             if grant is not None:
                 granted[run_id] = grant
-            elif state.waiter_of(run_id) is None:
+            elif state.waiter_of(run_id) is None and self._pump.is_waiting(run_id):
                 log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
                 self._enqueue_sync(run_id, keys)
                 self._pump.wake()
-        holders = {k: h.run_id for k, h in state.holds.items()}
+        holds = {k: Hold(h.run_id, h.created) for k, h in state.holds.items()}
         waiters = [Waiter(w.created, w.run_id, w.keys) for w in state.waiters]
-        for waiter in eligible(waiters, holders, set(pending) - set(granted)):
+        for waiter in eligible(waiters, holds, set(pending) - set(granted)):
             node = state.waiter_of(waiter.run_id)
             assert node is not None
             grant = self._take_sync(state, node)
@@ -245,11 +246,26 @@ class EtcdV2LockStore(LockStore):
         return granted
 
     def _take_sync(self, state: _State, waiter: _Node) -> Grant | None:
-        run_id = waiter.run_id
-        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(waiter.keys)})
+        grant = self._put_holds_sync(state, waiter.run_id, waiter.keys)
+        if grant is not None:
+            self._delete_sync(waiter)
+        return grant
+
+    def _try_acquire_sync(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
+        state = self._read_sync()
+        if any(k in state.holds and state.holds[k].run_id != run_id for k in keys):
+            return None
+        return self._put_holds_sync(state, run_id, keys)
+
+    async def try_acquire(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        return await self._run(self._try_acquire_sync, run_id, tuple(dict.fromkeys(keys)))
+
+    def _put_holds_sync(self, state: _State, run_id: int, keys: tuple[str, ...]) -> Grant | None:
+        """Hold every key (each free or already the run's, as read); all or nothing."""
+        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(keys)})
         tokens: dict[str, int] = {}
         made: list[_Node] = []
-        for key in sorted(waiter.keys):
+        for key in sorted(keys):
             held = state.holds.get(key)
             if held is not None and held.run_id == run_id:
                 tokens[key] = held.created
@@ -267,13 +283,12 @@ class EtcdV2LockStore(LockStore):
                 int(result.createdIndex),
                 int(result.modifiedIndex),
                 run_id,
-                waiter.keys,
+                keys,
                 None,
             )
             made.append(node)
             tokens[key] = node.created
-        self._delete_sync(waiter)
-        return Grant(run_id, waiter.keys, {k: tokens[k] for k in waiter.keys})
+        return Grant(run_id, keys, {k: tokens[k] for k in keys})
 
     # ------------------------------------------------------------------ watch
 
@@ -364,7 +379,7 @@ class EtcdV2LockStore(LockStore):
         state = await self._read()
         return lock_infos(
             {k: (h.run_id, h.since, h.created) for k, h in state.holds.items()},
-            ((w.run_id, w.keys) for w in state.waiters),
+            [Waiter(w.created, w.run_id, w.keys) for w in state.waiters],
         )
 
     async def aclose(self) -> None:

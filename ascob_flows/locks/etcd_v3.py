@@ -37,6 +37,7 @@ import httpx
 
 from ascob_flows.locks.base import Grant, LockError, LockInfo, LockStore, LockStoreUnavailable
 from ascob_flows.locks.queueing import (
+    Hold,
     Pump,
     Waiter,
     decode_key,
@@ -306,15 +307,15 @@ class EtcdV3LockStore(LockStore):
             grant = state.held_by(run_id, keys)
             if grant is not None:
                 granted[run_id] = grant
-            elif run_id not in state.waiters:
+            elif run_id not in state.waiters and self._pump.is_waiting(run_id):
                 # its lease ran out (or someone released it): queue again, at the back
                 log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
                 self._leases.pop(run_id, None)
                 await self._enqueue(run_id, keys)
                 self._pump.wake()
-        holders = {k: h.run_id for k, h in state.holds.items()}
+        holds = {k: Hold(h.run_id, h.token) for k, h in state.holds.items()}
         waiters = [w for w, _ in state.waiters.values()]
-        for waiter in eligible(waiters, holders, set(pending) - set(granted)):
+        for waiter in eligible(waiters, holds, set(pending) - set(granted)):
             grant = await self._take(state, waiter)
             if grant is not None:
                 granted[waiter.run_id] = grant
@@ -322,14 +323,44 @@ class EtcdV3LockStore(LockStore):
                 self._pump.wake()  # something changed under us: look again
         return granted
 
+    async def try_acquire(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        keys = tuple(dict.fromkeys(keys))
+        for _ in range(3):
+            state = await self._read()
+            grant = state.held_by(run_id, keys)
+            if grant is not None:
+                self._leases[run_id] = state.holds[keys[0]].lease
+                return grant
+            if any(k in state.holds and state.holds[k].run_id != run_id for k in keys):
+                return None
+            lease = state.markers.get(run_id) or await self._grant_lease()
+            compare: list[dict[str, Any]] = []
+            success = [self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease)]
+            grant = await self._put_holds(state, run_id, keys, lease, compare, success)
+            if grant is not None:
+                return grant
+        return None
+
     async def _take(self, state: _State, waiter: Waiter) -> Grant | None:
         run_id = waiter.run_id
         lease = state.waiters[run_id][1]
         waiter_key = self._waiter_key(run_id)
         compare = [self._same_create(waiter_key, waiter.order)]
         success: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(waiter_key)}}]
-        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(waiter.keys)})
-        for key in waiter.keys:
+        return await self._put_holds(state, run_id, waiter.keys, lease, compare, success)
+
+    async def _put_holds(
+        self,
+        state: _State,
+        run_id: int,
+        keys: tuple[str, ...],
+        lease: int,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+    ) -> Grant | None:
+        """One transaction: every key still as read (free, or ours) -> hold them all."""
+        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(keys)})
+        for key in keys:
             hold_key = self._hold_key(key)
             held = state.holds.get(key)
             if held is not None:  # ours already (eligible): keep it, with its token
@@ -348,10 +379,10 @@ class EtcdV3LockStore(LockStore):
         if not payload.get("succeeded"):
             return None
         revision = int(payload["header"]["revision"])
-        tokens = {k: (state.holds[k].token if k in state.holds else revision) for k in waiter.keys}
+        tokens = {k: (state.holds[k].token if k in state.holds else revision) for k in keys}
         self._leases[run_id] = lease
-        log.debug("run %s: took %s (revision %s)", run_id, list(waiter.keys), revision)
-        return Grant(run_id, waiter.keys, tokens)
+        log.debug("run %s: took %s (revision %s)", run_id, list(keys), revision)
+        return Grant(run_id, keys, tokens)
 
     # ------------------------------------------------------------------ watch
 
@@ -489,10 +520,9 @@ class EtcdV3LockStore(LockStore):
 
     async def snapshot(self) -> list[LockInfo]:
         state = await self._read()
-        in_order = sorted(state.waiters.values(), key=lambda e: e[0].order)
         return lock_infos(
             {k: (h.run_id, h.since, h.token) for k, h in state.holds.items()},
-            ((w.run_id, w.keys) for w, _ in in_order),
+            [w for w, _ in state.waiters.values()],
         )
 
     async def aclose(self) -> None:
