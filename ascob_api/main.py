@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ascob_api import __version__
-from ascob_api.errors import AscobError
+from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
 from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
@@ -56,6 +56,12 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     @app.exception_handler(AscobError)
     async def _ascob_error(_: Request, exc: AscobError) -> JSONResponse:
         return _error(exc.status_code, exc.message)
+
+    for kind in DOMAIN_ERRORS:
+
+        @app.exception_handler(kind)
+        async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+            return _error(http_status(exc), domain_message(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -43,6 +43,7 @@ class Run(SQLModel, table=True):
     abort_force: bool = False
     stop_sent: bool = False
     message: str | None = None
+    waiting_since: datetime | None = None
 
 
 class RunFile(SQLModel, table=True):
@@ -75,6 +76,8 @@ class Executor(SQLModel, table=True):
 
 # --------------------------------------------------------------------------- wire models
 
+MAX_LOCK_WAIT_SECONDS = 30 * 24 * 3600
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -94,6 +97,14 @@ class JobSpec(WireModel):
     locks: list[LockSpec] = PField(default_factory=list)
     manual_start: bool = PField(default=False, alias="manualStart")
     runtime_variables: bool = PField(default=False, alias="runtimeVariables")
+    max_lock_wait_seconds: int | None = PField(
+        default=None,
+        alias="maxLockWaitSeconds",
+        gt=0,
+        le=MAX_LOCK_WAIT_SECONDS,
+        description="Longest wait for the locks, in seconds: a run that waited longer ends "
+        'ABORTED ("waited N s for locks held by run X"). Absent: wait as long as needed.',
+    )
 
     @field_validator("labels", "parameters", mode="before")
     @classmethod
@@ -106,7 +117,10 @@ class JobSpec(WireModel):
         return [] if value is None else value
 
     def wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        data = self.model_dump(by_alias=True)
+        if data.get("maxLockWaitSeconds") is None:
+            data.pop("maxLockWaitSeconds", None)  # as the original: no new key when unset
+        return data
 
 
 class SubmitRequest(WireModel):
