@@ -33,13 +33,13 @@ from ascob_flows.machine import (
     Step,
 )
 from ascob_flows.ports import RunRecord
+from ascob_flows.retry import BACKEND, Backoff, retry
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
 from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 60.0
 NOT_FOUND_LIMIT = 5  # consecutive "job not found" answers before the run ends FAILED
 REATTACH_TRIES = 4  # backend calls that may fail before a mid-dispatch resume gives up
 _DISPATCHED = (Stage.DISPATCHING, Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
@@ -104,14 +104,14 @@ async def _retake(rt: Runtime, rec: RunRecord, logger: Logger) -> dict[str, int]
     never queues (it would block later runs behind a place nobody takes)."""
     if not rec.lock_keys:
         return {}
-    for attempt in range(REATTACH_TRIES):
-        try:
-            grant = await rt.locks.try_acquire(rec.id, rec.lock_keys)
-            break
-        except LockStoreUnavailable as exc:
-            logger.warning("run %s: lock store unavailable (%r)", rec.id, exc)
-            await asyncio.sleep(min(MAX_BACKOFF, 2.0**attempt))
-    else:
+    try:
+        grant = await retry(
+            lambda: rt.locks.try_acquire(rec.id, rec.lock_keys),
+            on=(LockStoreUnavailable,),
+            attempts=REATTACH_TRIES,
+            what=f"run {rec.id}: taking its locks back",
+        )
+    except LockStoreUnavailable:
         grant = None
     if grant is not None:
         return grant.tokens
@@ -242,16 +242,20 @@ async def _resume_dispatch(rt: Runtime, rec: RunRecord, logger: Logger) -> None:
     the job reported meanwhile, the backend is asked whether it has the job: if so, re-attach.
     Otherwise the outcome cannot be known: IN_DOUBT, never sent twice."""
     backend = rt.backends.get(rec.backend_id)
-    if rec.identification_keys:
-        for attempt in range(REATTACH_TRIES):
-            try:
-                await backend.status(rec.identification_keys)
-            except JobNotFound:
-                break
-            except Exception as exc:
-                logger.warning("run %s: asking %s failed (%r)", rec.id, backend.id, exc)
-                await asyncio.sleep(min(MAX_BACKOFF, rt.poll_interval * 2**attempt))
-                continue
+    keys = rec.identification_keys
+    if keys:
+        try:
+            await retry(
+                lambda: backend.status(keys),
+                on=(Exception,),
+                unless=(JobNotFound,),
+                attempts=REATTACH_TRIES,
+                backoff=Backoff(rt.poll_interval, BACKEND.cap),
+                what=f"run {rec.id}: asking {backend.id} about the job",
+            )
+        except Exception as exc:
+            logger.warning("run %s: %s does not confirm the job (%r)", rec.id, backend.id, exc)
+        else:
             message = (
                 "re-attached after a restart during dispatch, through the identification keys "
                 "the job reported"
@@ -279,7 +283,7 @@ async def follow(
 ) -> RunStatus:
     """Follow the backend job until the run is final; a webhook may end it sooner.
     ``linked(rec, report)`` is called once, with the first answer of the backend."""
-    backoff = 0.0
+    failures = 0
     shown: RunStatus | None = None
     not_found = 0
     while True:
@@ -308,14 +312,15 @@ async def follow(
             await rt.wait_change(run_id, rec.status, rt.poll_interval)
             continue
         except Exception as exc:
-            backoff = min(MAX_BACKOFF, max(rt.poll_interval, backoff * 2 or 1.0))
+            backoff = max(rt.poll_interval, BACKEND.delay(failures))
+            failures += 1
             level = logger.warning if isinstance(exc, BackendUnavailable) else logger.error
             level(
                 "run %s: polling %s failed (%r); again in %.0f s", run_id, backend.id, exc, backoff
             )
             await rt.wait_change(run_id, rec.status, backoff)
             continue
-        backoff = 0.0
+        failures = 0
         not_found = 0
         if linked is not None:
             linked(rec, report)

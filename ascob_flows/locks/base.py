@@ -16,6 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+RELEASE_TRIES = 3  # a release that still fails is left to the lease
+HOLDS_TRIES = 4  # then holds() answers False: the flow waits again rather than dispatch blind
+
 
 class LockError(Exception):
     """Base class of lock-store errors."""

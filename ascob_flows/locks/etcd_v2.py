@@ -36,7 +36,14 @@ from urllib.parse import urlsplit
 
 import etcd
 
-from ascob_flows.locks.base import Grant, LockInfo, LockStore, LockStoreUnavailable
+from ascob_flows.locks.base import (
+    HOLDS_TRIES,
+    RELEASE_TRIES,
+    Grant,
+    LockInfo,
+    LockStore,
+    LockStoreUnavailable,
+)
 from ascob_flows.locks.queueing import (
     Hold,
     Pump,
@@ -46,6 +53,7 @@ from ascob_flows.locks.queueing import (
     encode_key,
     lock_infos,
 )
+from ascob_flows.retry import LOCK_STORE, retry
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +191,11 @@ class EtcdV2LockStore(LockStore):
 
     async def acquire(self, run_id: int, keys: Sequence[str]) -> Grant:
         keys = tuple(dict.fromkeys(keys))
-        delay = 0.0
-        while True:
-            try:
-                grant = await self._run(self._enqueue_sync, run_id, keys)
-                break
-            except (LockStoreUnavailable, etcd.EtcdException) as exc:
-                delay = min(5.0, delay * 2 or 0.2)
-                log.warning(
-                    "run %s: cannot queue for locks (%r); again in %.1f s", run_id, exc, delay
-                )
-                await asyncio.sleep(delay)
+        grant = await retry(
+            lambda: self._run(self._enqueue_sync, run_id, keys),
+            on=(LockStoreUnavailable, etcd.EtcdException),
+            what=f"run {run_id}: queueing for locks",
+        )
         if grant is not None:
             return grant
         self._ensure_watch()
@@ -304,7 +306,7 @@ class EtcdV2LockStore(LockStore):
         """Wake the pump on every deletion or expiry under the prefix."""
         client = self._new_client(self.watch_timeout)
         index: int | None = None
-        delay = 0.0
+        failures = 0
         while not self._closed.is_set():
             try:
                 if index is None:
@@ -313,7 +315,7 @@ class EtcdV2LockStore(LockStore):
                 event = client.watch(
                     self.prefix, index=index, recursive=True, timeout=self.watch_timeout
                 )
-                delay = 0.0
+                failures = 0
                 index = int(event.modifiedIndex) + 1
                 if event.action in ("delete", "expire", "compareAndDelete"):
                     self._pump.wake()
@@ -322,7 +324,8 @@ class EtcdV2LockStore(LockStore):
             except etcd.EtcdEventIndexCleared:
                 index = None  # history moved on: read again, wake the pump
             except Exception as exc:
-                delay = min(5.0, delay * 2 or 0.2)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
                 index = None
                 time.sleep(delay)
@@ -336,16 +339,12 @@ class EtcdV2LockStore(LockStore):
                 self._delete_sync(node)
 
     async def release(self, run_id: int) -> None:
-        attempts = 0
-        while True:
-            try:
-                await self._run(self._release_sync, run_id)
-                break
-            except LockStoreUnavailable:
-                attempts += 1
-                if attempts >= 3:
-                    raise
-                await asyncio.sleep(0.2 * attempts)
+        await retry(
+            lambda: self._run(self._release_sync, run_id),
+            on=(LockStoreUnavailable,),
+            attempts=RELEASE_TRIES,
+            what=f"run {run_id}: releasing locks",
+        )
         self._pump.wake()
 
     def _holds_sync(self, run_id: int, keys: Sequence[str]) -> bool:
@@ -354,12 +353,15 @@ class EtcdV2LockStore(LockStore):
 
     async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
         """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
-        for attempt in range(4):
-            try:
-                return await self._run(self._holds_sync, run_id, keys)
-            except LockStoreUnavailable:
-                await asyncio.sleep(0.25 * (attempt + 1))
-        return False
+        try:
+            return await retry(
+                lambda: self._run(self._holds_sync, run_id, keys),
+                on=(LockStoreUnavailable,),
+                attempts=HOLDS_TRIES,
+                what=f"run {run_id}: checking its locks",
+            )
+        except LockStoreUnavailable:
+            return False
 
     def _keepalive_sync(self, run_ids: set[int]) -> None:
         state = self._read_sync()

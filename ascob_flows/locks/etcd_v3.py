@@ -35,7 +35,15 @@ from typing import Any
 
 import httpx
 
-from ascob_flows.locks.base import Grant, LockError, LockInfo, LockStore, LockStoreUnavailable
+from ascob_flows.locks.base import (
+    HOLDS_TRIES,
+    RELEASE_TRIES,
+    Grant,
+    LockError,
+    LockInfo,
+    LockStore,
+    LockStoreUnavailable,
+)
 from ascob_flows.locks.queueing import (
     Hold,
     Pump,
@@ -45,6 +53,7 @@ from ascob_flows.locks.queueing import (
     encode_key,
     lock_infos,
 )
+from ascob_flows.retry import LOCK_STORE, retry
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +238,11 @@ class EtcdV3LockStore(LockStore):
 
     async def acquire(self, run_id: int, keys: Sequence[str]) -> Grant:
         keys = tuple(dict.fromkeys(keys))
-        delay = 0.0
-        while True:
-            try:
-                grant = await self._enqueue(run_id, keys)
-                break
-            except (LockStoreUnavailable, EtcdError) as exc:
-                delay = min(5.0, delay * 2 or 0.2)
-                log.warning(
-                    "run %s: cannot queue for locks (%r); again in %.1f s", run_id, exc, delay
-                )
-                await asyncio.sleep(delay)
+        grant = await retry(
+            lambda: self._enqueue(run_id, keys),
+            on=(LockStoreUnavailable, EtcdError),
+            what=f"run {run_id}: queueing for locks",
+        )
         if grant is not None:
             return grant
         self._ensure_watch()
@@ -394,7 +397,7 @@ class EtcdV3LockStore(LockStore):
 
     async def _watch(self) -> None:
         """Wake the pump on every deletion under the prefix; reconnect when the stream breaks."""
-        delay = 0.0
+        failures = 0
         while True:
             request: dict[str, Any] = {
                 "key": _b64(self.prefix),
@@ -416,7 +419,7 @@ class EtcdV3LockStore(LockStore):
                         if not line.strip():
                             continue
                         result = json.loads(line).get("result", {})
-                        delay = 0.0
+                        failures = 0
                         if result.get("compact_revision") or result.get("canceled"):
                             # history compacted: read again from now
                             self._watch_from = 0
@@ -431,7 +434,8 @@ class EtcdV3LockStore(LockStore):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = min(5.0, delay * 2 or 0.2)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
                 if isinstance(exc, httpx.TransportError):
                     self._endpoint = (self._endpoint + 1) % len(self.endpoints)
@@ -441,16 +445,12 @@ class EtcdV3LockStore(LockStore):
     # ------------------------------------------------------------------ the rest
 
     async def release(self, run_id: int) -> None:
-        attempts = 0
-        while True:
-            try:
-                await self._release(run_id)
-                break
-            except LockStoreUnavailable:
-                attempts += 1
-                if attempts >= 3:
-                    raise
-                await asyncio.sleep(0.2 * attempts)
+        await retry(
+            lambda: self._release(run_id),
+            on=(LockStoreUnavailable,),
+            attempts=RELEASE_TRIES,
+            what=f"run {run_id}: releasing locks",
+        )
         self._pump.wake()
 
     async def _release(self, run_id: int) -> None:
@@ -476,20 +476,15 @@ class EtcdV3LockStore(LockStore):
 
     async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
         """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
-        for attempt in range(4):
-            try:
-                payload = await self._call(
-                    "/kv/txn",
-                    {
-                        "success": [
-                            {"request_range": {"key": _b64(self._hold_key(k))}} for k in keys
-                        ]
-                    },
-                )
-                break
-            except LockStoreUnavailable:
-                await asyncio.sleep(0.25 * (attempt + 1))
-        else:
+        body = {"success": [{"request_range": {"key": _b64(self._hold_key(k))}} for k in keys]}
+        try:
+            payload = await retry(
+                lambda: self._call("/kv/txn", body),
+                on=(LockStoreUnavailable,),
+                attempts=HOLDS_TRIES,
+                what=f"run {run_id}: checking its locks",
+            )
+        except LockStoreUnavailable:
             return False
         for response in payload.get("responses", []):
             kvs = response.get("response_range", {}).get("kvs", [])

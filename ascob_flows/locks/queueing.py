@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ascob_flows.locks.base import Grant, LockInfo
+from ascob_flows.retry import LOCK_STORE
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +177,10 @@ class Pump:
         give_back: Callable[[int], Awaitable[None]],
         poll_seconds: float,
         name: str,
-        retry_seconds: float = 0.5,
-        max_retry_seconds: float = 5.0,
     ) -> None:
         self._round = grant_round
         self._give_back = give_back
         self.poll_seconds = poll_seconds
-        self.retry_seconds = retry_seconds
-        self.max_retry_seconds = max_retry_seconds
         self.name = name
         self.local: dict[int, tuple[tuple[str, ...], asyncio.Future[Grant]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +233,7 @@ class Pump:
     async def _run(self) -> None:
         assert self._kick is not None
         delay = 0.0
+        failures = 0
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation that
@@ -251,9 +249,10 @@ class Pump:
                 continue
             try:
                 granted = await self._round(pending)
-                delay = 0.0
+                delay, failures = 0.0, 0
             except Exception as exc:
-                delay = min(self.max_retry_seconds, delay * 2 or self.retry_seconds)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.warning("%s: grant round failed (%r); again in %.1f s", self.name, exc, delay)
                 continue
             for run_id, grant in granted.items():

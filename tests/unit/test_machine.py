@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ascob_flows.machine import (
@@ -111,7 +113,9 @@ def test_status_parsing() -> None:
         RunStatus.parse("DONE")
 
 
-def test_the_table_lists_every_step() -> None:
+def test_the_table_lists_every_step_and_the_docs_show_it() -> None:
     table = table_markdown()
     for step in STEPS:
         assert f"`{step.name}`" in table
+    docs = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+    assert table in docs.read_text(), "docs/architecture.md: paste machine.table_markdown()"
