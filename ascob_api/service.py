@@ -21,7 +21,7 @@ from ascob_api.models import JobSpec, Run, RunInfo
 from ascob_api.repository import Repository
 from ascob_api.settings import Settings
 from ascob_flows.control import apply_backend_report, request_stop
-from ascob_flows.errors import NotDispatched, RunNotFound
+from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound
 from ascob_flows.locks import LockStore, validate_key
 from ascob_flows.machine import KEYS_REPORTED, Stage, report_step
 from ascob_flows.status import RunStatus
@@ -63,11 +63,11 @@ class Services:
             try:
                 validate_key(lock.key)
             except ValueError as exc:
-                raise BadRequest(f"invalid lock: {exc}") from None
+                raise InvalidSpec(f"invalid lock: {exc}") from None
         try:
             backend = self.backends.select(spec.labels, spec.description)
         except SpecRejected as exc:
-            raise BadRequest(str(exc)) from exc
+            raise InvalidSpec(str(exc)) from exc
         return backend.id
 
     def create_run(
@@ -119,7 +119,7 @@ class Services:
         try:
             spec = JobSpec.model_validate(job_spec)
         except ValidationError as exc:
-            raise BadRequest(f"invalid job_spec: {exc}") from exc
+            raise InvalidSpec(f"invalid job_spec: {exc}") from exc
         spec.manual_start = False
         run = self.create_run(spec, flow_run_id=flow_run_id)
         assert run.id is not None
@@ -296,7 +296,7 @@ def substitute(spec: JobSpec, run_id: int, webhook_id: str) -> JobSpec:
 
     data = walk(spec.wire())
     if unknown:
-        raise BadRequest(
+        raise InvalidSpec(
             f"unknown runtime variable(s) {', '.join(sorted(unknown))}; known: "
             + ", ".join(f"%%{v}%%" for v in (*RUNTIME_VARIABLES, *LATE_VARIABLES))
         )
