@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ascob_api import __version__
 from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
+from ascob_api.limits import RequestLimits
 from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
@@ -50,6 +51,11 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
+    app.add_middleware(
+        RequestLimits,
+        max_request_bytes=services.settings.max_request_bytes,
+        max_file_bytes=services.settings.max_file_bytes,
+    )
     for module in (runs, events, search, webhooks, security, backends, locks):
         app.include_router(module.router)
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic import Field as PField
 from sqlalchemy import JSON, Column, LargeBinary
 from sqlmodel import Field, SQLModel
@@ -83,18 +90,64 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class LockSpec(WireModel):
-    key: str
+def _check_text(value: Any, where: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
 
 
-class JobSpec(WireModel):
+class InputModel(WireModel):
+    """A request body: an unknown field is refused with the list of accepted ones (a misspelt
+    filter must not silently widen a search), and text must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        accepted = {f.alias or name for name, f in cls.model_fields.items()}
+        names = accepted | set(cls.model_fields)
+        unknown = sorted(str(k) for k in data if k not in names)
+        if unknown:
+            raise ValueError(
+                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"accepted fields: {', '.join(sorted(accepted))}"
+            )
+        for key, value in data.items():
+            _check_text(value, str(key))
+        return data
+
+
+class LockSpec(InputModel):
+    key: str = PField(max_length=256)
+
+
+MAX_ENTRIES = 1000
+MAX_VALUE = 65536
+
+
+class JobSpec(InputModel):
     """What a portal asks ASCOB to run."""
 
-    description: str | None = None
-    submitter: str | None = None
-    labels: dict[str, str] = PField(default_factory=dict)
-    parameters: dict[str, str] = PField(default_factory=dict)
-    locks: list[LockSpec] = PField(default_factory=list)
+    description: str | None = PField(default=None, max_length=4096)
+    submitter: str | None = PField(default=None, max_length=256)
+    labels: dict[
+        Annotated[str, PField(max_length=256)], Annotated[str, PField(max_length=MAX_VALUE)]
+    ] = PField(default_factory=dict, max_length=MAX_ENTRIES)
+    parameters: dict[
+        Annotated[str, PField(max_length=256)], Annotated[str, PField(max_length=MAX_VALUE)]
+    ] = PField(default_factory=dict, max_length=MAX_ENTRIES)
+    locks: list[LockSpec] = PField(default_factory=list, max_length=MAX_ENTRIES)
     manual_start: bool = PField(default=False, alias="manualStart")
     runtime_variables: bool = PField(default=False, alias="runtimeVariables")
     max_lock_wait_seconds: int | None = PField(
@@ -123,7 +176,7 @@ class JobSpec(WireModel):
         return data
 
 
-class SubmitRequest(WireModel):
+class SubmitRequest(InputModel):
     job_spec: JobSpec = PField(alias="jobSpec")
 
 
@@ -175,7 +228,7 @@ class RunInfo(WireModel):
         )
 
 
-class SearchRunRequest(WireModel):
+class SearchRunRequest(InputModel):
     submitter_filter: str | None = PField(default=None, alias="submitterFilter")
     status_filter: list[RunStatus] | None = PField(default=None, alias="statusFilter")
     created_after_filter: datetime | None = PField(default=None, alias="createdAfterFilter")
@@ -202,7 +255,7 @@ class SearchRunResponse(WireModel):
     items: list[RunInfo]
 
 
-class WebhookUpdate(WireModel):
+class WebhookUpdate(InputModel):
     status: RunStatus | None = None
     identification_keys: dict[str, str] | None = PField(default=None, alias="identificationKeys")
 
@@ -212,9 +265,18 @@ class WebhookUpdate(WireModel):
         return RunStatus.parse(value) if isinstance(value, str) else value
 
 
-class CreateTokenRequest(WireModel):
+MAX_TOKEN_EXPIRY = 10 * 366 * 24 * 3600
+
+
+class CreateTokenRequest(InputModel):
     permissions: list[str] = PField(default_factory=list)
-    expiry_seconds: int = PField(default=0, alias="expirySeconds", ge=0)
+    expiry_seconds: int = PField(
+        default=0,
+        alias="expirySeconds",
+        ge=0,
+        le=MAX_TOKEN_EXPIRY,
+        description="Seconds until the token expires (at most ten years); 0: never.",
+    )
 
 
 class CreateTokenResponse(WireModel):

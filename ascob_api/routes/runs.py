@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from ascob_api.deps import ServicesDep, require
+from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
 from ascob_api.models import RunInfo, SubmitRequest, SubmitResponse
 from ascob_api.security import Identity, Permission
@@ -16,8 +16,6 @@ from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
-
-RunId = Annotated[int, "run id"]
 
 
 @router.post("", response_model=SubmitResponse, response_model_by_alias=True)
@@ -34,7 +32,7 @@ async def submit(
 
 @router.get("/{runId}", response_model=RunInfo, response_model_by_alias=True)
 async def get_run(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_read)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
     """The run's status and times; a run waiting for locks also says which runs it waits for."""
     info = RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
@@ -48,7 +46,7 @@ async def get_run(
 
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 async def refresh(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
     """Ask the backend for the job's status now, and return the run."""
     return await services.refresh(runId)
@@ -56,7 +54,7 @@ async def refresh(
 
 @router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 async def start(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
     """Start a manual-start run that is still DEFINED."""
     return RunInfo.of(await asyncio.to_thread(services.start, runId))
@@ -64,7 +62,7 @@ async def start(
 
 @router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
 async def stop(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     force: bool = False,
     _: Identity = require(Permission.job_run_abort),
@@ -75,7 +73,7 @@ async def stop(
 
 @router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
 async def resubmit(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     submitter: Annotated[str, Query(min_length=1)],
     _: Identity = require(Permission.job_run_resubmit),
@@ -88,7 +86,7 @@ async def resubmit(
 
 @router.get("/{runId}/output.txt", response_class=PlainTextResponse)
 async def output(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     _: Identity = require(Permission.job_run_output),
@@ -113,7 +111,7 @@ async def output(
     },
 )
 async def upload(
-    runId: int,
+    runId: RunId,
     fileId: str,
     request: Request,
     services: ServicesDep,

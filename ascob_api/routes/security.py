@@ -31,7 +31,7 @@ async def create_token(
     _: Identity = require(Permission.security_token_write),
 ) -> CreateTokenResponse:
     """Create (or replace) a token; its secret is shown this once and stored hashed."""
-    if not _IDENTIFIER.match(identifier):
+    if not _IDENTIFIER.fullmatch(identifier):
         raise BadRequest("identifier must be 1-128 letters, digits, '.', '_', '@' or '-'")
     permissions = [p.value for p in parse_permissions(body.permissions)]
     secret = await asyncio.to_thread(
