@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,7 +44,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc served from assets shipped in fastapi-offline: no external URL
+    app = FastAPIOffline(
         title="ASCOB API",
         version=__version__,
         description="One front door from automation portals to Jenkins, Rundeck and friends.",

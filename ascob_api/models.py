@@ -51,6 +51,7 @@ class Run(SQLModel, table=True):
     stop_sent: bool = False
     message: str | None = None
     waiting_since: datetime | None = None
+    backend_url: str | None = None
 
 
 class RunFile(SQLModel, table=True):
@@ -196,9 +197,28 @@ class RunInfo(WireModel):
     waiting_for: list[int] | None = PField(
         default=None,
         serialization_alias="waitingFor",
-        description="WAITING_LOCKS only: the runs this run waits for (holders, then earlier "
-        "waiters of its locks). Absent otherwise.",
+        description="WAITING_LOCKS only: the runs this run waits for (holders of its locks, "
+        "and earlier waiters its locks are reserved for). Absent otherwise.",
     )
+    message: str | None = PField(
+        default=None,
+        description="Why the run failed, was aborted or is IN_DOUBT, or what happened to it "
+        "(re-attached after a restart, locks taken while it was not followed).",
+    )
+    backend_id: str | None = PField(
+        default=None, serialization_alias="backendId", description="The backend that runs it."
+    )
+    backend_url: str | None = PField(
+        default=None,
+        serialization_alias="backendUrl",
+        description="The job's page on the backend, once the backend has told it.",
+    )
+    labels: dict[str, str] = PField(default_factory=dict, description="As run (after variables).")
+    parameters: dict[str, str] = PField(
+        default_factory=dict, description="As run (after runtime variables)."
+    )
+    locks: list[str] = PField(default_factory=list, description="The lock keys it needs.")
+    manual_start: bool = PField(default=False, serialization_alias="manualStart")
 
     @model_serializer(mode="wrap")
     def _drop_absent_extras(self, handler: Any) -> dict[str, Any]:
@@ -225,6 +245,13 @@ class RunInfo(WireModel):
             defined_time=run.defined_time,
             submission_time=run.submission_time,
             end_time=run.end_time,
+            message=run.message,
+            backend_id=run.backend_id or None,
+            backend_url=run.backend_url,
+            labels=dict(run.effective_spec.get("labels") or {}),
+            parameters=dict(run.effective_spec.get("parameters") or {}),
+            locks=list(run.lock_keys),
+            manual_start=run.manual_start,
         )
 
 

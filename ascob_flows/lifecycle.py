@@ -286,6 +286,7 @@ async def follow(
     failures = 0
     shown: RunStatus | None = None
     not_found = 0
+    seen = False  # the backend answered once: its job page is known
     while True:
         rec = await rt.record(run_id)
         if rec.status.is_final or rec.stage not in _FOLLOWED:
@@ -322,9 +323,12 @@ async def follow(
             continue
         failures = 0
         not_found = 0
-        if linked is not None:
-            linked(rec, report)
-            linked = None
+        if not seen:
+            seen = True
+            if report.url:
+                await asyncio.to_thread(rt.repo.update_fields, run_id, backend_url=report.url)
+            if linked is not None:
+                linked(rec, report)
         if await apply_backend_report(rt.repo, run_id, report):
             logger.info("run %s: %s", run_id, (await rt.record(run_id)).status.value)
             continue

@@ -45,6 +45,7 @@ async def get_run(
 
 
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
+@router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 async def refresh(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
@@ -53,6 +54,7 @@ async def refresh(
 
 
 @router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
+@router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 async def start(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
@@ -72,6 +74,7 @@ async def stop(
 
 
 @router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
+@router.post("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
 async def resubmit(
     runId: RunId,
     services: ServicesDep,

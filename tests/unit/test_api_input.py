@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -116,3 +117,13 @@ def test_a_token_identifier_cannot_end_in_a_newline(api: TestClient) -> None:
     assert r.status_code == 400
     ok = api.post("/api/security/tokens/abc", json={"permissions": ["job_run_read"]})
     assert ok.status_code == 200
+
+
+def test_the_api_docs_work_offline(api: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = api.get(page).text
+        assert "http://" not in html and "https://" not in html, page
+        for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
+            assert api.get(asset).status_code == 200, asset
+    assert api.get("/openapi.json").json()["info"]["title"] == "ASCOB API"
+    assert api.get("/openapi.yaml").status_code == 200

@@ -185,3 +185,37 @@ def test_stopping_an_ended_run_is_a_400(services: Services, api: TestClient) -> 
     r = api.delete(f"/api/runs/{run_id}")
     assert r.status_code == 400 and "already ABORTED" in r.json()["error"]
     assert api.get("/api/runs/999999").status_code == 404
+
+
+# ---------------------------------------------------------------------- RunInfo and routes
+
+
+def test_run_info_tells_what_a_portal_needs(services: Services, api: TestClient) -> None:
+    run_id = submit(
+        api,
+        description="x",
+        labels={**DUMMY, "env": "prod"},
+        parameters={"P": "1"},
+        locks=[{"key": "db"}],
+        manualStart=True,
+    )
+    info = api.get(f"/api/runs/{run_id}").json()
+    original = {"id", "parentId", "status", "description", "submitter", "definedTime"}
+    assert original | {"submissionTime", "endTime"} <= set(info)
+    assert info["backendId"] == "dummyBackend" and info["manualStart"] is True
+    assert info["labels"] == {**DUMMY, "env": "prod"} and info["parameters"] == {"P": "1"}
+    assert info["locks"] == ["db"] and info["message"] is None and info["backendUrl"] is None
+    api.delete(f"/api/runs/{run_id}")
+    found = api.post("/api/search/runs", json={}).json()["items"]
+    assert found[0]["id"] == run_id and found[0]["message"] == "stopped before dispatch"
+
+
+def test_post_is_accepted_beside_get_for_start_resubmit_refresh(
+    services: Services, api: TestClient
+) -> None:
+    run_id = submit(api, description="m", manualStart=True)
+    assert api.post(f"/api/runs/{run_id}/start").json()["status"] == "DEFINED"
+    assert api.post(f"/api/runs/{run_id}/refresh").status_code == 200
+    again = api.post(f"/api/runs/{run_id}/resubmit", params={"submitter": "bob"})
+    assert again.status_code == 200
+    assert services.repo.get_run(again.json()["runId"]).parent_id == run_id
