@@ -13,8 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from ascob_api import __version__
+from ascob_api import __version__, openapi
 from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
 from ascob_api.limits import RequestLimits
 from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
@@ -26,8 +27,8 @@ log = logging.getLogger("ascob.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -41,6 +42,15 @@ def _describe_validation(exc: RequestValidationError) -> str:
             loc = "body"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts) or "invalid request"
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
@@ -76,8 +86,11 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         return _error(400, _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -97,25 +110,5 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         """Liveness: answers without a token."""
         return {"status": "ok"}
 
-    _add_security_scheme(app)
+    openapi.install(app)
     return app
-
-
-def _add_security_scheme(app: FastAPI) -> None:
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original()
-        schema.setdefault("components", {})["schemas"] = schema.get("components", {}).get(
-            "schemas", {}
-        )
-        schema["components"]["schemas"]["ErrorPayload"] = {
-            "type": "object",
-            "properties": {"status": {"type": "integer"}, "error": {"type": "string"}},
-        }
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

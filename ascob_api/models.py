@@ -149,11 +149,12 @@ class JobSpec(InputModel):
         Annotated[str, PField(max_length=256)], Annotated[str, PField(max_length=MAX_VALUE)]
     ] = PField(default_factory=dict, max_length=MAX_ENTRIES)
     locks: list[LockSpec] = PField(default_factory=list, max_length=MAX_ENTRIES)
-    manual_start: bool = PField(default=False, alias="manualStart")
-    runtime_variables: bool = PField(default=False, alias="runtimeVariables")
+    manual_start: bool = PField(default=False, alias="manualStart", strict=True)
+    runtime_variables: bool = PField(default=False, alias="runtimeVariables", strict=True)
     max_lock_wait_seconds: int | None = PField(
         default=None,
         alias="maxLockWaitSeconds",
+        strict=True,
         gt=0,
         le=MAX_LOCK_WAIT_SECONDS,
         description="Longest wait for the locks, in seconds: a run that waited longer ends "
@@ -260,7 +261,14 @@ class SearchRunRequest(InputModel):
     status_filter: list[RunStatus] | None = PField(default=None, alias="statusFilter")
     created_after_filter: datetime | None = PField(default=None, alias="createdAfterFilter")
     created_before_filter: datetime | None = PField(default=None, alias="createdBeforeFilter")
-    max_results: int | None = PField(default=None, alias="maxResults", ge=0)
+    max_results: int | None = PField(default=None, alias="maxResults", ge=0, strict=True)
+
+    @field_validator("created_after_filter", "created_before_filter", mode="before")
+    @classmethod
+    def _a_time_string(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("expected a date-time string such as 2026-11-30T12:00:00 (UTC)")
+        return value
 
     @field_validator("created_after_filter", "created_before_filter", mode="after")
     @classmethod
@@ -300,6 +308,7 @@ class CreateTokenRequest(InputModel):
     expiry_seconds: int = PField(
         default=0,
         alias="expirySeconds",
+        strict=True,
         ge=0,
         le=MAX_TOKEN_EXPIRY,
         description="Seconds until the token expires (at most ten years); 0: never.",
@@ -308,6 +317,17 @@ class CreateTokenRequest(InputModel):
 
 class CreateTokenResponse(WireModel):
     secret: str
+
+
+class TokenDeleted(WireModel):
+    identifier: str
+    status: str = "deleted"
+
+
+class FileUploaded(WireModel):
+    run_id: int = PField(serialization_alias="runId")
+    file_id: str = PField(serialization_alias="fileId")
+    size: int
 
 
 class WhoAmIResponse(WireModel):

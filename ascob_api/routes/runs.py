@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import RunInfo, SubmitRequest, SubmitResponse
+from ascob_api.models import FileUploaded, RunInfo, SubmitRequest, SubmitResponse
 from ascob_api.security import Identity, Permission
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
@@ -104,6 +104,8 @@ async def output(
 
 @router.post(
     "/{runId}/files/{fileId}",
+    response_model=FileUploaded,
+    response_model_by_alias=True,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -119,7 +121,7 @@ async def upload(
     request: Request,
     services: ServicesDep,
     _: Identity = require(Permission.job_run_upload_files),
-) -> dict[str, object]:
+) -> FileUploaded:
     """Attach an input file (raw body) to a run that is still DEFINED."""
     limit = services.settings.max_file_bytes
     declared = request.headers.get("content-length")
@@ -127,4 +129,4 @@ async def upload(
         raise BadRequest(f"file is {declared} bytes; the limit is {limit}")
     content = await request.body()
     await asyncio.to_thread(services.upload, runId, fileId, content)
-    return {"runId": runId, "fileId": fileId, "size": len(content)}
+    return FileUploaded(run_id=runId, file_id=fileId, size=len(content))
