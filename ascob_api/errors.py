@@ -9,6 +9,7 @@ handlers of :mod:`ascob_api.main`).
     ├── Unauthorized      401  missing, unknown or expired token
     ├── Forbidden         403  valid token without the permission
     ├── NotFound          404  unknown run, file, webhook or token
+    ├── Conflict          409  an Idempotency-Key used before with another body
     └── BackendFailed     502  the backend did not answer a request made on the caller's behalf
 
     ascob_flows.errors.RunNotFound         404
@@ -80,6 +81,10 @@ class Forbidden(AscobError):
 
 class NotFound(AscobError):
     status_code = 404
+
+
+class Conflict(AscobError):
+    status_code = 409
 
 
 class BackendFailed(AscobError):

@@ -54,6 +54,19 @@ class Run(SQLModel, table=True):
     backend_url: str | None = None
 
 
+class IdempotencyKey(SQLModel, table=True):
+    """A portal's ``Idempotency-Key`` of a submission, per token: the run it created."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: str = Field(primary_key=True)  # the token's identity
+    key: str = Field(primary_key=True)
+    request_hash: str
+    run_id: int
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
 class RunFile(SQLModel, table=True):
     __tablename__ = "run_files"
 

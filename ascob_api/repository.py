@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlalchemy import delete, func, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ascob_api.db import read_only
 from ascob_api.errors import NotFound
-from ascob_api.models import ApiToken, Executor, Run, RunFile
+from ascob_api.models import ApiToken, Executor, IdempotencyKey, Run, RunFile
 from ascob_flows.clock import utcnow
 from ascob_flows.errors import RunNotFound
 from ascob_flows.machine import Stage, Step
@@ -28,6 +29,14 @@ from ascob_flows.ports import KeysUpdate, RunRecord
 from ascob_flows.status import FINAL_STATUSES, RunStatus
 
 _FINAL = [s.value for s in FINAL_STATUSES]
+
+
+class DuplicateKey(Exception):
+    """The idempotency key was used before, for ``run_id`` (its body hashed as ``request_hash``)."""
+
+    def __init__(self, run_id: int, request_hash: str) -> None:
+        super().__init__(f"idempotency key already used for run {run_id}")
+        self.run_id, self.request_hash = run_id, request_hash
 
 
 def hash_secret(secret: str) -> str:
@@ -54,14 +63,37 @@ class Repository:
 
     # ------------------------------------------------------------------ runs (API side)
 
-    def add_run(self, run: Run, finish: Any = None) -> Run:
-        """Insert a run; ``finish(run)`` may complete it once its id is known (same transaction)."""
+    def add_run(self, run: Run, finish: Any = None, claim: IdempotencyKey | None = None) -> Run:
+        """Insert a run; ``finish(run)`` may complete it once its id is known (same transaction).
+
+        With ``claim``, the idempotency key is recorded in the same transaction: if another
+        submission holds it already (also one committing at the same moment), nothing is
+        inserted and :class:`DuplicateKey` names that submission's run."""
         with self.session() as s:
+            if claim is not None:
+                s.exec(delete(IdempotencyKey).where(col(IdempotencyKey.expires_at) < utcnow()))
+                existing = s.get(IdempotencyKey, (claim.owner, claim.key))
+                if existing is not None:
+                    raise DuplicateKey(existing.run_id, existing.request_hash)
             s.add(run)
             s.flush()
             if finish is not None:
                 finish(run)
-            s.commit()
+            if claim is not None:
+                assert run.id is not None
+                claim.run_id = run.id
+                s.add(claim)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                if claim is None:
+                    raise
+                with self.reading() as r:
+                    found = r.get(IdempotencyKey, (claim.owner, claim.key))
+                if found is None:
+                    raise
+                raise DuplicateKey(found.run_id, found.request_hash) from None
             return run
 
     def get_run(self, run_id: int) -> Run:

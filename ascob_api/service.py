@@ -7,19 +7,23 @@ once. Backend calls are async; repository calls are short and run in worker thre
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from ascob_api.errors import BackendFailed, BadRequest
-from ascob_api.models import JobSpec, Run, RunInfo
-from ascob_api.repository import Repository
+from ascob_api.errors import BackendFailed, BadRequest, Conflict
+from ascob_api.models import IdempotencyKey, JobSpec, Run, RunInfo
+from ascob_api.repository import DuplicateKey, Repository
 from ascob_api.settings import Settings
+from ascob_flows.clock import utcnow
 from ascob_flows.control import apply_backend_report, request_stop
 from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound
 from ascob_flows.locks import LockStore, validate_key
@@ -29,6 +33,7 @@ from backends import BackendRegistry, SpecRejected
 
 log = logging.getLogger("ascob.api")
 
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 RUNTIME_VARIABLES = ("RUNID", "WEBHOOKID", "SUBMITTER")
 LATE_VARIABLES = ("LOCKTOKEN",)  # replaced at dispatch
 _VARIABLE = re.compile(r"%%([^%\s]*)%%")
@@ -70,8 +75,41 @@ class Services:
             raise InvalidSpec(str(exc)) from exc
         return backend.id
 
+    def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None) -> tuple[Run, bool]:
+        """A portal's submission: the run, and whether it is a replay of an earlier submission
+        with the same ``Idempotency-Key`` (same token, same body: the same run, nothing new)."""
+        if idempotency_key is None:
+            return self.create_run(spec), False
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise BadRequest(
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces"
+            )
+        digest = hashlib.sha256(
+            json.dumps(spec.wire(), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        claim = IdempotencyKey(
+            owner=owner,
+            key=idempotency_key,
+            request_hash=digest,
+            run_id=0,
+            expires_at=utcnow() + timedelta(seconds=self.settings.idempotency_seconds),
+        )
+        try:
+            return self.create_run(spec, claim=claim), False
+        except DuplicateKey as dup:
+            if dup.request_hash != digest:
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for run {dup.run_id} with "
+                    "another job spec; use a new key for a new job"
+                ) from None
+            return self.repo.get_run(dup.run_id), True
+
     def create_run(
-        self, spec: JobSpec, parent_id: int | None = None, flow_run_id: str | None = None
+        self,
+        spec: JobSpec,
+        parent_id: int | None = None,
+        flow_run_id: str | None = None,
+        claim: IdempotencyKey | None = None,
     ) -> Run:
         """Validate, record and (unless manual start) ask for a flow run. Returns the run."""
         if not spec.runtime_variables:
@@ -102,7 +140,7 @@ class Services:
             row.submitter = effective.submitter
             row.lock_keys = sorted({lock.key for lock in effective.locks})
 
-        run = self.repo.add_run(run, finish)
+        run = self.repo.add_run(run, finish, claim)
         log.info(
             "run %s: defined (backend %s, submitter %s)",
             run.id,

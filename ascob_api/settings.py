@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     max_search_results: int = 1000
+    idempotency_seconds: int = 24 * 3600
     poll_interval: float = 5.0
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
@@ -18,15 +18,45 @@ from ascob_flows.status import RunStatus
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
-@router.post("", response_model=SubmitResponse, response_model_by_alias=True)
+@router.post(
+    "",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+    responses={
+        200: {
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "true when this answers an earlier submission with the same "
+                    "Idempotency-Key (no new run)",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                }
+            }
+        },
+        409: {"description": "The Idempotency-Key was used with another job spec"},
+    },
+)
 async def submit(
-    body: SubmitRequest, services: ServicesDep, identity: Identity = require(Permission.job_submit)
+    body: SubmitRequest,
+    services: ServicesDep,
+    response: Response,
+    identity: Identity = require(Permission.job_submit),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Submitting again with the same key and body (same token) returns the "
+            "same runId instead of a new run; kept at least 24 h.",
+        ),
+    ] = None,
 ) -> SubmitResponse:
     """Submit a job: record the run and start it (unless manualStart). Answers at once."""
     if body.job_spec.manual_start:
         identity.require(Permission.job_run_manual_start)
-    run = await asyncio.to_thread(services.create_run, body.job_spec)
+    run, replayed = await asyncio.to_thread(
+        services.submit, body.job_spec, identity.name, idempotency_key
+    )
     assert run.id is not None
+    response.headers["Idempotent-Replayed"] = str(replayed).lower()
     return SubmitResponse(run_id=run.id)
 
 
