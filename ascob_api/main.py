@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import yaml
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ascob_api import __version__, openapi
+from ascob_api.deps import known_query_only
 from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
 from ascob_api.limits import RequestLimits
-from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
+from ascob_api.routes import audit, backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
 
@@ -60,6 +61,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         version=__version__,
         description="One front door from automation portals to Jenkins, Rundeck and friends.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
@@ -68,7 +70,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         max_request_bytes=services.settings.max_request_bytes,
         max_file_bytes=services.settings.max_file_bytes,
     )
-    for module in (runs, events, search, webhooks, security, backends, locks):
+    for module in (runs, events, search, webhooks, security, backends, locks, audit):
         app.include_router(module.router)
 
     @app.exception_handler(AscobError)

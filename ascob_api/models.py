@@ -67,6 +67,22 @@ class IdempotencyKey(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
+class AuditEvent(SQLModel, table=True):
+    """Who did what, when: an action on a run or a token. Never a secret."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(
+        index=True
+    )  # a token's identifier, root, job-manager-N, webhook-N, prefect-ui
+    action: str = Field(index=True)
+    run_id: int | None = Field(default=None, index=True)
+    target: str | None = None  # e.g. the token an action was about
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
 class RunFile(SQLModel, table=True):
     __tablename__ = "run_files"
 
@@ -345,6 +361,44 @@ class FileUploaded(WireModel):
 
 class WhoAmIResponse(WireModel):
     authorities: list[str]
+    identifier: str | None = PField(
+        default=None,
+        description="The token's identifier (root, job-manager-N, webhook-N, or the name it was "
+        "created with).",
+    )
+
+
+class AuditEntry(WireModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    run_id: int | None = PField(default=None, serialization_alias="runId")
+    target: str | None = None
+    details: dict[str, Any] = PField(default_factory=dict)
+
+    @field_serializer("at")
+    def _wire_time(self, value: datetime) -> str | None:
+        return wire_time(value)
+
+
+class AuditResponse(WireModel):
+    items: list[AuditEntry]
+
+
+class TokenInfo(WireModel):
+    identifier: str
+    permissions: list[str]
+    created_at: datetime = PField(serialization_alias="createdAt")
+    expires_at: datetime | None = PField(default=None, serialization_alias="expiresAt")
+
+    @field_serializer("created_at", "expires_at")
+    def _wire_time(self, value: datetime | None) -> str | None:
+        return wire_time(value)
+
+
+class TokenList(WireModel):
+    items: list[TokenInfo]
 
 
 class ErrorPayload(WireModel):

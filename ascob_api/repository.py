@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from ascob_api.db import read_only
 from ascob_api.errors import NotFound
-from ascob_api.models import ApiToken, Executor, IdempotencyKey, Run, RunFile
+from ascob_api.models import ApiToken, AuditEvent, Executor, IdempotencyKey, Run, RunFile
 from ascob_flows.clock import utcnow
 from ascob_flows.errors import RunNotFound
 from ascob_flows.machine import Stage, Step
@@ -188,6 +188,54 @@ class Repository:
         if token is None or (token.expires_at is not None and token.expires_at <= utcnow()):
             return None
         return token
+
+    def list_tokens(self) -> list[ApiToken]:
+        with self.reading() as s:
+            return list(s.exec(select(ApiToken).order_by(col(ApiToken.identifier))).all())
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        run_id: int | None = None,
+        target: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Record who did what (never a secret: callers pass identifiers and statuses)."""
+        with self.session() as s:
+            s.add(
+                AuditEvent(
+                    actor=actor, action=action, run_id=run_id, target=target, details=details
+                )
+            )
+            s.commit()
+
+    def search_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        run_id: int | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        query = select(AuditEvent)
+        if actor:
+            query = query.where(AuditEvent.actor == actor)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        if run_id is not None:
+            query = query.where(AuditEvent.run_id == run_id)
+        if after:
+            query = query.where(AuditEvent.at > after)
+        if before:
+            query = query.where(AuditEvent.at < before)
+        query = query.order_by(col(AuditEvent.id).desc()).limit(limit)
+        with self.reading() as s:
+            return list(s.exec(query).all())
 
     # ------------------------------------------------------------------ engine port
 

@@ -24,6 +24,8 @@ __all__ = ["AlreadyFinal", "apply_backend_report", "request_stop", "stop_backend
 
 log = logging.getLogger(__name__)
 
+PREFECT_UI = "prefect-ui"
+
 
 async def request_stop(
     repo: RunRepository,
@@ -32,13 +34,19 @@ async def request_stop(
     run_id: int,
     force: bool,
     reason: str = "stopped",
+    actor: str = PREFECT_UI,
 ) -> RunStatus:
     """Not dispatched yet: ABORTED at once (locks released). Dispatched (or being dispatched):
     ABORTING, and the backend is asked to stop now; the flow records ABORTED when the backend
-    confirms. Returns the status the run has afterwards."""
+    confirms. Returns the status the run has afterwards. ``actor`` is who asked, for the audit:
+    the API passes the token's identifier; the executor's canceller (Cancel pressed on the flow
+    run in the Prefect UI) leaves the default."""
     rec = await asyncio.to_thread(repo.get_record, run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
+    await asyncio.to_thread(
+        repo.audit, actor, "stop", run_id, force=force, status=rec.status.value
+    )
     aborted = await asyncio.to_thread(
         repo.apply, run_id, ABORT_UNDISPATCHED, message=f"{reason} before dispatch"
     )

@@ -293,7 +293,7 @@ def test_file_size_limit(ascob: Ascob) -> None:
     run_id = ascob.submit(spec(manualStart=True))
     too_big = b"x" * (10 * 1024 * 1024 + 1)
     r = ascob.http.post(f"/api/runs/{run_id}/files/big.bin", content=too_big)
-    assert r.status_code == 400 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["error"]
     ascob.http.delete(f"/api/runs/{run_id}")
 
 

@@ -77,19 +77,19 @@ async def get_run(
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 @router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 async def refresh(
-    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
+    runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
     """Ask the backend for the job's status now, and return the run."""
-    return await services.refresh(runId)
+    return await services.refresh(runId, who.name)
 
 
 @router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 @router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 async def start(
-    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
+    runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
     """Start a manual-start run that is still DEFINED."""
-    return RunInfo.of(await asyncio.to_thread(services.start, runId))
+    return RunInfo.of(await asyncio.to_thread(services.start, runId, who.name))
 
 
 @router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
@@ -97,10 +97,10 @@ async def stop(
     runId: RunId,
     services: ServicesDep,
     force: bool = False,
-    _: Identity = require(Permission.job_run_abort),
+    who: Identity = require(Permission.job_run_abort),
 ) -> RunInfo:
     """Stop a run: ABORTED at once if not dispatched yet, else ABORTING until the backend stops."""
-    return RunInfo.of(await services.abort(runId, force))
+    return RunInfo.of(await services.abort(runId, force, who.name))
 
 
 @router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
@@ -109,10 +109,10 @@ async def resubmit(
     runId: RunId,
     services: ServicesDep,
     submitter: Annotated[str, Query(min_length=1)],
-    _: Identity = require(Permission.job_run_resubmit),
+    who: Identity = require(Permission.job_run_resubmit),
 ) -> SubmitResponse:
     """Run the same spec again for a new submitter; parentId is the root run."""
-    run = await asyncio.to_thread(services.resubmit, runId, submitter)
+    run = await asyncio.to_thread(services.resubmit, runId, submitter, who.name)
     assert run.id is not None
     return SubmitResponse(run_id=run.id)
 
@@ -150,7 +150,7 @@ async def upload(
     fileId: str,
     request: Request,
     services: ServicesDep,
-    _: Identity = require(Permission.job_run_upload_files),
+    who: Identity = require(Permission.job_run_upload_files),
 ) -> FileUploaded:
     """Attach an input file (raw body) to a run that is still DEFINED."""
     limit = services.settings.max_file_bytes
@@ -158,5 +158,5 @@ async def upload(
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"file is {declared} bytes; the limit is {limit}")
     content = await request.body()
-    await asyncio.to_thread(services.upload, runId, fileId, content)
+    await asyncio.to_thread(services.upload, runId, fileId, content, who.name)
     return FileUploaded(run_id=runId, file_id=fileId, size=len(content))

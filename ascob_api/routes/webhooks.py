@@ -26,7 +26,7 @@ async def update_run(
     if body.status is None and not body.identification_keys:
         identity.require(Permission.webhook_update_status)
     run = await asyncio.to_thread(
-        services.webhook_update, webhookId, body.status, body.identification_keys
+        services.webhook_update, webhookId, body.status, body.identification_keys, identity.name
     )
     return RunInfo.of(run)
 
