@@ -348,6 +348,11 @@ class CreateTokenResponse(WireModel):
     secret: str
 
 
+class EventsTicket(WireModel):
+    ticket: str
+    expires_in: int = PField(serialization_alias="expiresIn", description="seconds")
+
+
 class TokenDeleted(WireModel):
     identifier: str
     status: str = "deleted"
