@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import yaml
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ascob_api import __version__, openapi
+from ascob_api.callbacks import CallbackSender
 from ascob_api.deps import known_query_only
 from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
 from ascob_api.limits import RequestLimits
@@ -54,13 +56,35 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _with_callbacks(services: Services, inner: Lifespan | None) -> Lifespan:
+    """Every API process sends the callbacks that are due (ascob_api.callbacks)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sender = asyncio.create_task(
+            CallbackSender(services.settings, services.repo).run(), name="callbacks"
+        )
+        try:
+            if inner is None:
+                yield
+            else:
+                async with inner(app):
+                    yield
+        finally:
+            sender.cancel()
+            with suppress(asyncio.CancelledError):
+                await sender
+
+    return lifespan
+
+
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     # Swagger UI and ReDoc served from assets shipped in fastapi-offline: no external URL
     app = FastAPIOffline(
         title="ASCOB API",
         version=__version__,
         description="One front door from automation portals to Jenkins, Rundeck and friends.",
-        lifespan=lifespan,
+        lifespan=_with_callbacks(services, lifespan),
         dependencies=[Depends(known_query_only)],
     )
     app.state.services = services

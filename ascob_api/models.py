@@ -67,6 +67,26 @@ class IdempotencyKey(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
+class CallbackDelivery(SQLModel, table=True):
+    """One run's final RunInfo to POST to its callbackUrl (ascob_api.callbacks)."""
+
+    __tablename__ = "callback_deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True)
+    url: str
+    state: str = Field(default="pending", index=True)  # pending, delivered, failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    claimed_until: datetime | None = None
+    deadline: datetime
+    last_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what, when: an action on a run or a token. Never a secret."""
 
@@ -180,6 +200,13 @@ class JobSpec(InputModel):
     locks: list[LockSpec] = PField(default_factory=list, max_length=MAX_ENTRIES)
     manual_start: bool = PField(default=False, alias="manualStart", strict=True)
     runtime_variables: bool = PField(default=False, alias="runtimeVariables", strict=True)
+    callback_url: str | None = PField(
+        default=None,
+        alias="callbackUrl",
+        max_length=2048,
+        description="When the run ends, its final RunInfo is POSTed here, signed (docs/api.md). "
+        "http(s) only, to a destination the server's ASCOB_CALLBACK_ALLOWLIST names.",
+    )
     max_lock_wait_seconds: int | None = PField(
         default=None,
         alias="maxLockWaitSeconds",
@@ -202,8 +229,9 @@ class JobSpec(InputModel):
 
     def wire(self) -> dict[str, Any]:
         data = self.model_dump(by_alias=True)
-        if data.get("maxLockWaitSeconds") is None:
-            data.pop("maxLockWaitSeconds", None)  # as the original: no new key when unset
+        for extra in ("maxLockWaitSeconds", "callbackUrl"):
+            if data.get(extra) is None:
+                data.pop(extra, None)  # as the original: no new key when unset
         return data
 
 
@@ -351,6 +379,25 @@ class CreateTokenResponse(WireModel):
 class EventsTicket(WireModel):
     ticket: str
     expires_in: int = PField(serialization_alias="expiresIn", description="seconds")
+
+
+class CallbackView(WireModel):
+    url: str
+    state: str = PField(description="pending, delivered or failed (given up)")
+    attempts: int
+    last_attempt_at: datetime | None = PField(default=None, serialization_alias="lastAttemptAt")
+    last_status: int | None = PField(default=None, serialization_alias="lastStatus")
+    last_error: str | None = PField(default=None, serialization_alias="lastError")
+    next_attempt_at: datetime | None = PField(default=None, serialization_alias="nextAttemptAt")
+    delivered_at: datetime | None = PField(default=None, serialization_alias="deliveredAt")
+
+    @field_serializer("last_attempt_at", "next_attempt_at", "delivered_at")
+    def _wire_time(self, value: datetime | None) -> str | None:
+        return wire_time(value)
+
+
+class CallbackList(WireModel):
+    items: list[CallbackView]
 
 
 class TokenDeleted(WireModel):

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ascob_api.callbacks import check_url
 from ascob_api.errors import BackendFailed, BadRequest, Conflict
 from ascob_api.models import IdempotencyKey, JobSpec, Run, RunInfo
 from ascob_api.repository import DuplicateKey, Repository
@@ -64,6 +65,11 @@ class Services:
     # ------------------------------------------------------------------ submission
 
     def _check_spec(self, spec: JobSpec) -> str:
+        if spec.callback_url is not None:
+            try:
+                check_url(self.settings, spec.callback_url)
+            except BadRequest as exc:
+                raise InvalidSpec(exc.message) from None
         for lock in spec.locks:
             try:
                 validate_key(lock.key)

@@ -44,9 +44,7 @@ async def request_stop(
     rec = await asyncio.to_thread(repo.get_record, run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
-    await asyncio.to_thread(
-        repo.audit, actor, "stop", run_id, force=force, status=rec.status.value
-    )
+    await asyncio.to_thread(repo.audit, actor, "stop", run_id, force=force, status=rec.status.value)
     aborted = await asyncio.to_thread(
         repo.apply, run_id, ABORT_UNDISPATCHED, message=f"{reason} before dispatch"
     )

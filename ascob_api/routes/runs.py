@@ -10,7 +10,14 @@ from fastapi.responses import PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import FileUploaded, RunInfo, SubmitRequest, SubmitResponse
+from ascob_api.models import (
+    CallbackList,
+    CallbackView,
+    FileUploaded,
+    RunInfo,
+    SubmitRequest,
+    SubmitResponse,
+)
 from ascob_api.security import Identity, Permission
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
@@ -160,3 +167,27 @@ async def upload(
     content = await request.body()
     await asyncio.to_thread(services.upload, runId, fileId, content, who.name)
     return FileUploaded(run_id=runId, file_id=fileId, size=len(content))
+
+
+@router.get("/{runId}/callbacks", response_model=CallbackList, response_model_by_alias=True)
+async def callbacks(
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
+) -> CallbackList:
+    """The delivery of the run's callback: state, attempts, last answer or error."""
+    await asyncio.to_thread(services.repo.get_run, runId)
+    deliveries = await asyncio.to_thread(services.repo.callbacks_of, runId)
+    return CallbackList(
+        items=[
+            CallbackView(
+                url=d.url,
+                state=d.state,
+                attempts=d.attempts,
+                last_attempt_at=d.last_attempt_at,
+                last_status=d.last_status,
+                last_error=d.last_error,
+                next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+                delivered_at=d.delivered_at,
+            )
+            for d in deliveries
+        ]
+    )
