@@ -275,7 +275,10 @@ class Services:
                 raise RunNotFound("webhook not found (the run has ended)")
             self.repo.audit(actor, "webhook_keys", run.id, keys=sorted(keys))
         if step is not None:
-            moved = self.repo.apply(run.id, step)
+            said: dict[str, Any] = {}
+            if status in (RunStatus.FAILED, RunStatus.ABORTED):
+                said["message"] = f"the job reported {status.value} through its webhook"
+            moved = self.repo.apply(run.id, step, **said)
             if moved is None and RunStatus(self.repo.get_run(run.id).status).is_final:
                 raise RunNotFound("webhook not found (the run has ended)")
             self.repo.audit(

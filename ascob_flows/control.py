@@ -18,7 +18,7 @@ from ascob_flows.machine import (
 )
 from ascob_flows.ports import RunRepository
 from ascob_flows.status import RunStatus
-from backends import BackendRegistry, StatusReport
+from backends import BackendRegistry, BackendStatus, StatusReport
 
 __all__ = ["AlreadyFinal", "apply_backend_report", "request_stop", "stop_backend_job"]
 
@@ -94,5 +94,8 @@ async def apply_backend_report(repo: RunRepository, run_id: int, report: StatusR
     step = backend_report_step(report.status)
     if step is None:
         return False
-    fields: dict[str, Any] = {"message": report.message} if report.message else {}
+    message = report.message
+    if message is None and report.status in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        message = f"the backend reports the job {report.status.value}"
+    fields: dict[str, Any] = {"message": message} if message else {}
     return await asyncio.to_thread(repo.apply, run_id, step, **fields) is not None

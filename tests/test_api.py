@@ -88,7 +88,7 @@ def test_whoami_lists_authorities(ascob: Ascob) -> None:
     authorities = set(r.json()["authorities"])
     assert "job_submit" in authorities and "webhook_update_status" not in authorities
     root = set(_call(ascob, "GET", "/api/security/whoami", None, ROOT_TOKEN).json()["authorities"])
-    assert "security_token_write" in root and len(root) == 13
+    assert "security_token_write" in root and "audit_read" in root and len(root) == 14
 
 
 def test_created_token_works_is_scoped_expires_and_can_be_revoked(ascob: Ascob) -> None:
