@@ -36,9 +36,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from ascob_api.errors import BadRequest
-from ascob_api.models import CallbackDelivery, RunInfo
+from ascob_api.models import CallbackDelivery
 from ascob_api.repository import Repository
 from ascob_api.settings import Settings
+from ascob_api.wire import RunInfo
 from ascob_flows.clock import utcnow
 from ascob_flows.retry import Backoff
 

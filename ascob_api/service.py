@@ -21,9 +21,10 @@ from pydantic import ValidationError
 
 from ascob_api.callbacks import check_url
 from ascob_api.errors import BackendFailed, BadRequest, Conflict
-from ascob_api.models import IdempotencyKey, JobSpec, Run, RunInfo
+from ascob_api.models import IdempotencyKey, Run
 from ascob_api.repository import DuplicateKey, Repository
 from ascob_api.settings import Settings
+from ascob_api.wire import JobSpec, RunInfo
 from ascob_flows.clock import utcnow
 from ascob_flows.control import apply_backend_report, request_stop
 from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound

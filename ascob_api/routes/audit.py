@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import AuditEntry, AuditEvent, AuditResponse
+from ascob_api.models import AuditEvent
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import AuditEntry, AuditResponse
 
 router = APIRouter(tags=["audit"])
 

@@ -29,9 +29,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import AscobError, BadRequest, Unauthorized
-from ascob_api.models import EventsTicket, RunInfo
 from ascob_api.security import Identity, Permission
 from ascob_api.service import Services
+from ascob_api.wire import EventsTicket, RunInfo
 from ascob_flows.status import RunStatus
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])

@@ -10,7 +10,8 @@ from fastapi.responses import PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import (
+from ascob_api.security import Identity, Permission
+from ascob_api.wire import (
     CallbackList,
     CallbackView,
     FileUploaded,
@@ -18,7 +19,6 @@ from ascob_api.models import (
     SubmitRequest,
     SubmitResponse,
 )
-from ascob_api.security import Identity, Permission
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
 

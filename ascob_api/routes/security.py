@@ -9,7 +9,8 @@ from fastapi import APIRouter
 
 from ascob_api.deps import IdentityDep, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import (
+from ascob_api.security import Identity, Permission, parse_permissions
+from ascob_api.wire import (
     CreateTokenRequest,
     CreateTokenResponse,
     TokenDeleted,
@@ -17,7 +18,6 @@ from ascob_api.models import (
     TokenList,
     WhoAmIResponse,
 )
-from ascob_api.security import Identity, Permission, parse_permissions
 
 router = APIRouter(prefix="/api/security", tags=["security"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ascob_api.deps import IdentityDep, ServicesDep, require
-from ascob_api.models import RunInfo, WebhookUpdate
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import RunInfo, WebhookUpdate
 
 router = APIRouter(prefix="/api/webhooks/runs", tags=["webhooks"])
 
