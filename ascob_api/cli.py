@@ -23,6 +23,7 @@ app = typer.Typer(
     help="ASCOB: one front door to your automation backends, on Prefect 3.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals would print tokens and settings
 )
 log = logging.getLogger("ascob")
 
