@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ascob_api import cli_client
 from ascob_api.logsetup import configure_logging, redact
 from ascob_api.settings import Settings
 
@@ -173,6 +174,8 @@ def executor() -> None:
     """Run an executor only (needs PREFECT_API_URL): runs ascob-job flow runs in-process."""
     _run("", 0, with_api=False, with_executor=True)
 
+
+cli_client.register(app)  # submit, get, wait, logs, search, stop, ... (the REST client)
 
 if __name__ == "__main__":
     app()
