@@ -27,7 +27,8 @@ from ascob_api.client import (
     NotFound,
     WaitTimeout,
 )
-from tests.harness import ROOT, Ascob
+from tests.harness import ROOT_TOKEN as ROOT
+from tests.harness import Ascob
 
 DUMMY = "dummyBackend"
 LINES = "".join(f"line {i}\n" for i in range(1, 7))
