@@ -28,6 +28,22 @@ MAX_LOCK_WAIT_SECONDS = 30 * 24 * 3600
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_wire_names(cls, data: Any) -> Any:
+        """Read what the server writes (``parentId``...) as well as the field names: the client
+        parses the server's answers with these same models."""
+        if not isinstance(data, dict):
+            return data
+        renames = {
+            f.serialization_alias: name
+            for name, f in cls.model_fields.items()
+            if f.serialization_alias and f.serialization_alias != name and f.alias is None
+        }
+        if renames and any(key in renames for key in data):
+            return {renames.get(key, key): value for key, value in data.items()}
+        return data
+
 
 def _check_text(value: Any, where: str) -> None:
     """Refuse text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``)."""
