@@ -24,7 +24,8 @@
 - Rate limits on demand (:meth:`FakeGitHub.limit_next`): 403 with ``x-ratelimit-remaining: 0``
   and ``x-ratelimit-reset`` (primary) or 429 with ``retry-after`` (secondary), for every request
   in the window; ``hits_while_limited`` counts them.
-- ``dispatches`` records every dispatch that created a run (with its inputs, ``ascob_run``
+- ``requests`` records every request (also those a fault answered); ``dispatches`` records
+  every dispatch that created a run (with its inputs, ``ascob_run``
   included), to count "never started twice".
 """
 
@@ -316,6 +317,7 @@ class FakeGitHub:
     # ------------------------------------------------------------------ plumbing
 
     async def _dispatch(self, request: Request) -> Response:
+        self.requests.append((request.method, request.url.path))  # faulted ones too
         return await apply_faults(self.faults, request, self._handle)
 
     def _authorized(self, request: Request) -> bool:
@@ -354,7 +356,6 @@ class FakeGitHub:
 
     async def _handle(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
-        self.requests.append((request.method, path))
         now = time.time()
         if not path.startswith(self.prefix + "/"):
             return error(404, "Not Found")
