@@ -133,6 +133,20 @@ def test_unknown_workflow_fails_the_run_with_github_message(app: Ascob, github: 
     assert "no workflow 'missing.yml'" in output and "Not Found" in output
 
 
+def test_polling_outlives_outages_and_rate_limits(app: Ascob, github: FakeGitHub) -> None:
+    wf = workflow(github, jobs=[FakeJob("slow", ["a", "b", "c", "d"], line_interval=0.5)])
+    run_id = app.submit(spec(wf))
+    app.wait_status(run_id, "RUNNING")
+    (run,) = github.runs_of(wf)
+    github.faults.add("GET", rf"/actions/runs/{run.id}$", "500", times=2)
+    github.faults.add("GET", rf"/actions/runs/{run.id}$", "malformed", times=2)
+    github.faults.add("GET", rf"/actions/runs/{run.id}$", "hang", times=1, seconds=3)
+    github.limit_next("GET", rf"/actions/runs/{run.id}$", "primary", seconds=2)
+    info = app.wait_status(run_id, "SUCCEDED", "FAILED", "IN_DOUBT", timeout=90)
+    assert info["status"] == "SUCCEDED"
+    assert github.hits_while_limited >= 1
+
+
 def test_a_lost_dispatch_answer_is_found_again(app: Ascob, github: FakeGitHub) -> None:
     wf = workflow(github)
     github.faults.add("POST", rf"/workflows/{wf.id}/dispatches$", "hang", seconds=4)
