@@ -5,6 +5,7 @@ answers, older GHES without ``return_run_details``, and re-attaching from a new 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -231,9 +232,9 @@ async def test_output_grows_job_by_job_while_the_run_runs(
     wf = new_workflow(
         fake,
         jobs=[
-            FakeJob("build", ["compile", "link"], line_interval=0.3),
-            FakeJob("test", ["unit", "integration"], line_interval=0.3),
-            FakeJob("deploy", ["push"], line_interval=0.3),
+            FakeJob("build", ["compile", "link"], line_interval=0.5),
+            FakeJob("test", ["unit", "integration"], line_interval=0.5),
+            FakeJob("deploy", ["push"], line_interval=0.5),
         ],
     )
     keys = await backend.submit(job_for(wf, {"GREETING": "hi"}))
@@ -386,8 +387,9 @@ async def test_rate_limit_while_polling_backs_off(
 
 @pytest.mark.parametrize("kind", ["primary", "secondary"])
 async def test_rate_limited_dispatch_waits_and_is_sent_once(
-    fake: FakeGitHub, backend: GitHubActionsBackend, kind: str
+    fake: FakeGitHub, backend: GitHubActionsBackend, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     wf = new_workflow(fake)
     fake.hits_while_limited = 0
     fake.limit_next("POST", r"/dispatches$", kind, seconds=1.2)
@@ -395,6 +397,8 @@ async def test_rate_limited_dispatch_waits_and_is_sent_once(
     assert len(fake.runs_of(wf)) == 1 and keys["githubRunId"] == str(fake.runs_of(wf)[0].id)
     assert fake.hits_while_limited == 1
     assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert "rate limited" in caplog.text  # the wait is visible in the log...
+    assert "github-secret" not in caplog.text  # ...the token is not
 
 
 async def test_a_rate_limit_longer_than_allowed_refuses_the_dispatch(
@@ -449,8 +453,9 @@ async def test_a_workflow_given_by_id_runs(fake: FakeGitHub, backend: GitHubActi
 
 
 async def test_a_lost_dispatch_answer_is_found_again_by_run_name(
-    fake: FakeGitHub, backend: GitHubActionsBackend
+    fake: FakeGitHub, backend: GitHubActionsBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     wf = new_workflow(fake, run_name="Deploy ${{ inputs.TARGET }} [${{ inputs.ascob_run }}]")
     fake.faults.add("POST", r"/dispatches$", "hang", seconds=3)
     keys = await backend.submit(job_for(wf, {"TARGET": "prod"}))
@@ -458,6 +463,7 @@ async def test_a_lost_dispatch_answer_is_found_again_by_run_name(
     assert len(runs) == 1  # sent once, and that run is the one found
     assert keys["githubRunId"] == str(runs[0].id)
     assert runs[0].title() == f"Deploy prod [{keys['githubCorrelation']}]"
+    assert "found run" in caplog.text and "github-secret" not in caplog.text
     assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
 
 

@@ -9,6 +9,7 @@ Configuration (section ``[github.<instance>]`` of the ``ASCOB_CONFIG`` TOML file
     # timeout = 30                    # seconds per HTTP call
     # run_input = "ascob_run"         # the correlation input every dispatch carries
     # find_timeout = 60               # seconds to look for a run whose dispatch answer is unknown
+    # find_interval = 2               # seconds between two looks
     # max_rate_limit_wait = 3600      # seconds a dispatch may wait for a rate limit to pass
 
 Labels: ``github_instance`` (may be left out when one instance is configured),
