@@ -272,6 +272,20 @@ async def test_output_grows_job_by_job_while_the_run_runs(
     assert all(r["authorization"] is None for r in downloads)
 
 
+async def test_polling_an_unchanged_run_is_answered_304(
+    fake: FakeGitHub, backend: GitHubActionsBackend
+) -> None:
+    wf = new_workflow(fake)
+    keys = await backend.submit(job_for(wf))
+    first = await final(backend, keys)
+    whole = await backend.output(keys, 0)
+    before = fake.not_modified
+    # unchanged: GitHub answers 304 (free of rate limit), and ASCOB sees the same answers
+    assert await backend.status(keys) == first
+    assert await backend.output(keys, 0) == whole
+    assert fake.not_modified - before == 3  # the run twice, its jobs once
+
+
 async def test_output_from_an_offset_inside_a_job(
     fake: FakeGitHub, backend: GitHubActionsBackend
 ) -> None:
@@ -492,7 +506,7 @@ async def test_a_5xx_dispatch_answer_is_looked_for_then_in_doubt(
     assert len(sent) == 1  # looked for, never sent again
 
 
-async def test_a_malformed_dispatch_answer_is_found_again(
+async def test_a_malformed_dispatch_answer_without_a_run_is_in_doubt(
     fake: FakeGitHub, backend: GitHubActionsBackend
 ) -> None:
     wf = new_workflow(fake)

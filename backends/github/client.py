@@ -10,6 +10,10 @@ Exception tree::
     GitHubProtocolError      an answer the API does not document (malformed JSON, ...)
     httpx.HTTPError          no answer (connection refused, timeout, ...)
 
+Conditional requests: GET answers are kept with their ``ETag`` and asked for again with
+``If-None-Match``; GitHub answers 304 when nothing changed, and a 304 does not count against the
+rate limit. Polling a run and following its output therefore costs little of the hourly budget.
+
 Rate limits: a 403 or 429 carrying ``retry-after``, or ``x-ratelimit-remaining: 0`` with
 ``x-ratelimit-reset``, or naming a (secondary) rate limit, is a :class:`GitHubRateLimited`. The
 client then refuses to send anything to that server until ``resume_at`` (raising the same
@@ -20,6 +24,7 @@ limited.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +41,7 @@ __all__ = [
 API_VERSION = "2022-11-28"  # the REST API version every GitHub and GHES release knows
 _SECONDARY_LIMIT_WAIT = 60.0  # GitHub: without headers, wait at least a minute
 _PAGE = 100
+_ETAGS = 256  # GET answers kept for conditional requests, per client
 
 
 class GitHubHTTPError(Exception):
@@ -129,6 +135,7 @@ class GitHubClient:
             base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout, transport=transport
         )
         self.resume_at = 0.0  # rate limited until then: send nothing
+        self._etags: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -142,13 +149,19 @@ class GitHubClient:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         follow_redirects: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         if time.time() < self.resume_at:
             raise GitHubRateLimited(
                 429, "rate limited (waiting before the next call)", self.resume_at
             )
         response = await self._http.request(
-            method, path, params=params, json=body, follow_redirects=follow_redirects
+            method,
+            path,
+            params=params,
+            json=body,
+            follow_redirects=follow_redirects,
+            headers=headers,
         )
         if response.status_code < 400:
             return response
@@ -159,14 +172,28 @@ class GitHubClient:
             raise GitHubRateLimited(response.status_code, message, resume_at)
         raise GitHubHTTPError(response.status_code, message)
 
-    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = await self._request(method, path, **kwargs)
+    async def _object(
+        self, method: str, path: str, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        key = f"{path}?{sorted((params or {}).items())}" if method == "GET" else ""
+        cached = self._etags.get(key) if key else None
+        headers = {"If-None-Match": cached[0]} if cached else None
+        response = await self._request(method, path, params=params, headers=headers)
+        if response.status_code == 304 and cached:
+            self._etags.move_to_end(key)
+            return dict(cached[1])
         try:
             data = response.json()
         except ValueError as exc:
             raise GitHubProtocolError(f"{method} {path}: malformed JSON") from exc
         if not isinstance(data, dict):
             raise GitHubProtocolError(f"{method} {path}: expected a JSON object")
+        etag = response.headers.get("etag")
+        if key and etag:
+            self._etags[key] = (etag, data)
+            self._etags.move_to_end(key)
+            while len(self._etags) > _ETAGS:
+                self._etags.popitem(last=False)
         return data
 
     # ------------------------------------------------------------------ API

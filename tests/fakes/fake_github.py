@@ -21,6 +21,8 @@
   (404 before). The blob store records any Authorization header it receives (it must get none).
 - ``POST …/runs/{id}/cancel`` (a ``stubborn`` job ignores it) and ``…/force-cancel``: 202;
   409 ``Cannot cancel a workflow run that is completed.``
+- GET answers carry an ``ETag``; a request with a matching ``If-None-Match`` gets 304
+  (``not_modified`` counts them).
 - Rate limits on demand (:meth:`FakeGitHub.limit_next`): 403 with ``x-ratelimit-remaining: 0``
   and ``x-ratelimit-reset`` (primary) or 429 with ``retry-after`` (secondary), for every request
   in the window; ``hits_while_limited`` counts them.
@@ -229,6 +231,7 @@ class FakeGitHub:
         self.blob_requests: list[dict[str, Any]] = []
         self.faults = FaultPlan()
         self.hits_while_limited = 0
+        self.not_modified = 0  # 304 answers to conditional GETs (free of rate limit on GitHub)
         self._limit: tuple[str, str, str, float] | None = None  # method, path, kind, seconds
         self._limited_until = 0.0
         self._limit_kind = "primary"
@@ -367,6 +370,16 @@ class FakeGitHub:
             return limited
         with self._lock:
             response = await self._route(request, path, now)
+        if (
+            request.method == "GET"
+            and response.status_code == 200
+            and isinstance(response, JSONResponse)
+        ):
+            etag = f'W/"{hashlib.sha1(bytes(response.body)).hexdigest()}"'
+            if request.headers.get("if-none-match") == etag:
+                self.not_modified += 1
+                response = Response(status_code=304)
+            response.headers["ETag"] = etag
         response.headers.update(self._rate_headers(now))
         return response
 
@@ -519,7 +532,7 @@ class FakeGitHub:
             "head_branch": run.ref,
             "path": f".github/workflows/{run.workflow.file}",
             "created_at": iso(run.created),
-            "updated_at": iso(now),
+            "updated_at": iso(run.created),
             "url": api,
             "html_url": f"{base}/{run.workflow.repository}/actions/runs/{run.id}",
             "jobs_url": f"{api}/jobs",
