@@ -360,6 +360,16 @@ async def test_output_before_the_run_starts_is_empty_and_more(
     assert chunk.text == "" and chunk.next_offset == 0 and chunk.more
 
 
+async def test_output_of_a_run_that_ended_before_its_tasks_is_complete(
+    fake: FakeAirflow, backend: AirflowBackend
+) -> None:
+    dag_id = new_dag(fake, queue_delay=30)
+    keys = await backend.submit(job_for(dag_id))
+    fake.run(dag_id, keys["airflowDagRunId"]).state_override = "failed"  # e.g. dagrun_timeout
+    chunk = await backend.output(keys, 0)
+    assert chunk.text == "" and not chunk.more
+
+
 # --------------------------------------------------------------------------- stop
 
 

@@ -421,7 +421,7 @@ class AirflowBackend(Backend):
         tis: list[dict[str, Any]],
     ) -> tuple[str, bool]:
         """The logs of the started task instances in start order, up to and including the first
-        one still going (so that the text only grows); and whether every task is done."""
+        one still going (so that the text only grows); and whether every started task is done."""
 
         def order(ti: dict[str, Any]) -> tuple[str, str, int]:
             return (str(ti.get("start_date")), str(ti.get("task_id")), _int(ti.get("map_index")))
@@ -430,7 +430,8 @@ class AirflowBackend(Backend):
             (t for t in tis if t.get("start_date") and t.get("state") not in _TI_NOT_STARTED),
             key=order,
         )
-        complete = all(t.get("state") in _TI_FINAL for t in tis)
+        # tasks that never started cannot add output: a finished run may leave some unstarted
+        complete = all(t.get("state") in _TI_FINAL for t in started)
         pieces: list[str] = []
         for ti in started:
             task_id, map_index = str(ti.get("task_id")), _int(ti.get("map_index"))
