@@ -243,6 +243,20 @@ async def test_a_trigger_without_any_clear_answer_has_an_unknown_outcome(
         await backend.aclose()
 
 
+async def test_a_run_of_the_same_name_with_another_conf_is_not_ours(
+    fake: FakeAirflow, backend: AirflowBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dag_id = new_dag(fake)
+    nonce = uuid.UUID("0123456789abcdef0123456789abcdef")
+    monkeypatch.setattr("backends.airflow.uuid.uuid4", lambda: nonce)
+    taken = await backend.submit(job_for(dag_id, {"WHO": "someone else"}, run_id=5))
+    with pytest.raises(SubmitRefused, match="another conf"):
+        await backend.submit(job_for(dag_id, {"WHO": "me"}, run_id=5))
+    assert [(r.run_id, r.conf) for r in fake.runs_of(dag_id)] == [
+        (taken["airflowDagRunId"], {"WHO": "someone else"})
+    ]
+
+
 # --------------------------------------------------------------------------- states
 
 
@@ -470,17 +484,18 @@ async def test_a_vanished_dag_run_is_not_found(fake: FakeAirflow, backend: Airfl
 
 
 async def test_jwt_is_renewed_before_it_expires(fake3: FakeAirflow, tmp_path: Path) -> None:
-    fake3.jwt_lifetime = 31.0  # renewed 30 s before exp: after about 1 s
+    fake3.jwt_lifetime = 2.0  # renewed a tenth of its life early: after 1.8 s
     backend = make_backend(fake3, tmp_path)
     try:
         logins = fake3.logins
         keys = await backend.submit(job_for(new_dag(fake3)))
         assert fake3.logins == logins + 1
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.85)
         requests = len(fake3.requests)
         assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
         assert fake3.logins == logins + 2
-        assert ("POST", "/auth/token") in fake3.requests[requests:]
+        # before the old token was refused: the login is the first call after the pause
+        assert fake3.requests[requests] == ("POST", "/auth/token")
     finally:
         fake3.jwt_lifetime = 3600.0
         await backend.aclose()

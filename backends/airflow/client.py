@@ -132,7 +132,7 @@ class AirflowClient:
         if self._login is None:
             return {}
         async with self._jwt_lock:
-            stale = self._jwt_expiry is not None and time.time() > self._jwt_expiry - _RENEW_MARGIN
+            stale = self._jwt_expiry is not None and time.time() > self._jwt_expiry
             if renew or stale or self._jwt is None:
                 await self._exchange_token()
         return {"Authorization": f"Bearer {self._jwt}"}
@@ -153,7 +153,10 @@ class AirflowClient:
             raise AirflowProtocolError("POST /auth/token: no access_token in the answer") from exc
         if not isinstance(token, str) or not token:
             raise AirflowProtocolError("POST /auth/token: access_token is not a string")
-        self._jwt, self._jwt_expiry = token, jwt_expiry(token)
+        now, expiry = time.time(), jwt_expiry(token)
+        if expiry is not None:  # renew a little early: 30 s, or a tenth of a short lifetime
+            expiry -= min(_RENEW_MARGIN, max(0.0, expiry - now) / 10)
+        self._jwt, self._jwt_expiry = token, expiry
         self.logins += 1
 
     @staticmethod
