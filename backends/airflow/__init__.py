@@ -26,9 +26,7 @@ needed after a restart. A stop marks the dag run ``failed`` and sets its note to
 ``Stopped through ASCOB …``: that note, read back from Airflow, is how a failed run is known to be
 ABORTED, also by another process.
 
-Output: the task instances' logs, ordered by start date, one header line per try; a task's log
-is followed only once every task started before it has finished, so the text only ever grows and
-offsets stay valid.
+Output: the task instances' logs, ordered by start date (see :mod:`backends.airflow.logs`).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ import logging
 import os
 import re
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -53,6 +50,7 @@ from backends.airflow.client import (
     AirflowHTTPError,
     AirflowProtocolError,
 )
+from backends.airflow.logs import TaskLogs
 from backends.base import (
     Backend,
     BackendContext,
@@ -83,9 +81,6 @@ STATES = {
     "failed": BackendStatus.FAILED,
 }
 _RUN_FINAL = ("success", "failed")
-_TI_FINAL = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-_TI_NOT_STARTED = frozenset({None, "", "none", "scheduled", "queued", "removed"})
-_LOG_CACHE = 512  # finished tries whose log is kept (it no longer changes)
 _ASCOB_RUN = re.compile(r"^ascob-(\d+)-")
 
 
@@ -160,7 +155,7 @@ class AirflowBackend(Backend):
         }
         self._transport = transport
         self._clients: ClientsPerLoop[AirflowClient] = ClientsPerLoop()
-        self._logs: OrderedDict[tuple[str, ...], list[str]] = OrderedDict()
+        self._logs = TaskLogs()
         self._stopped: set[tuple[str, str, str]] = set()  # stops sent by this process
         self.retry_delay = 0.5  # first pause between trigger attempts (doubles, up to 5 s)
 
@@ -400,7 +395,7 @@ class AirflowBackend(Backend):
         try:
             run = await client.get_dag_run(dag_id, run_id)  # first: then the tasks are as final
             tis = await client.task_instances(dag_id, run_id)
-            text, complete = await self._logs_text(inst, client, dag_id, run_id, tis)
+            text, complete = await self._logs.text(client, inst.name, dag_id, run_id, tis)
         except AirflowHTTPError as exc:
             if exc.status_code == 404:
                 raise JobNotFound(f"airflow: {exc}") from exc
@@ -412,60 +407,5 @@ class AirflowBackend(Backend):
         piece = data[offset:].decode("utf-8", errors="replace")
         return OutputChunk(piece, max(offset, len(data)), more)
 
-    async def _logs_text(
-        self,
-        inst: Instance,
-        client: AirflowClient,
-        dag_id: str,
-        run_id: str,
-        tis: list[dict[str, Any]],
-    ) -> tuple[str, bool]:
-        """The logs of the started task instances in start order, up to and including the first
-        one still going (so that the text only grows); and whether every started task is done."""
-
-        def order(ti: dict[str, Any]) -> tuple[str, str, int]:
-            return (str(ti.get("start_date")), str(ti.get("task_id")), _int(ti.get("map_index")))
-
-        started = sorted(
-            (t for t in tis if t.get("start_date") and t.get("state") not in _TI_NOT_STARTED),
-            key=order,
-        )
-        # tasks that never started cannot add output: a finished run may leave some unstarted
-        complete = all(t.get("state") in _TI_FINAL for t in started)
-        pieces: list[str] = []
-        for ti in started:
-            task_id, map_index = str(ti.get("task_id")), _int(ti.get("map_index"))
-            done = ti.get("state") in _TI_FINAL
-            label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
-            for attempt in range(1, max(1, _int(ti.get("try_number"))) + 1):
-                cache_key = (inst.name, dag_id, run_id, task_id, str(map_index), str(attempt))
-                lines = self._logs.get(cache_key)
-                if lines is None:
-                    try:
-                        lines = await client.task_log(dag_id, run_id, task_id, attempt, map_index)
-                    except AirflowHTTPError as exc:
-                        if exc.status_code != 404:
-                            raise
-                        lines = []  # no log for this try (yet)
-                    if done:
-                        self._remember(cache_key, lines)
-                pieces.append(f"=== {label} (try {attempt}) ===\n")
-                pieces.extend(f"{line}\n" for line in lines)
-            if not done:
-                return "".join(pieces), False
-        return "".join(pieces), complete
-
-    def _remember(self, key: tuple[str, ...], lines: list[str]) -> None:
-        self._logs[key] = lines
-        while len(self._logs) > _LOG_CACHE:
-            self._logs.popitem(last=False)
-
     async def aclose(self) -> None:
         await self._clients.aclose()
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return -1
