@@ -214,7 +214,7 @@ def test_cli_submit_wait_and_exit_codes(ascob: Ascob) -> None:
     assert "FAILED" in failed.stdout
     aborted = cli(ascob, "submit", "--backend", DUMMY, "--label", "status=ABORTED", "--wait")
     assert aborted.returncode == 3
-    doubt = cli(ascob, "submit", "--backend", DUMMY, "--label", "submit_delay=bad", "--wait")
+    doubt = cli(ascob, "submit", "--backend", DUMMY, "--label", "doubt=true", "--wait")
     assert doubt.returncode == 4, doubt.stdout + doubt.stderr
     hanging = cli(
         ascob, "submit", "--backend", DUMMY, "--label", "status=RUNNING", "--wait", "--timeout", "2"

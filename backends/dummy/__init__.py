@@ -9,6 +9,7 @@ Labels:
 - ``output``: the text of output.txt (default ``Dummy output``);
 - ``submit_delay``: seconds the submission itself takes (a slow backend trigger; default 0);
 - ``lost``: ``"true"`` makes the backend forget the job once submitted (status: job not found);
+- ``doubt``: ``"true"`` loses the submission's answer (the run ends IN_DOUBT);
 - ``progressive``: ``"true"`` prints the output a line at a time over ``duration`` (a job that
   prints while it runs), instead of all at once.
 
@@ -91,6 +92,10 @@ class DummyBackend(Backend):
         delay = float(labels.get("submit_delay", "0"))
         if delay:
             await asyncio.sleep(delay)
+        if labels.get("doubt", "").lower() == "true":
+            raise ConnectionError(
+                "dummyBackend: the submission's answer was lost (label doubt=true)"
+            )
         status = labels.get("status", "SUCCEEDED").upper().replace("SUCCEDED", "SUCCEEDED")
         return {
             "dummyJobId": uuid.uuid4().hex,
