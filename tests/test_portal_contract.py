@@ -185,3 +185,12 @@ def test_callbacks_signed_retried_and_durable_across_a_restart(
         assert delivered[0]["body"]["id"] == run_id
     finally:
         app.stop()
+
+
+def test_post_beside_get_for_start_resubmit_refresh(ascob: Ascob) -> None:
+    run_id = ascob.submit({"labels": DUMMY, "manualStart": True})
+    assert ascob.http.post(f"/api/runs/{run_id}/start").status_code == 200
+    ascob.wait_status(run_id, "SUCCEDED")
+    assert ascob.http.post(f"/api/runs/{run_id}/refresh").json()["status"] == "SUCCEDED"
+    again = ascob.http.post(f"/api/runs/{run_id}/resubmit", params={"submitter": "bob"})
+    assert again.status_code == 200 and ascob.run(again.json()["runId"])["parentId"] == run_id
