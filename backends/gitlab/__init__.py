@@ -235,7 +235,9 @@ class GitLabBackend(Backend):
                 log.info("run %s: %s is pipeline %s", job.run_id, where, pipeline["id"])
                 return {**keys, "gitlabPipelineId": str(pipeline["id"])}
             lost = GitLabProtocolError("the answer carries no pipeline id")
-        log.warning("run %s: %s: creation answered %s; looking for it", job.run_id, where, lost)
+        log.warning(
+            "run %s: %s: creation answered %s; looking for it", job.run_id, where, describe(lost)
+        )
         found = await self._find_by_run_value(client, project, ref, run_value, attempted)
         if found is not None:
             log.warning("run %s: %s: found pipeline %s by %s", job.run_id, where, found, run_value)
