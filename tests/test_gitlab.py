@@ -25,6 +25,7 @@ from backends import (
     SubmitRefused,
 )
 from backends.gitlab import GitLabBackend
+from backends.gitlab.trace import clean_log
 from tests.fakes.fake_gitlab import FakeGitLab, JobSpec, Project
 
 TOKEN_ENV = "TEST_GITLAB_TOKEN"
@@ -303,6 +304,16 @@ async def test_a_failed_job_fails_the_run_and_is_named(
     )
 
 
+async def test_a_pipeline_created_failed_says_why(fake: FakeGitLab, backend: GitLabBackend) -> None:
+    project = new_project(fake, yaml_errors="jobs:build:script config should be a string")
+    keys = await backend.submit(job_for(project))
+    report = await final(backend, keys)
+    assert report.status is BackendStatus.FAILED
+    assert "configuration error: jobs:build:script" in (report.message or "")
+    chunk = await backend.output(keys, 0)
+    assert chunk.text == "" and not chunk.more
+
+
 async def test_an_allowed_failure_succeeds_with_warnings(
     fake: FakeGitLab, backend: GitLabBackend
 ) -> None:
@@ -366,6 +377,18 @@ async def test_transient_errors_while_polling_are_unavailable_not_final(
 
 
 # --------------------------------------------------------------------------- output
+
+
+def test_logs_are_cleaned_line_by_line() -> None:
+    raw = (
+        b"section_start:1700000000:build[collapsed=true]\r\x1b[0K\x1b[36;1mBuilding\x1b[0;m\n"
+        b"\n"
+        b"50%\r100%\r\n"
+        b"section_end:1700000000:build\r\x1b[0K\n"
+        b"\xff half"
+    )
+    assert clean_log(raw, complete=False) == b"Building\n\n100%\n"  # the last line may grow
+    assert clean_log(raw, complete=True) == b"Building\n\n100%\n\xff half\n"
 
 
 async def test_output_grows_while_the_job_runs_in_whole_lines(

@@ -324,8 +324,11 @@ class GitLabBackend(Backend):
             warned = isinstance(detail, dict) and detail.get("group") == "success-with-warnings"
             return StatusReport(mapped, "passed with warnings" if warned else None, url)
         if mapped is BackendStatus.FAILED:
-            failed = await self._failed_jobs(keys) if state == "failed" else ""
-            return StatusReport(mapped, f"pipeline #{pipeline_id} {state}{failed}", url)
+            if pipeline.get("yaml_errors"):  # a pipeline created failed, without jobs
+                why = f" (configuration error: {pipeline['yaml_errors']})"
+            else:
+                why = await self._failed_jobs(keys) if state == "failed" else ""
+            return StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
         if mapped is BackendStatus.ABORTED:
             return StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
         return StatusReport(mapped, str(state) if state != "running" else None, url)

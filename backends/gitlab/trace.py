@@ -31,6 +31,7 @@ form of a complete line never changes once served.
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -110,20 +111,24 @@ def in_stage_order(jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class LengthCache:
-    """Lengths of the rendered logs of ended jobs (they never change), bounded."""
+    """Lengths of the rendered logs of ended jobs (they never change), bounded; shared by the
+    event loops (API, executor) of one process."""
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._lengths: OrderedDict[Hashable, int] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> int | None:
-        length = self._lengths.get(key)
-        if length is not None:
-            self._lengths.move_to_end(key)
-        return length
+        with self._lock:
+            length = self._lengths.get(key)
+            if length is not None:
+                self._lengths.move_to_end(key)
+            return length
 
     def put(self, key: Hashable, length: int) -> None:
-        self._lengths[key] = length
-        self._lengths.move_to_end(key)
-        while len(self._lengths) > self._size:
-            self._lengths.popitem(last=False)
+        with self._lock:
+            self._lengths[key] = length
+            self._lengths.move_to_end(key)
+            while len(self._lengths) > self._size:
+                self._lengths.popitem(last=False)

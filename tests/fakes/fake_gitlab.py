@@ -76,6 +76,7 @@ class Project:
     workflow_refuses: bool = False
     create_delay: float = 0.0
     name_from_run: bool = False  # workflow: name: $ASCOB_RUN
+    yaml_errors: str | None = None  # the pipeline is created failed, without jobs
 
 
 @dataclass
@@ -311,6 +312,7 @@ class FakeGitLab:
             "started_at": stamp(min(started)) if started else None,
             "finished_at": stamp(max(finished, default=p.canceled_at or now)) if ended else None,
             "detailed_status": {"group": group, "text": status, "label": status},
+            "yaml_errors": p.project.yaml_errors,
         }
 
     def _job_json(self, request: Request, p: Pipeline, job: JobRun, now: float) -> dict[str, Any]:
@@ -464,7 +466,7 @@ class FakeGitLab:
         self._next_pipeline += 1
         jobs = []
         stages: list[str] = []
-        for spec in project.jobs:
+        for spec in [] if project.yaml_errors else project.jobs:
             if spec.stage not in stages:
                 stages.append(spec.stage)
             self._next_job += 1
@@ -480,6 +482,8 @@ class FakeGitLab:
         )
         if project.name_from_run:
             p.name = p.variable("ASCOB_RUN")
+        if project.yaml_errors:
+            p.override, p.override_finished = "failed", True
         self.pipelines[p.id] = p
         self._advance(p, now)
         return JSONResponse(self._pipeline_json(request, p, now), status_code=201)
