@@ -271,7 +271,7 @@ async def test_statuses_follow_the_pipeline_over_time(
     fake: FakeGitLab, backend: GitLabBackend
 ) -> None:
     project = new_project(
-        fake, JobSpec("build", runner_delay=0.8, lines=["a"] * 10), create_delay=0.6
+        fake, JobSpec("build", runner_delay=1.5, lines=["a"] * 10), create_delay=1.5
     )
     keys = await backend.submit(job_for(project))
     seen: list[tuple[BackendStatus, str | None]] = []
@@ -398,7 +398,7 @@ async def test_output_grows_while_the_job_runs_in_whole_lines(
     project = new_project(
         fake,
         JobSpec("build", stage="build", lines=["compiled"], echo_variables=False),
-        JobSpec("test", stage="test", lines=lines, line_interval=0.1, echo_variables=False),
+        JobSpec("test", stage="test", lines=lines, line_interval=0.2, echo_variables=False),
     )
     keys = await backend.submit(job_for(project))
     pieces, offset = await read_live(backend, keys)
