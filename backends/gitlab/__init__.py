@@ -1,0 +1,409 @@
+"""``gitlabBackend``: runs a GitLab CI/CD pipeline through the REST API v4.
+
+Configuration (section ``[gitlab.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [gitlab.main]
+    url = "https://gitlab.example"
+    token_env = "GITLAB_MAIN_TOKEN"  # an access token (scope ``api``), sent as PRIVATE-TOKEN
+    # timeout = 30                   # seconds per HTTP call
+
+Labels: ``gitlab_instance`` (may be left out when one instance is configured),
+``gitlab_project`` (a numeric id or the ``group/sub/project`` path) and ``gitlab_ref`` (a branch
+or tag; left out: the project's default branch). The spec's parameters become pipeline variables
+(``POST /projects/:id/pipeline``), plus ``ASCOB_RUN=<runId>-<nonce>``, which finds the pipeline
+again when the answer to the creation is lost: the newest API-triggered pipelines of the ref are
+listed and the one whose name or variables carry that value is the run's. If none does, the
+outcome is unknown and the run ends IN_DOUBT; the creation is never sent twice.
+
+Identification keys: ``gitlabInstance``, ``gitlabProject``, ``gitlabRef``, ``gitlabPipelineId``,
+``gitlabRunValue``.
+
+Output: the jobs' logs in stage order, as one text that only grows (see
+:mod:`backends.gitlab.trace`). Stop cancels the pipeline; a forced stop also force-cancels its
+jobs that are still ``canceling`` (their runner did not confirm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+import httpx
+
+from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.gitlab.client import GitLabClient, GitLabHTTPError, GitLabProtocolError
+from backends.gitlab.trace import (
+    JOB_ENDED,
+    LengthCache,
+    clean_log,
+    has_started,
+    header,
+    in_stage_order,
+)
+
+__all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "gitlab_instance"
+PROJECT_LABEL = "gitlab_project"
+REF_LABEL = "gitlab_ref"
+RUN_VARIABLE = "ASCOB_RUN"
+
+# GitLab pipeline status -> ASCOB. ``manual`` (blocked on a manual job) is RUNNING with a message.
+STATUSES = {
+    "created": BackendStatus.QUEUED,
+    "waiting_for_resource": BackendStatus.QUEUED,
+    "preparing": BackendStatus.QUEUED,
+    "pending": BackendStatus.QUEUED,
+    "scheduled": BackendStatus.QUEUED,
+    "running": BackendStatus.RUNNING,
+    "canceling": BackendStatus.RUNNING,
+    "manual": BackendStatus.RUNNING,
+    "success": BackendStatus.SUCCEEDED,
+    "failed": BackendStatus.FAILED,
+    "canceled": BackendStatus.ABORTED,
+    "skipped": BackendStatus.FAILED,
+}
+PIPELINE_ENDED = frozenset({"success", "failed", "canceled", "skipped"})
+# When the answer to a creation is lost, look for the pipeline this many times, after these pauses
+# (a proxy may give up while GitLab is still creating it).
+LOST_ANSWER_LOOKUPS = (0.0, 1.0, 3.0)
+_LOOKUP_WINDOW = 3600.0  # only pipelines created at most this long before the attempt
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    url: str
+    token_env: str | None
+    timeout: float
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
+        if not isinstance(raw, Mapping) or not raw.get("url"):
+            raise ValueError(f"[gitlab.{name}] needs a url")
+        return cls(
+            name=name,
+            url=str(raw["url"]),
+            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            timeout=float(raw.get("timeout", 30.0)),
+        )
+
+    def token(self) -> str | None:
+        return secret_from_env("gitlab", self.name, self.token_env)
+
+
+def _created_at(pipeline: Mapping[str, Any]) -> float | None:
+    try:
+        stamp = str(pipeline["created_at"]).replace("Z", "+00:00")
+        return datetime.fromisoformat(stamp).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+class GitLabBackend(Backend):
+    id: ClassVar[str] = "gitlabBackend"
+    config_section: ClassVar[str] = "gitlab"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        self._clients: ClientsPerLoop[GitLabClient] = ClientsPerLoop()
+        self._lengths = LengthCache()
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return PROJECT_LABEL in labels
+
+    def _instance_name(self, labels: Mapping[str, str]) -> str:
+        name = labels.get(INSTANCE_LABEL)
+        configured = ", ".join(sorted(self.instances)) or "none"
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances))
+            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [gitlab.<name>] in the ASCOB_CONFIG file)"
+            )
+        return name
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance_name(labels)
+        if not labels.get(PROJECT_LABEL, "").strip("/"):
+            raise SpecRejected(
+                f"label {PROJECT_LABEL} is required (a project id, or its path as group/project)"
+            )
+
+    def _client(self, name: str) -> GitLabClient:
+        inst = self.instances[name]
+        return self._clients.get(
+            name,
+            lambda: GitLabClient(inst.url, inst.token(), inst.timeout, transport=self._transport),
+        )
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[GitLabClient, str, str]:
+        try:
+            name, project = keys["gitlabInstance"], keys["gitlabProject"]
+            pipeline_id = keys["gitlabPipelineId"]
+        except KeyError:
+            raise JobNotFound("identification keys name no gitlab pipeline") from None
+        if name not in self.instances:
+            raise BackendUnavailable(f"gitlab instance {name!r} is no longer configured")
+        try:
+            return self._client(name), project, pipeline_id
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    # ------------------------------------------------------------------ submit
+
+    async def _ref(self, client: GitLabClient, project: str, labels: Mapping[str, str]) -> str:
+        ref = labels.get(REF_LABEL, "").strip()
+        if ref:
+            return ref
+        default = (await client.project(project)).get("default_branch")
+        if not default:
+            raise SubmitRefused(
+                f"gitlab project {project!r} has no default branch: set the label {REF_LABEL}"
+            )
+        return str(default)
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        name = self._instance_name(job.labels)
+        project = job.labels[PROJECT_LABEL].strip("/")
+        client = self._client(name)
+        where = f"gitlab {name!r} project {project!r}"
+        try:
+            ref = await self._ref(client, project, job.labels)
+        except GitLabHTTPError as exc:
+            raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
+        except (httpx.HTTPError, GitLabProtocolError) as exc:
+            raise SubmitRefused(f"{where}: cannot read the project ({describe(exc)})") from exc
+        where = f"{where} ref {ref!r}"
+        if RUN_VARIABLE in job.parameters:
+            log.warning("run %s: parameter %s is replaced by ASCOB's own", job.run_id, RUN_VARIABLE)
+        run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
+        variables = [{"key": k, "value": v} for k, v in job.parameters.items() if k != RUN_VARIABLE]
+        variables.append({"key": RUN_VARIABLE, "value": run_value})
+        keys = {
+            "gitlabInstance": name,
+            "gitlabProject": project,
+            "gitlabRef": ref,
+            "gitlabRunValue": run_value,
+        }
+        attempted = time.time()
+        try:
+            pipeline = await client.create_pipeline(project, ref, variables)
+        except GitLabHTTPError as exc:
+            if exc.status_code < 500:  # GitLab answered: no pipeline was created
+                raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
+            lost: Exception = exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
+        except (httpx.HTTPError, GitLabProtocolError) as exc:
+            lost = exc
+        else:
+            if str(pipeline.get("id", "")).isdigit():
+                log.info("run %s: %s is pipeline %s", job.run_id, where, pipeline["id"])
+                return {**keys, "gitlabPipelineId": str(pipeline["id"])}
+            lost = GitLabProtocolError("the answer carries no pipeline id")
+        log.warning(
+            "run %s: %s: creation answered %s; looking for it", job.run_id, where, describe(lost)
+        )
+        found = await self._find_by_run_value(client, project, ref, run_value, attempted)
+        if found is not None:
+            log.warning("run %s: %s: found pipeline %s by %s", job.run_id, where, found, run_value)
+            return {**keys, "gitlabPipelineId": found}
+        raise RuntimeError(
+            f"{where}: the pipeline creation answered {describe(lost)}, and no pipeline carrying "
+            f"{RUN_VARIABLE}={run_value} was found; outcome unknown"
+        )
+
+    async def _find_by_run_value(
+        self, client: GitLabClient, project: str, ref: str, run_value: str, attempted: float
+    ) -> str | None:
+        """The id of the API pipeline of ``ref`` named ``run_value`` or carrying it as a
+        variable; None if none does (or GitLab cannot be asked)."""
+        checked: set[str] = set()
+        for pause in LOST_ANSWER_LOOKUPS:
+            await asyncio.sleep(pause)
+            try:
+                pipelines = await client.recent_pipelines(project, ref)
+                for pipeline in pipelines:
+                    pid = str(pipeline.get("id", ""))
+                    if not pid.isdigit() or pid in checked:
+                        continue
+                    if pipeline.get("name") == run_value:
+                        return pid
+                    created = _created_at(pipeline)
+                    if created is not None and created < attempted - _LOOKUP_WINDOW:
+                        continue
+                    variables = await client.pipeline_variables(project, pid)
+                    if any(
+                        v.get("key") == RUN_VARIABLE and v.get("value") == run_value
+                        for v in variables
+                    ):
+                        return pid
+                    checked.add(pid)
+            except (GitLabHTTPError, GitLabProtocolError, httpx.HTTPError) as exc:
+                log.warning("looking for the pipeline carrying %s failed: %s", run_value, exc)
+        return None
+
+    # ------------------------------------------------------------------ follow
+
+    async def _pipeline(self, keys: Mapping[str, str]) -> dict[str, Any]:
+        client, project, pipeline_id = self._known(keys)
+        try:
+            return await client.pipeline(project, pipeline_id)
+        except GitLabHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
+            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {exc}") from exc
+        except (httpx.HTTPError, GitLabProtocolError) as exc:
+            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {describe(exc)}") from exc
+
+    async def _failed_jobs(self, keys: Mapping[str, str]) -> str:
+        """`` (failed jobs: a, b)`` for a failed pipeline's message; empty if unknown."""
+        client, project, pipeline_id = self._known(keys)
+        try:
+            jobs = await client.pipeline_jobs(project, pipeline_id)
+        except Exception as exc:  # cosmetic: the status is known already
+            log.debug("gitlab pipeline %s: no job list for the message: %r", pipeline_id, exc)
+            return ""
+        failed = [
+            f"{j.get('name')}" + (f" ({j['failure_reason']})" if j.get("failure_reason") else "")
+            for j in in_stage_order(jobs)
+            if j.get("status") == "failed" and not j.get("allow_failure")
+        ]
+        return f" (failed jobs: {', '.join(failed)})" if failed else ""
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        pipeline = await self._pipeline(keys)
+        pipeline_id = keys["gitlabPipelineId"]
+        state, url = pipeline.get("status"), pipeline.get("web_url")
+        mapped = STATUSES.get(state) if isinstance(state, str) else None
+        if mapped is None:
+            if pipeline.get("finished_at"):
+                message = f"pipeline #{pipeline_id} ended with status {state!r}, unknown to ASCOB"
+                return StatusReport(BackendStatus.FAILED, message, url)
+            raise BackendUnavailable(
+                f"gitlab pipeline {pipeline_id}: status {state!r} is unknown to ASCOB"
+            )
+        if state == "manual":
+            return StatusReport(mapped, "waiting for a manual action", url)
+        if mapped is BackendStatus.SUCCEEDED:
+            detail = pipeline.get("detailed_status")
+            warned = isinstance(detail, dict) and detail.get("group") == "success-with-warnings"
+            return StatusReport(mapped, "passed with warnings" if warned else None, url)
+        if mapped is BackendStatus.FAILED:
+            if pipeline.get("yaml_errors"):  # a pipeline created failed, without jobs
+                why = f" (configuration error: {pipeline['yaml_errors']})"
+            else:
+                why = await self._failed_jobs(keys) if state == "failed" else ""
+            return StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
+        if mapped is BackendStatus.ABORTED:
+            return StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
+        return StatusReport(mapped, str(state) if state != "running" else None, url)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        client, project, pipeline_id = self._known(keys)
+        try:
+            await client.cancel_pipeline(project, pipeline_id)
+            if force:
+                await self._force_cancel_jobs(client, project, pipeline_id)
+        except GitLabHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
+            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {exc}") from exc
+        except (httpx.HTTPError, GitLabProtocolError) as exc:
+            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {describe(exc)}") from exc
+
+    async def _force_cancel_jobs(
+        self, client: GitLabClient, project: str, pipeline_id: str
+    ) -> None:
+        """After the pipeline's cancel: jobs still running are cancelled, and jobs left
+        ``canceling`` (the runner has not confirmed) are force-cancelled."""
+        for job in await client.pipeline_jobs(project, pipeline_id):
+            job_id, state = str(job.get("id", "")), job.get("status")
+            if not job_id.isdigit() or state not in ("running", "canceling"):
+                continue
+            try:
+                if state == "running":
+                    state = (await client.cancel_job(project, job_id)).get("status")
+                if state == "canceling":
+                    await client.cancel_job(project, job_id, force=True)
+            except GitLabHTTPError as exc:
+                if exc.status_code >= 500:
+                    raise
+                # ended meanwhile (422), or the token may not force-cancel (403): say so, go on
+                log.warning(
+                    "gitlab pipeline %s: force-cancel of job %s: %s", pipeline_id, job_id, exc
+                )
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        client, project, pipeline_id = self._known(keys)
+        pipeline = await self._pipeline(keys)
+        ended = pipeline.get("status") in PIPELINE_ENDED
+        try:
+            jobs = in_stage_order(await client.pipeline_jobs(project, pipeline_id))
+            pieces, position, blocked = [], 0, False
+            for job in jobs:
+                job_id, settled = str(job["id"]), job.get("status") in JOB_ENDED
+                if not has_started(job):
+                    if settled or ended:
+                        continue  # never ran: adds nothing
+                    blocked = True  # may still start: nothing after it is stable yet
+                    break
+                cache_key = (keys["gitlabInstance"], project, job_id)
+                known = self._lengths.get(cache_key) if settled else None
+                if known is not None and position + known <= offset:
+                    position += known
+                    continue
+                piece = header(job) + clean_log(await client.trace(project, job_id), settled)
+                if settled:
+                    self._lengths.put(cache_key, len(piece))
+                if position + len(piece) > offset:
+                    pieces.append(piece[max(0, offset - position) :])
+                position += len(piece)
+                if not settled:
+                    blocked = True  # its log may still grow
+                    break
+        except GitLabHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
+            raise BackendUnavailable(f"gitlab output {pipeline_id}: {exc}") from exc
+        except (httpx.HTTPError, GitLabProtocolError) as exc:
+            raise BackendUnavailable(f"gitlab output {pipeline_id}: {describe(exc)}") from exc
+        text = b"".join(pieces).decode("utf-8", errors="replace")
+        return OutputChunk(text, max(offset, position), blocked or not ended)
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
