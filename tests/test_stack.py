@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -151,18 +152,22 @@ def test_stack_survives_an_etcd_member_and_an_executor(stack: Stack) -> None:
     etcd.members[0].kill()
     submit(12)
 
-    # fault 2: an executor dies while it holds runs in flight (none of them mid-dispatch: a
-    # dispatch cut in half is IN_DOUBT by design, which is not what this test is about)
-    def victim_ready() -> str | None:
-        now = statuses()
+    # fault 2: an executor dies while it holds runs in flight. Not mid-dispatch: a dispatch cut
+    # in half ends IN_DOUBT by design, which is not what this test is about. So the executor is
+    # frozen (SIGSTOP) first, and SIGKILLed only if none of its runs is PENDING_SUBMIT then
+    by_name = dict(zip(EXECUTORS, cluster.executors, strict=True))
+
+    def frozen_victim() -> str | None:
         for name in EXECUTORS:
-            mine = [s for s, e in now.values() if e == name and s in IN_FLIGHT]
+            by_name[name].proc.signal(signal.SIGSTOP)
+            mine = [s for s, e in statuses().values() if e == name and s in IN_FLIGHT]
             if "RUNNING" in mine and "PENDING_SUBMIT" not in mine:
                 return name
+            by_name[name].proc.signal(signal.SIGCONT)
+        time.sleep(0.2)
         return None
 
-    victim = wait_until(victim_ready, 120, "an executor with runs in flight", interval=0.05)
-    by_name = dict(zip(EXECUTORS, cluster.executors, strict=True))
+    victim = wait_until(frozen_victim, 120, "an executor with runs in flight", interval=0)
     by_name[victim].kill()
     survivor = next(e for e in EXECUTORS if e != victim)
     orphans = [rid for rid, (s, e) in statuses().items() if e == victim and s in IN_FLIGHT]
