@@ -1,4 +1,5 @@
-"""A real etcd (Debian's ``etcd-server``) on loopback, with the v2 API enabled, for the tests."""
+"""A real etcd (Debian's ``etcd-server``) on loopback, with the v2 API enabled, for the tests:
+one member (:class:`EtcdServer`), or a cluster of several (:class:`EtcdCluster`)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def etcd_binary() -> str | None:
 class EtcdServer:
     """One etcd member with a temporary data folder; ``stop()``/``start()`` keep the data."""
 
-    def __init__(self, workdir: Path, binary: str) -> None:
+    def __init__(self, workdir: Path, binary: str, name: str = "ascob-test") -> None:
         self.binary = binary
+        self.name = name
+        # the members of the cluster this one starts with; None: a cluster of one
+        self.initial_cluster: str | None = None
         self.data = workdir / f"etcd-{free_port()}"
         self.data.mkdir(parents=True, exist_ok=True)
         self.client_port = free_port()
@@ -34,21 +38,29 @@ class EtcdServer:
         self.log = self.data / "etcd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> EtcdServer:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster member is healthy only with quorum)."""
+        peer = self.peer_url
         args = [
             self.binary,
-            "--name", "ascob-test",
+            "--name", self.name,
             "--data-dir", str(self.data / "data"),
             "--listen-client-urls", self.url,
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"ascob-test={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--enable-v2=true",
         ]  # fmt: skip
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT)
+
+    def start(self, timeout: float = 30.0) -> EtcdServer:
+        self.launch()
         wait_until(
             lambda: self.healthy() or self.proc is None or self.proc.poll() is not None,
             timeout,
@@ -76,6 +88,13 @@ class EtcdServer:
                 self.proc.wait(5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL (as a crash would); the data stays."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
     def restart(self) -> EtcdServer:
         self.stop()
         return self.start()
@@ -85,3 +104,41 @@ class EtcdServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster; ``url`` lists every member's
+    client URL, comma-separated, as ``ASCOB_ETCD_URL`` takes it."""
+
+    def __init__(self, workdir: Path, binary: str, size: int = 3) -> None:
+        self.members = [EtcdServer(workdir, binary, name=f"member{i}") for i in range(size)]
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = cluster
+        self.url = ",".join(m.url for m in self.members)
+
+    def start(self, timeout: float = 60.0) -> EtcdCluster:
+        for member in self.members:
+            member.launch()
+        try:
+            wait_until(
+                lambda: (
+                    all(m.healthy() for m in self.members)
+                    or any(m.proc is None or m.proc.poll() is not None for m in self.members)
+                ),
+                timeout,
+                "the etcd cluster",
+            )
+        except AssertionError:
+            pass
+        if not all(m.healthy() for m in self.members):
+            self.stop()
+            raise AssertionError("etcd cluster did not start:\n" + self.tail())
+        return self
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(f"--- {m.name} ---\n{m.tail(n)}" for m in self.members)
