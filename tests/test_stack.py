@@ -223,16 +223,12 @@ def test_stack_survives_an_etcd_member_and_an_executor(stack: Stack) -> None:
         wait_until(lambda: not etcd_lock_keys(etcd), 60, "the lock keys to leave etcd")
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {etcd_lock_keys(etcd)}") from None
-    # ... nor in what the API shows. An API process that has not talked to etcd since the
-    # member died may answer its first request 503: the etcd v3 store moves to the next member
-    # after a failed call instead of trying it within the call (reported; tighten this to the
-    # first answer once fixed)
+    # ... nor in what the API shows: an API that has not talked to etcd since the member died
+    # answers at once (a refused connection is tried on the next member within the call)
     first_answers = []
     for api in apis:
         r = api.http.get("/api/locks")
         first_answers.append(r.status_code)
-        if r.status_code == 503:
-            r = api.http.get("/api/locks")
         assert r.status_code == 200, r.text
         assert not [item for item in r.json()["items"] if item["key"] in keys], r.json()
 

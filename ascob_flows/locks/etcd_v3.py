@@ -165,11 +165,20 @@ class EtcdV3LockStore(LockStore):
         return f"{self.endpoints[self._endpoint]}{self.api_prefix}{path}"
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._http().post(self._url(path), json=body)
-        except httpx.TransportError as exc:
-            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-            raise LockStoreUnavailable(f"etcd at {self.endpoints} unreachable: {exc!r}") from exc
+        for tried in range(len(self.endpoints)):
+            try:
+                response = await self._http().post(self._url(path), json=body)
+                break
+            except httpx.TransportError as exc:
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                # a refused connection sent nothing: the next member may take the same call
+                # (even a transaction); any other failure may have reached etcd: let the
+                # caller decide
+                if isinstance(exc, httpx.ConnectError) and tried + 1 < len(self.endpoints):
+                    continue
+                raise LockStoreUnavailable(
+                    f"etcd at {self.endpoints} unreachable: {exc!r}"
+                ) from exc
         if response.status_code >= 500 and response.status_code != 501:
             raise LockStoreUnavailable(f"etcd answered HTTP {response.status_code}")
         try:
