@@ -425,6 +425,21 @@ async def test_a_lost_launch_answer_finds_the_job_again(fake: FakeAwx, backend: 
     assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
 
 
+async def test_a_found_job_that_lost_variables_is_canceled_and_fails(
+    fake: FakeAwx, backend: AwxBackend
+) -> None:
+    # the survey takes ascob_run but not env: AWX ignored env; the answer saying so was lost
+    template = fake.add_template(
+        unique(), ask_variables_on_launch=False, survey=("ascob_run",), final="HANG"
+    )
+    fake.faults.add("POST", r"/launch/$", "hang", seconds=3)
+    with pytest.raises(SubmitRefused, match=r"AWX ignored extra_vars \(env\)") as info:
+        await backend.submit(job_for({"awx_job_template": template.name}, {"env": "prod"}))
+    (launch,) = fake.launches_of(template)
+    assert f"canceled AWX job {launch['job']}" in str(info.value)
+    assert fake.jobs[launch["job"]].canceled_at is not None
+
+
 @pytest.mark.parametrize("kind", ["500", "502", "malformed"])
 async def test_a_launch_without_a_job_to_find_is_in_doubt(
     fake: FakeAwx, backend: AwxBackend, kind: str

@@ -45,13 +45,12 @@ import yaml
 from backends._http import ClientsPerLoop, describe, secret_from_env
 from backends.awx.client import (
     DEFAULT_API_PREFIX,
-    EVENT_PATHS,
     AwxClient,
     AwxHTTPError,
     AwxProtocolError,
     normalize_prefix,
 )
-from backends.awx.output import FINAL_STATES, Checkpoints, stable_text
+from backends.awx.output import Checkpoints, job_text, workflow_text
 from backends.base import (
     Backend,
     BackendContext,
@@ -298,11 +297,13 @@ class AwxBackend(Backend):
         except AwxHTTPError as exc:
             if exc.status_code < 500:
                 raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
-            return await self._recover(client, inst, keys, where, f"launch answered {exc}")
+            why = f"launch answered {exc}"
+            return await self._recover(client, inst, keys, extra_vars, where, why)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
         except (httpx.HTTPError, AwxProtocolError, ValueError) as exc:
-            return await self._recover(client, inst, keys, where, f"launch: {describe(exc)}")
+            why = f"launch: {describe(exc)}"
+            return await self._recover(client, inst, keys, extra_vars, where, why)
         kind = str(answer.get("type") or kind)  # a sliced job template launches a workflow job
         keys.update(awxKind=kind, awxJobId=str(job_id))
         ignored = answer.get("ignored_fields")
@@ -324,8 +325,10 @@ class AwxBackend(Backend):
         else:
             ignored_text = str(ignored)
         try:
-            await client.cancel(kind, job_id)
-            outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
+            if await client.cancel(kind, job_id):
+                outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
+            else:
+                outcome = f"AWX had already created {kind} {job_id}, and it has already ended"
         except (AwxHTTPError, httpx.HTTPError) as exc:
             outcome = (
                 f"AWX had already created {kind} {job_id} and ASCOB could not cancel it "
@@ -338,9 +341,17 @@ class AwxBackend(Backend):
         )
 
     async def _recover(
-        self, client: AwxClient, inst: Instance, keys: dict[str, str], where: str, why: str
+        self,
+        client: AwxClient,
+        inst: Instance,
+        keys: dict[str, str],
+        sent: Mapping[str, str],
+        where: str,
+        why: str,
     ) -> dict[str, str]:
-        """The launch answer was lost: find the job by our correlation value, else IN_DOUBT."""
+        """The launch answer was lost: find the job by our correlation value, else IN_DOUBT.
+        A found job that lacks some of the variables sent had them ignored: as at launch, it is
+        canceled and the run fails."""
         kind, template_id, value = keys["awxKind"], int(keys["awxTemplateId"]), keys["awxRunValue"]
         log.warning("%s: %s; looking for the job carrying %s", where, why, value)
         problem = "no recent job of the template carries it"
@@ -354,9 +365,21 @@ class AwxBackend(Backend):
             mine = [j for j in recent if _extra_vars(j).get(inst.run_variable) == value]
             if len(mine) == 1 and _job_id(mine[0]) is not None:
                 found = mine[0]
-                job_kind = str(found.get("type") or kind)
-                log.warning("%s: found %s %s again by %s", where, job_kind, found["id"], value)
-                return {**keys, "awxKind": job_kind, "awxJobId": str(_job_id(found))}
+                job_kind, job_id = str(found.get("type") or kind), int(found["id"])
+                log.warning("%s: found %s %s again by %s", where, job_kind, job_id, value)
+                carried = _extra_vars(found)
+                ignored = {
+                    k: v
+                    for k, v in sent.items()
+                    if k not in carried or carried[k] not in (v, "$encrypted$")
+                }
+                if ignored:
+                    raise SubmitRefused(
+                        await self._refuse_ignored(
+                            client, inst, job_kind, job_id, {"extra_vars": ignored}
+                        )
+                    )
+                return {**keys, "awxKind": job_kind, "awxJobId": str(job_id)}
             if len(mine) > 1:
                 ids = ", ".join(str(j.get("id")) for j in mine)
                 raise LaunchOutcomeUnknown(
@@ -405,51 +428,11 @@ class AwxBackend(Backend):
 
     # ------------------------------------------------------------------ output
 
-    async def _job_text(
-        self, target: Target, kind: str, job_id: int, data: Mapping[str, Any], from_line: int
-    ) -> tuple[str, int, bool]:
-        """(stable text from ``from_line``, its end line, complete) of one non-workflow job."""
-        complete = data.get("status") in FINAL_STATES and bool(
-            data.get("event_processing_finished", True)
-        )
-        if kind not in EVENT_PATHS:
-            return "", from_line, data.get("status") in FINAL_STATES  # approvals print nothing
-        events = await target.client.events(kind, job_id, from_line)
-        text = stable_text(events, from_line, complete)
-        return text.text, text.end_line, complete
-
-    async def _workflow_text(
-        self, target: Target, workflow_id: int, depth: int = 0
-    ) -> tuple[str, bool]:
-        """The children's output in spawn order: each complete child, then the first running one."""
-        data = await target.client.unified_job("workflow_job", workflow_id)
-        nodes = await target.client.workflow_nodes(workflow_id)
-        children: list[tuple[int, str, str]] = []
-        for node in nodes:
-            job_id = node.get("job")
-            if not isinstance(job_id, int) or isinstance(job_id, bool):
-                continue
-            summary = (node.get("summary_fields") or {}).get("job") or {}
-            kind = str(summary.get("type") or "job")
-            children.append((job_id, kind, str(summary.get("name") or "")))
-        parts: list[str] = []
-        for job_id, kind, name in sorted(children):
-            parts.append(f"===== {kind} {job_id}: {name} =====\n")
-            if kind == "workflow_job" and depth < 5:
-                text, complete = await self._workflow_text(target, job_id, depth + 1)
-            else:
-                child = await target.client.unified_job(kind, job_id)
-                text, _, complete = await self._job_text(target, kind, job_id, child, 0)
-            parts.append(text)
-            if not complete:
-                return "".join(parts), False
-        return "".join(parts), data.get("status") in FINAL_STATES
-
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         target = self._known(keys)
         try:
             if target.kind == "workflow_job":
-                text, complete = await self._workflow_text(target, target.job_id)
+                text, complete = await workflow_text(target.client, target.job_id)
                 data = text.encode()
                 return OutputChunk(
                     data[offset:].decode(errors="replace"), max(offset, len(data)), not complete
@@ -457,8 +440,8 @@ class AwxBackend(Backend):
             job = (target.instance.name, target.kind, target.job_id)
             at, line = self._checkpoints.best(job, offset)
             detail = await target.client.unified_job(target.kind, target.job_id)
-            text, end_line, complete = await self._job_text(
-                target, target.kind, target.job_id, detail, line
+            text, end_line, complete = await job_text(
+                target.client, target.kind, target.job_id, detail, line
             )
         except AwxHTTPError as exc:
             if exc.status_code == 404:

@@ -24,9 +24,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FINAL_STATES", "Checkpoints", "StableText", "clean", "stable_text"]
+from backends.awx.client import EVENT_PATHS, AwxClient
+
+__all__ = [
+    "FINAL_STATES",
+    "Checkpoints",
+    "StableText",
+    "clean",
+    "job_text",
+    "stable_text",
+    "workflow_text",
+]
 
 FINAL_STATES = frozenset({"successful", "failed", "error", "canceled"})
+MAX_WORKFLOW_DEPTH = 5  # nested workflows followed this deep
 
 # What AWX's format=txt removes: event data embedded in ANSI sequences, then colour codes.
 _EVENT_DATA = re.compile(r"\x1b\[K(?:[A-Za-z0-9+/=]+\x1b\[\d+D)+\x1b\[K")
@@ -69,6 +80,45 @@ def stable_text(events: Iterable[Mapping[str, Any]], from_line: int, complete: b
             parts.append(clean(stdout) + "\n")
         expected = max(end, start)
     return StableText("".join(parts), expected)
+
+
+async def job_text(
+    client: AwxClient, kind: str, job_id: int, detail: Mapping[str, Any], from_line: int
+) -> tuple[str, int, bool]:
+    """(stable text from ``from_line``, its end line, complete) of a job that is not a workflow;
+    ``detail`` is the job as AWX describes it (status, event_processing_finished)."""
+    ended = detail.get("status") in FINAL_STATES
+    if kind not in EVENT_PATHS:
+        return "", from_line, ended  # workflow approvals print nothing
+    complete = ended and bool(detail.get("event_processing_finished", True))
+    events = await client.events(kind, job_id, from_line)
+    text = stable_text(events, from_line, complete)
+    return text.text, text.end_line, complete
+
+
+async def workflow_text(client: AwxClient, workflow_id: int, depth: int = 0) -> tuple[str, bool]:
+    """(text, complete) of a workflow job: its children in spawn order, each complete child,
+    then the first one that is not complete yet."""
+    detail = await client.unified_job("workflow_job", workflow_id)
+    children: list[tuple[int, str, str]] = []
+    for node in await client.workflow_nodes(workflow_id):
+        job_id = node.get("job")
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            continue  # not spawned (yet, or ever)
+        summary = (node.get("summary_fields") or {}).get("job") or {}
+        children.append((job_id, str(summary.get("type") or "job"), str(summary.get("name", ""))))
+    parts: list[str] = []
+    for job_id, kind, name in sorted(children):
+        parts.append(f"===== {kind} {job_id}: {name} =====\n")
+        if kind == "workflow_job" and depth < MAX_WORKFLOW_DEPTH:
+            text, complete = await workflow_text(client, job_id, depth + 1)
+        else:
+            child = await client.unified_job(kind, job_id)
+            text, _, complete = await job_text(client, kind, job_id, child, 0)
+        parts.append(text)
+        if not complete:
+            return "".join(parts), False
+    return "".join(parts), detail.get("status") in FINAL_STATES
 
 
 class Checkpoints:
