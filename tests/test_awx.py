@@ -539,3 +539,26 @@ async def test_the_aap_gateway_prefix_is_used(fake: FakeAwx, tmp_path: Path) -> 
     await backend.aclose()
     assert ("POST", f"/api/controller/v2/job_templates/{template.id}/launch/") in fake.requests
     assert report.url == f"{fake.url}/execution/jobs/playbook/{keys['awxJobId']}/output"
+
+
+async def test_an_unreachable_awx_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.server import free_port
+
+    monkeypatch.setenv(TOKEN_ENV, "awx-secret")
+    backend = AwxBackend(
+        BackendContext(
+            tmp_path,
+            {
+                "prod": {
+                    "url": f"http://127.0.0.1:{free_port()}",
+                    "token_env": TOKEN_ENV,
+                    "timeout": 2,
+                }
+            },
+        )
+    )
+    with pytest.raises(SubmitRefused, match="cannot read the job template"):
+        await backend.submit(job_for({"awx_job_template": "deploy"}))
+    await backend.aclose()

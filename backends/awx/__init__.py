@@ -295,7 +295,7 @@ class AwxBackend(Backend):
             if job_id is None:
                 raise AwxProtocolError("the launch answer names no job")
         except AwxHTTPError as exc:
-            if exc.status_code < 500:
+            if exc.status_code < 500 and exc.status_code != 408:  # 408: a proxy gave up
                 raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
             why = f"launch answered {exc}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
