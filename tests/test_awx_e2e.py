@@ -145,6 +145,18 @@ def test_ignored_variables_fail_the_run_and_say_the_job_was_canceled(
     assert awx.jobs[launch["job"]].canceled_at is not None
 
 
+def test_polling_outlives_an_awx_outage(app: Ascob, awx: FakeAwx) -> None:
+    tpl = template(awx, line_interval=0.3)
+    awx.faults.add("GET", r"/api/v2/jobs/\d+/$", "503", times=2)
+    awx.faults.add("GET", r"/api/v2/jobs/\d+/$", "hang", times=1, seconds=3)  # a timeout
+    awx.faults.add("GET", r"/api/v2/jobs/\d+/$", "malformed", times=2)
+    run_id = app.submit(spec(tpl))
+    info = app.wait_status(run_id, "SUCCEDED", "FAILED", "IN_DOUBT", timeout=120)
+    assert info["status"] == "SUCCEDED"
+    assert not awx.faults.faults or all(f.times == 0 for f in awx.faults.faults)  # all were met
+    awx.faults.clear()
+
+
 def test_a_lost_launch_answer_is_found_again(app: Ascob, awx: FakeAwx) -> None:
     tpl = template(awx)
     awx.faults.add("POST", rf"/job_templates/{tpl.id}/launch/$", "hang", seconds=4)
