@@ -1,0 +1,460 @@
+"""``awxBackend``: launches an AWX / Ansible Automation Platform job or workflow template.
+
+Configuration (section ``[awx.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [awx.prod]
+    url = "https://awx.example"
+    token_env = "AWX_PROD_TOKEN"        # the OAuth2 / personal access token (sent as Bearer)
+    # api_prefix = "/api/v2/"           # AAP 2.5+ through its gateway: "/api/controller/v2/"
+    # timeout = 30                      # seconds per HTTP call
+    # run_variable = "ascob_run"        # the correlation variable every launch carries
+
+Labels: ``awx_instance`` (may be left out when one instance is configured) and either
+``awx_job_template`` or ``awx_workflow_template``: a numeric id, or the template's exact name
+(several templates of that name -> the submission fails and lists them). Job parameters become
+``extra_vars``.
+
+Every launch also carries ``ascob_run=<runId>-<nonce>``. It finds the job again when the launch
+answer is lost (timeout, 5xx, a broken answer): ASCOB looks for the one recent job of the template
+that carries it; none or several -> the dispatch outcome is unknown (IN_DOUBT), never launched
+twice. AWX ignores extra_vars that a template does not prompt for (``ignored_fields`` of the
+launch answer) yet still creates the job: ASCOB then cancels that job and fails the run saying so,
+so that no parameter is silently dropped. A template that neither prompts for variables nor has a
+survey is refused before anything is launched.
+
+Status: new/pending/waiting -> QUEUED, running -> RUNNING, successful -> SUCCEEDED, failed/error ->
+FAILED (with ``job_explanation``), canceled -> ABORTED. Stop is AWX's cancel; AWX has no forced
+cancel, so a forced stop is the same cancel. Output: see :mod:`backends.awx.output`.
+
+Identification keys: ``awxInstance``, ``awxKind`` (``job`` or ``workflow_job``), ``awxJobId``,
+``awxTemplateId``, ``awxRunValue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+import yaml
+
+from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends.awx.client import (
+    DEFAULT_API_PREFIX,
+    AwxClient,
+    AwxHTTPError,
+    AwxProtocolError,
+    normalize_prefix,
+)
+from backends.awx.output import Checkpoints, job_text, workflow_text
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+
+__all__ = ["STATUSES", "AwxBackend", "AwxClient", "LaunchOutcomeUnknown"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "awx_instance"
+JOB_TEMPLATE_LABEL = "awx_job_template"
+WORKFLOW_TEMPLATE_LABEL = "awx_workflow_template"
+DEFAULT_RUN_VARIABLE = "ascob_run"
+
+STATUSES = {
+    "new": BackendStatus.QUEUED,
+    "pending": BackendStatus.QUEUED,
+    "waiting": BackendStatus.QUEUED,
+    "running": BackendStatus.RUNNING,
+    "successful": BackendStatus.SUCCEEDED,
+    "failed": BackendStatus.FAILED,
+    "error": BackendStatus.FAILED,
+    "canceled": BackendStatus.ABORTED,
+}
+_TEMPLATE_WORDS = {"job": "job template", "workflow_job": "workflow job template"}
+
+
+class LaunchOutcomeUnknown(RuntimeError):
+    """The launch answer was lost and the job could not be found again: IN_DOUBT (not a
+    BackendError on purpose: ASCOB must not treat it as a refusal)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    url: str
+    token_env: str | None
+    api_prefix: str
+    timeout: float
+    run_variable: str
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
+        if not isinstance(raw, Mapping) or not raw.get("url"):
+            raise ValueError(f"[awx.{name}] needs a url")
+        return cls(
+            name=name,
+            url=str(raw["url"]).rstrip("/"),
+            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            api_prefix=normalize_prefix(str(raw.get("api_prefix") or DEFAULT_API_PREFIX)),
+            timeout=float(raw.get("timeout", 30.0)),
+            run_variable=str(raw.get("run_variable") or DEFAULT_RUN_VARIABLE),
+        )
+
+    def token(self) -> str | None:
+        return secret_from_env("awx", self.name, self.token_env)
+
+    def job_page(self, kind: str, job_id: int) -> str:
+        """The job's page in the web UI (AAP's gateway UI, or AWX's)."""
+        ui_kind = "workflow" if kind == "workflow_job" else "playbook"
+        if self.api_prefix.startswith("/api/controller/"):
+            return f"{self.url}/execution/jobs/{ui_kind}/{job_id}/output"
+        return f"{self.url}/#/jobs/{ui_kind}/{job_id}/output"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A job's address: its instance, kind and id."""
+
+    instance: Instance
+    client: AwxClient
+    kind: str
+    job_id: int
+
+
+def _extra_vars(job: Mapping[str, Any]) -> dict[str, Any]:
+    raw = job.get("extra_vars")
+    if isinstance(raw, dict):
+        return raw
+    if not isinstance(raw, str) or not raw.strip():
+        return {}
+    try:
+        data = yaml.safe_load(raw)  # AWX stores JSON (or YAML) text
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _job_id(answer: Mapping[str, Any]) -> int | None:
+    for key in ("job", "workflow_job", "id"):
+        value = answer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+class AwxBackend(Backend):
+    id: ClassVar[str] = "awxBackend"
+    config_section: ClassVar[str] = "awx"
+    can_stop: ClassVar[bool] = True
+    # After a lost launch answer: search the template's recent jobs now, then after these waits
+    # (AWX may still be creating the job when the answer was lost).
+    recovery_waits: ClassVar[tuple[float, ...]] = (1.0, 3.0)
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        self._clients: ClientsPerLoop[AwxClient] = ClientsPerLoop()
+        self._checkpoints = Checkpoints()
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return JOB_TEMPLATE_LABEL in labels or WORKFLOW_TEMPLATE_LABEL in labels
+
+    def _instance_name(self, labels: Mapping[str, str]) -> str:
+        name = labels.get(INSTANCE_LABEL)
+        configured = ", ".join(sorted(self.instances)) or "none"
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances))
+            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [awx.<name>] in the ASCOB_CONFIG file)"
+            )
+        return name
+
+    def _template(self, labels: Mapping[str, str]) -> tuple[str, str]:
+        """(kind, id or name) of the template the labels name."""
+        job, workflow = labels.get(JOB_TEMPLATE_LABEL), labels.get(WORKFLOW_TEMPLATE_LABEL)
+        if job and workflow:
+            raise SpecRejected(f"give {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL}, not both")
+        if job:
+            return "job", job.strip()
+        if workflow:
+            return "workflow_job", workflow.strip()
+        raise SpecRejected(
+            f"label {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL} is required "
+            "(a template id or its exact name)"
+        )
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance_name(labels)
+        self._template(labels)
+
+    def _client(self, name: str) -> AwxClient:
+        inst = self.instances[name]
+        return self._clients.get(
+            name,
+            lambda: AwxClient(
+                inst.url, inst.token(), inst.api_prefix, inst.timeout, transport=self._transport
+            ),
+        )
+
+    def _known(self, keys: Mapping[str, str]) -> Target:
+        try:
+            name, kind, job_id = keys["awxInstance"], keys["awxKind"], int(keys["awxJobId"])
+        except (KeyError, ValueError):
+            raise JobNotFound("identification keys name no AWX instance and job") from None
+        if name not in self.instances:
+            raise BackendUnavailable(f"awx instance {name!r} is no longer configured")
+        try:
+            client = self._client(name)
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return Target(self.instances[name], client, kind, job_id)
+
+    # ------------------------------------------------------------------ submit
+
+    async def _find_template(
+        self, client: AwxClient, kind: str, wanted: str, where: str
+    ) -> dict[str, Any]:
+        word = _TEMPLATE_WORDS[kind]
+        if wanted.isdigit():
+            return await client.template(kind, int(wanted))
+        found = await client.templates_named(kind, wanted)
+        if not found:
+            raise SubmitRefused(f"{where}: no {word} named {wanted!r} (or no access to it)")
+        if len(found) > 1:
+            listed = ", ".join(
+                f"id {t.get('id')} (organization "
+                f"{(t.get('summary_fields') or {}).get('organization', {}).get('name', '?')})"
+                for t in found
+            )
+            raise SubmitRefused(
+                f"{where}: {len(found)} {word}s are named {wanted!r}: {listed}; "
+                "give the template id instead"
+            )
+        return found[0]
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        name = self._instance_name(job.labels)
+        inst = self.instances[name]
+        kind, wanted = self._template(job.labels)
+        client = self._client(name)
+        where = f"awx {name!r}"
+        word = _TEMPLATE_WORDS[kind]
+        # Before the launch nothing has run: every failure here is a refusal.
+        try:
+            template = await self._find_template(client, kind, wanted, where)
+            template_id = int(template["id"])
+        except AwxHTTPError as exc:
+            if exc.status_code == 404:
+                raise SubmitRefused(f"{where}: no {word} {wanted} ({exc.message})") from exc
+            raise SubmitRefused(f"{where}: {exc}") from exc
+        except (httpx.HTTPError, AwxProtocolError, KeyError, TypeError, ValueError) as exc:
+            raise SubmitRefused(f"{where}: cannot read the {word} ({describe(exc)})") from exc
+        where = f"awx {name!r} {word} {template_id} ({template.get('name', wanted)!r})"
+        if template.get("ask_variables_on_launch") is False and not template.get("survey_enabled"):
+            raise SubmitRefused(
+                f"{where} does not prompt for variables: AWX would ignore the job's parameters "
+                f"and {inst.run_variable}; enable 'Prompt on launch' for Variables on the template"
+            )
+        run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
+        extra_vars = {**dict(job.parameters), inst.run_variable: run_value}
+        keys = {
+            "awxInstance": name,
+            "awxKind": kind,
+            "awxTemplateId": str(template_id),
+            "awxRunValue": run_value,
+        }
+        try:
+            response = await client.launch(kind, template_id, extra_vars)
+            answer = response.json()
+            job_id = _job_id(answer) if isinstance(answer, dict) else None
+            if job_id is None:
+                raise AwxProtocolError("the launch answer names no job")
+        except AwxHTTPError as exc:
+            if exc.status_code < 500 and exc.status_code != 408:  # 408: a proxy gave up
+                raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
+            why = f"launch answered {exc}"
+            return await self._recover(client, inst, keys, extra_vars, where, why)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
+        except (httpx.HTTPError, AwxProtocolError, ValueError) as exc:
+            why = f"launch: {describe(exc)}"
+            return await self._recover(client, inst, keys, extra_vars, where, why)
+        kind = str(answer.get("type") or kind)  # a sliced job template launches a workflow job
+        keys.update(awxKind=kind, awxJobId=str(job_id))
+        ignored = answer.get("ignored_fields")
+        if ignored:
+            raise SubmitRefused(await self._refuse_ignored(client, inst, kind, job_id, ignored))
+        log.info("run %s: %s launched %s %s", job.run_id, where, kind, job_id)
+        return keys
+
+    async def _refuse_ignored(
+        self, client: AwxClient, inst: Instance, kind: str, job_id: int, ignored: Any
+    ) -> str:
+        """Cancel the job AWX created although it ignored some of what we sent; say so."""
+        if isinstance(ignored, dict):
+            what = []
+            for field, value in ignored.items():
+                names = ", ".join(map(str, value)) if isinstance(value, dict) else ""
+                what.append(f"{field} ({names})" if names else str(field))
+            ignored_text = "; ".join(what)
+        else:
+            ignored_text = str(ignored)
+        try:
+            if await client.cancel(kind, job_id):
+                outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
+            else:
+                outcome = f"AWX had already created {kind} {job_id}, and it has already ended"
+        except (AwxHTTPError, httpx.HTTPError) as exc:
+            outcome = (
+                f"AWX had already created {kind} {job_id} and ASCOB could not cancel it "
+                f"({describe(exc)}): cancel it in AWX"
+            )
+        return (
+            f"AWX ignored {ignored_text}: the template does not prompt for them. Enable 'Prompt "
+            f"on launch' for Variables on the template (or add {inst.run_variable} and every "
+            f"parameter to its survey). {outcome}."
+        )
+
+    async def _recover(
+        self,
+        client: AwxClient,
+        inst: Instance,
+        keys: dict[str, str],
+        sent: Mapping[str, str],
+        where: str,
+        why: str,
+    ) -> dict[str, str]:
+        """The launch answer was lost: find the job by our correlation value, else IN_DOUBT.
+        A found job that lacks some of the variables sent had them ignored: as at launch, it is
+        canceled and the run fails."""
+        kind, template_id, value = keys["awxKind"], int(keys["awxTemplateId"]), keys["awxRunValue"]
+        log.warning("%s: %s; looking for the job carrying %s", where, why, value)
+        problem = "no recent job of the template carries it"
+        for wait in (0.0, *self.recovery_waits):
+            await asyncio.sleep(wait)
+            try:
+                recent = await client.recent_jobs(kind, template_id)
+            except (AwxHTTPError, httpx.HTTPError, AwxProtocolError) as exc:
+                problem = f"listing the template's jobs failed ({describe(exc)})"
+                continue
+            mine = [j for j in recent if _extra_vars(j).get(inst.run_variable) == value]
+            if len(mine) == 1 and _job_id(mine[0]) is not None:
+                found = mine[0]
+                job_kind, job_id = str(found.get("type") or kind), int(found["id"])
+                log.warning("%s: found %s %s again by %s", where, job_kind, job_id, value)
+                carried = _extra_vars(found)
+                ignored = {
+                    k: v
+                    for k, v in sent.items()
+                    if k not in carried or carried[k] not in (v, "$encrypted$")
+                }
+                if ignored:
+                    raise SubmitRefused(
+                        await self._refuse_ignored(
+                            client, inst, job_kind, job_id, {"extra_vars": ignored}
+                        )
+                    )
+                return {**keys, "awxKind": job_kind, "awxJobId": str(job_id)}
+            if len(mine) > 1:
+                ids = ", ".join(str(j.get("id")) for j in mine)
+                raise LaunchOutcomeUnknown(
+                    f"{where}: {why}; several jobs ({ids}) carry {inst.run_variable}={value}: "
+                    "outcome unknown, not launched again"
+                )
+        raise LaunchOutcomeUnknown(
+            f"{where}: {why}; {problem} ({inst.run_variable}={value}): outcome unknown, "
+            "not launched again"
+        )
+
+    # ------------------------------------------------------------------ follow
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        target = self._known(keys)
+        try:
+            data = await target.client.unified_job(target.kind, target.job_id)
+        except AwxHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"awx: {target.kind} {target.job_id}: {exc}") from exc
+            raise BackendUnavailable(f"awx: {exc}") from exc
+        except (httpx.HTTPError, AwxProtocolError) as exc:
+            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
+        state = data.get("status")
+        mapped = STATUSES.get(str(state))
+        if mapped is None:
+            raise BackendUnavailable(f"awx: {target.kind} {target.job_id} has status {state!r}")
+        url = target.instance.job_page(target.kind, target.job_id)
+        message: str | None = None
+        if mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+            explanation = str(data.get("job_explanation") or "").strip()
+            message = f"AWX {target.kind} {target.job_id}: {state}"
+            if explanation:
+                message += f": {explanation}"
+        return StatusReport(mapped, message, url)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        # AWX has no forced cancel: a forced stop is the same cancel.
+        target = self._known(keys)
+        try:
+            await target.client.cancel(target.kind, target.job_id)
+        except AwxHTTPError as exc:
+            raise BackendUnavailable(f"awx cancel: {exc}") from exc
+        except (httpx.HTTPError, AwxProtocolError) as exc:
+            raise BackendUnavailable(f"awx cancel: {describe(exc)}") from exc
+
+    # ------------------------------------------------------------------ output
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        target = self._known(keys)
+        try:
+            if target.kind == "workflow_job":
+                text, complete = await workflow_text(target.client, target.job_id)
+                data = text.encode()
+                return OutputChunk(
+                    data[offset:].decode(errors="replace"), max(offset, len(data)), not complete
+                )
+            job = (target.instance.name, target.kind, target.job_id)
+            at, line = self._checkpoints.best(job, offset)
+            detail = await target.client.unified_job(target.kind, target.job_id)
+            text, end_line, complete = await job_text(
+                target.client, target.kind, target.job_id, detail, line
+            )
+        except AwxHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"awx: {exc}") from exc
+            raise BackendUnavailable(f"awx: {exc}") from exc
+        except (httpx.HTTPError, AwxProtocolError) as exc:
+            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
+        data = text.encode()
+        end = at + len(data)
+        self._checkpoints.remember(job, end, end_line)
+        return OutputChunk(
+            data[max(0, offset - at) :].decode(errors="replace"), max(offset, end), not complete
+        )
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()

@@ -1,0 +1,197 @@
+"""A thin async client for the AWX / Ansible Automation Platform controller API (``/api/v2/``,
+or ``/api/controller/v2/`` through the AAP 2.5+ gateway), over ``httpx.AsyncClient``.
+
+Paths are relative to the API prefix. Objects are addressed by their *kind* as AWX names them in
+its ``type`` field (``job``, ``workflow_job``, ``project_update``, ...): a unified job of kind
+``k`` lives at ``{k}s/{id}/``, and templates at ``job_templates/`` and
+``workflow_job_templates/``.
+
+Every call raises :class:`AwxHTTPError` (an error status; AWX's ``detail`` or field errors kept),
+:class:`AwxProtocolError` (an answer the API does not document), or an ``httpx.HTTPError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "DEFAULT_API_PREFIX",
+    "EVENT_PATHS",
+    "TEMPLATE_PATHS",
+    "AwxClient",
+    "AwxHTTPError",
+    "AwxProtocolError",
+]
+
+DEFAULT_API_PREFIX = "/api/v2/"
+PAGE_SIZE = 200  # AWX's default MAX_PAGE_SIZE
+MAX_PAGES = 500  # 100 000 events: a bound, not a limit anyone should meet
+
+# template kind -> (its collection, the collection of the jobs it spawned)
+TEMPLATE_PATHS = {
+    "job": ("job_templates", "jobs"),
+    "workflow_job": ("workflow_job_templates", "workflow_jobs"),
+}
+# unified job kind -> the path of its events (kinds without events print nothing)
+EVENT_PATHS = {
+    "job": "jobs/{id}/job_events/",
+    "project_update": "project_updates/{id}/events/",
+    "inventory_update": "inventory_updates/{id}/events/",
+    "ad_hoc_command": "ad_hoc_commands/{id}/events/",
+    "system_job": "system_jobs/{id}/events/",
+}
+
+
+class AwxHTTPError(Exception):
+    """AWX answered with an error status."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class AwxProtocolError(Exception):
+    """AWX answered something its API does not document (malformed JSON, ...)."""
+
+
+def _flatten(data: Any) -> str:
+    """AWX's error body in one line: ``detail``, or ``field: message`` pairs."""
+    if isinstance(data, dict):
+        if "detail" in data:
+            return str(data["detail"])
+        parts = []
+        for key, value in data.items():
+            text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"{key}: {text}")
+        return "; ".join(parts)
+    if isinstance(data, list):
+        return "; ".join(map(str, data))
+    return str(data)
+
+
+def _error(response: httpx.Response) -> AwxHTTPError:
+    message = response.text.strip()[:300] or response.reason_phrase
+    try:
+        message = _flatten(response.json())[:1000] or message
+    except ValueError:
+        pass
+    return AwxHTTPError(response.status_code, message)
+
+
+def normalize_prefix(prefix: str) -> str:
+    return "/" + prefix.strip("/") + "/"
+
+
+class AwxClient:
+    """One AWX / AAP controller, one API prefix, one Bearer token."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        api_prefix: str = DEFAULT_API_PREFIX,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/") + normalize_prefix(api_prefix),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        response = await self._http.request(method, path, params=params, json=body)
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._call(method, path, **kwargs)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise AwxProtocolError(f"{method} {path}: malformed JSON") from exc
+        if not isinstance(data, dict):
+            raise AwxProtocolError(f"{method} {path}: expected a JSON object")
+        return data
+
+    async def _list(self, path: str, params: dict[str, str], pages: int = MAX_PAGES) -> list[Any]:
+        """Every result of a paginated list (``page``/``page_size``; ``next`` says if more)."""
+        results: list[Any] = []
+        for page in range(1, pages + 1):
+            data = await self._object(
+                "GET", path, params={**params, "page_size": str(PAGE_SIZE), "page": str(page)}
+            )
+            chunk = data.get("results")
+            if not isinstance(chunk, list):
+                raise AwxProtocolError(f"GET {path}: no results list")
+            results.extend(item for item in chunk if isinstance(item, dict))
+            if not data.get("next"):
+                break
+        return results
+
+    # ------------------------------------------------------------------ templates
+
+    async def template(self, kind: str, template_id: int) -> dict[str, Any]:
+        return await self._object("GET", f"{TEMPLATE_PATHS[kind][0]}/{template_id}/")
+
+    async def templates_named(self, kind: str, name: str) -> list[dict[str, Any]]:
+        found = await self._list(f"{TEMPLATE_PATHS[kind][0]}/", {"name": name}, pages=5)
+        return [t for t in found if t.get("name") == name]
+
+    async def launch(
+        self, kind: str, template_id: int, extra_vars: dict[str, str]
+    ) -> httpx.Response:
+        """POST .../launch/; the raw answer (the caller decides what a broken one means)."""
+        return await self._call(
+            "POST",
+            f"{TEMPLATE_PATHS[kind][0]}/{template_id}/launch/",
+            body={"extra_vars": extra_vars},
+        )
+
+    async def recent_jobs(self, kind: str, template_id: int) -> list[dict[str, Any]]:
+        """The template's most recent jobs (one page, newest first)."""
+        collection, jobs = TEMPLATE_PATHS[kind]
+        return await self._list(f"{collection}/{template_id}/{jobs}/", {"order_by": "-id"}, 1)
+
+    # ------------------------------------------------------------------ unified jobs
+
+    async def unified_job(self, kind: str, job_id: int) -> dict[str, Any]:
+        return await self._object("GET", f"{kind}s/{job_id}/")
+
+    async def cancel(self, kind: str, job_id: int) -> bool:
+        """Ask AWX to cancel; False if the job can no longer be canceled (405: it has ended)."""
+        try:
+            await self._call("POST", f"{kind}s/{job_id}/cancel/")
+        except AwxHTTPError as exc:
+            if exc.status_code == 405:
+                return False
+            raise
+        return True
+
+    async def events(self, kind: str, job_id: int, from_line: int = 0) -> list[dict[str, Any]]:
+        """The job's events from output line ``from_line`` on, in line order."""
+        path = EVENT_PATHS[kind].format(id=job_id)
+        params = {"order_by": "start_line"}
+        if from_line:
+            params["start_line__gte"] = str(from_line)
+        return await self._list(path, params)
+
+    async def workflow_nodes(self, workflow_job_id: int) -> list[dict[str, Any]]:
+        return await self._list(f"workflow_jobs/{workflow_job_id}/workflow_nodes/", {})
