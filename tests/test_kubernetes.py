@@ -242,6 +242,15 @@ async def test_missing_token_variable_is_refused(env: Env) -> None:
     await backend.aclose()
 
 
+async def test_an_unreadable_ca_file_is_refused_clearly(env: Env) -> None:
+    template = env.template()
+    missing = env.tmp_path / "no-such-ca.pem"
+    backend = make_backend(env.fake, env.tmp_path, env.templates, ca_file=str(missing))
+    with pytest.raises(SubmitRefused, match=r"cannot use ca_file .*no-such-ca\.pem"):
+        await backend.submit(job_for(template))
+    await backend.aclose()
+
+
 async def test_unreachable_api_server_is_refused(tmp_path: Path) -> None:
     instance = {
         "url": f"http://127.0.0.1:{free_port()}",

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -161,17 +162,24 @@ class KubernetesBackend(Backend):
             )
 
     def _client(self, inst: Instance) -> KubernetesClient:
-        return self._clients.get(
-            inst.name,
-            lambda: KubernetesClient(
-                inst.url,
-                secret_from_env("kubernetes", inst.name, inst.token_env),
-                inst.ca_file,
-                inst.insecure,
-                inst.timeout,
-                transport=self._transport,
-            ),
-        )
+        def make() -> KubernetesClient:
+            token = secret_from_env("kubernetes", inst.name, inst.token_env)
+            try:
+                return KubernetesClient(
+                    inst.url,
+                    token,
+                    inst.ca_file,
+                    inst.insecure,
+                    inst.timeout,
+                    transport=self._transport,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise SubmitRefused(
+                    f"kubernetes instance {inst.name!r}: cannot use ca_file {inst.ca_file} "
+                    f"({describe(exc)})"
+                ) from exc
+
+        return self._clients.get(inst.name, make)
 
     def _known(self, keys: Mapping[str, str]) -> tuple[KubernetesClient, Ref]:
         try:
