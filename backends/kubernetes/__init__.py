@@ -46,7 +46,6 @@ import asyncio
 import logging
 import ssl
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -72,7 +71,6 @@ from backends.kubernetes.client import (
     KubernetesProtocolError,
 )
 from backends.kubernetes.jobs import (
-    CONTAINER,
     RUN_ANNOTATION,
     STOP_ANNOTATION,
     Instance,
@@ -82,7 +80,7 @@ from backends.kubernetes.jobs import (
     job_report,
     run_marker,
 )
-from backends.kubernetes.logs import Cursor, parse_log, pod_order, since_time, take_lines
+from backends.kubernetes.logs import CursorStore, read_on
 
 __all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
 
@@ -92,8 +90,6 @@ INSTANCE_LABEL = "kubernetes_instance"
 TEMPLATE_LABEL = "kubernetes_template"
 CREATE_ATTEMPTS = 4
 CREATE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubled each time
-_CURSORS_PER_JOB = 8
-_JOBS_WITH_CURSORS = 256
 _ANSWER_ERRORS = (httpx.HTTPError, KubernetesProtocolError, ValueError)
 
 
@@ -127,7 +123,7 @@ class KubernetesBackend(Backend):
         self._transport = transport
         self._clients: ClientsPerLoop[KubernetesClient] = ClientsPerLoop()
         self._lock = threading.Lock()
-        self._cursors: OrderedDict[Ref, dict[int, Cursor]] = OrderedDict()
+        self._cursors: CursorStore[Ref] = CursorStore()
         self._deleted: set[str] = set()
 
     # ------------------------------------------------------------------ spec
@@ -351,65 +347,15 @@ class KubernetesBackend(Backend):
 
     # ------------------------------------------------------------------ output
 
-    def _cursor(self, ref: Ref, offset: int) -> Cursor:
-        """The known cursor nearest before ``offset``."""
-        with self._lock:
-            known = self._cursors.get(ref) or {}
-            best = max((o for o in known if o <= offset), default=None)
-            return known[best] if best is not None else Cursor()
-
-    def _keep(self, ref: Ref, cursor: Cursor) -> None:
-        with self._lock:
-            known = self._cursors.setdefault(ref, {})
-            self._cursors.move_to_end(ref)
-            known[cursor.offset] = cursor
-            while len(known) > _CURSORS_PER_JOB:
-                del known[min(known)]
-            while len(self._cursors) > _JOBS_WITH_CURSORS:
-                self._cursors.popitem(last=False)
-
-    async def _read_on(
-        self, client: KubernetesClient, ref: Ref, cursor: Cursor
-    ) -> tuple[Cursor, list[str], bool]:
-        """The lines after ``cursor``; whether a pod is still writing (or not started)."""
-        pods = await client.list_pods(ref.namespace, f"job-name={ref.name}")
-        lines: list[str] = []
-        for pod in sorted(pods, key=pod_order):
-            name = str((pod.get("metadata") or {}).get("name") or "")
-            if not name or name in cursor.done:
-                continue
-            phase = (pod.get("status") or {}).get("phase")
-            if phase in (None, "Pending", "Unknown"):
-                return cursor, lines, True
-            ended = phase in ("Succeeded", "Failed")
-            since = since_time(cursor.last) if cursor.pod == name and cursor.last else None
-            try:
-                text = await client.pod_log(ref.namespace, name, CONTAINER, since)
-            except KubernetesHTTPError as exc:
-                if exc.status_code == 404:  # the pod went away meanwhile: nothing more from it
-                    text, ended = "", True
-                elif exc.status_code == 400 and not ended:  # its container is not started yet
-                    return cursor, lines, True
-                elif exc.status_code == 400:  # ended without its container ever running
-                    text = ""
-                else:
-                    raise
-            cursor, taken = take_lines(cursor, name, parse_log(text, ended))
-            lines += taken
-            if not ended:
-                return cursor, lines, True
-            cursor = Cursor(offset=cursor.offset, done=(*cursor.done, name))
-        return cursor, lines, False
-
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         client, ref = self._known(keys)
         data = await self._job(client, ref)
         if data is None:  # deleted with its pods by a forced stop: no log to read any more
             return OutputChunk("", offset, False)
         final = job_report(data).status.is_final
-        start = self._cursor(ref, offset)
+        start = self._cursors.nearest(ref, offset)
         try:
-            cursor, lines, writing = await self._read_on(client, ref, start)
+            cursor, lines, writing = await read_on(client, ref.namespace, ref.name, start)
         except KubernetesHTTPError as exc:
             raise BackendUnavailable(f"kubernetes logs of Job {ref.name}: {exc}") from exc
         except _ANSWER_ERRORS as exc:
@@ -419,7 +365,7 @@ class KubernetesBackend(Backend):
         skip = offset - start.offset
         if skip > len(produced):  # an offset beyond the output so far
             return OutputChunk("", offset, more)
-        self._keep(ref, cursor)
+        self._cursors.keep(ref, cursor)
         return OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)
 
     async def aclose(self) -> None:

@@ -17,12 +17,28 @@ from then on it continues incrementally.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Cursor", "LogLine", "parse_log", "pod_order", "since_time", "take_lines"]
+from backends.kubernetes.client import KubernetesClient, KubernetesHTTPError
+from backends.kubernetes.jobs import CONTAINER
+
+__all__ = [
+    "Cursor",
+    "CursorStore",
+    "LogLine",
+    "parse_log",
+    "pod_order",
+    "read_on",
+    "since_time",
+    "take_lines",
+]
+
+K = TypeVar("K", bound=Hashable)
 
 _NS = 1_000_000_000
 
@@ -114,3 +130,65 @@ def pod_order(pod: dict[str, Any]) -> tuple[str, int, str, str]:
         str((pod.get("status") or {}).get("startTime") or ""),
         str(meta.get("name") or ""),
     )
+
+
+class CursorStore(Generic[K]):
+    """The cursors of the offsets this process answered, a few per job, for the most recent
+    jobs. Thread-safe: the API's and the executor's event loops share one backend."""
+
+    def __init__(self, per_job: int = 8, jobs: int = 256) -> None:
+        self._per_job, self._jobs = per_job, jobs
+        self._lock = threading.Lock()
+        self._cursors: OrderedDict[K, dict[int, Cursor]] = OrderedDict()
+
+    def nearest(self, job: K, offset: int) -> Cursor:
+        """The known cursor nearest before ``offset`` (the start if none)."""
+        with self._lock:
+            known = self._cursors.get(job) or {}
+            best = max((o for o in known if o <= offset), default=None)
+            return known[best] if best is not None else Cursor()
+
+    def keep(self, job: K, cursor: Cursor) -> None:
+        with self._lock:
+            known = self._cursors.setdefault(job, {})
+            self._cursors.move_to_end(job)
+            known[cursor.offset] = cursor
+            while len(known) > self._per_job:
+                del known[min(known)]
+            while len(self._cursors) > self._jobs:
+                self._cursors.popitem(last=False)
+
+
+async def read_on(
+    client: KubernetesClient, namespace: str, job: str, cursor: Cursor
+) -> tuple[Cursor, list[str], bool]:
+    """The output lines of the Job's pods after ``cursor``, the cursor after them, and whether a
+    pod is still writing (or not started). Raises what the client raises."""
+    pods = await client.list_pods(namespace, f"job-name={job}")
+    lines: list[str] = []
+    for pod in sorted(pods, key=pod_order):
+        name = str((pod.get("metadata") or {}).get("name") or "")
+        if not name or name in cursor.done:
+            continue
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in (None, "Pending", "Unknown"):
+            return cursor, lines, True
+        ended = phase in ("Succeeded", "Failed")
+        since = since_time(cursor.last) if cursor.pod == name and cursor.last else None
+        try:
+            text = await client.pod_log(namespace, name, CONTAINER, since)
+        except KubernetesHTTPError as exc:
+            if exc.status_code == 404:  # the pod went away meanwhile: nothing more from it
+                text, ended = "", True
+            elif exc.status_code == 400 and not ended:  # its container is not started yet
+                return cursor, lines, True
+            elif exc.status_code == 400:  # ended without its container ever running
+                text = ""
+            else:
+                raise
+        cursor, taken = take_lines(cursor, name, parse_log(text, ended))
+        lines += taken
+        if not ended:
+            return cursor, lines, True
+        cursor = Cursor(offset=cursor.offset, done=(*cursor.done, name))
+    return cursor, lines, False
