@@ -16,13 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
-from ascob_api.logsetup import configure_logging
+from ascob_api import cli_client
+from ascob_api.logsetup import configure_logging, redact
 from ascob_api.settings import Settings
 
 app = typer.Typer(
     help="ASCOB: one front door to your automation backends, on Prefect 3.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals would print tokens and settings
 )
 log = logging.getLogger("ascob")
 
@@ -54,6 +56,7 @@ def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
         "" if settings.root_token else f"; root token generated in {settings.home / 'root_token'}"
     )
     settings.ensure_root_token()
+    redact(settings.secret_values())
     if with_api and not settings.public_url:
         settings.public_url = f"http://{host}:{port}"
     server = _prepare(settings, start_local_prefect=with_api and with_executor)
@@ -171,6 +174,8 @@ def executor() -> None:
     """Run an executor only (needs PREFECT_API_URL): runs ascob-job flow runs in-process."""
     _run("", 0, with_api=False, with_executor=True)
 
+
+cli_client.register(app)  # submit, get, wait, logs, search, stop, ... (the REST client)
 
 if __name__ == "__main__":
     app()
