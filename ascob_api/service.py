@@ -35,6 +35,7 @@ from backends import BackendRegistry, SpecRejected
 
 log = logging.getLogger("ascob.api")
 
+_EXPLAINED = frozenset({RunStatus.FAILED, RunStatus.ABORTED, RunStatus.IN_DOUBT})
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 RUNTIME_VARIABLES = ("RUNID", "WEBHOOKID", "SUBMITTER")
 LATE_VARIABLES = ("LOCKTOKEN",)  # replaced at dispatch
@@ -223,7 +224,9 @@ class Services:
 
     async def output(self, run_id: int, offset: int) -> tuple[str, int, bool]:
         run = await asyncio.to_thread(self.repo.get_run, run_id)
-        prefix = f"[ascob] {run.message}\n" if run.message and offset == 0 else ""
+        # why it did not succeed, above the job's own output (not counted in its offsets)
+        explain = run.message and offset == 0 and RunStatus(run.status) in _EXPLAINED
+        prefix = f"[ascob] {run.message}\n" if explain else ""
         if not run.identification_keys:
             return prefix, offset, not RunStatus(run.status).is_final
         backend = self.backends.get(run.backend_id)

@@ -1,0 +1,372 @@
+"""``kubernetesBackend``: runs a run as a Kubernetes ``batch/v1`` Job, through the REST API.
+
+Configuration (section ``[kubernetes.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [kubernetes.prod]
+    url = "https://k8s.example:6443"
+    token_env = "K8S_PROD_TOKEN"      # a bearer token (service account) read from this variable
+    namespace = "ascob-jobs"          # default "default"
+    ca_file = "/etc/ascob/k8s-ca.pem" # or: insecure = true (no TLS verification)
+    # timeout = 30                    # seconds per HTTP call
+
+    [kubernetes.prod.templates.report]
+    image = "registry.example/report:1.4"
+    command = ["python", "-m", "report"]   # or one string, split like a shell would
+    # service_account = "reporter"
+    # backoff_limit = 0                    # retries (Kubernetes' default: 6)
+    # active_deadline_seconds = 3600
+    # ttl_seconds_after_finished = 86400
+
+Labels: ``kubernetes_template`` (required), ``kubernetes_instance`` (may be left out when one
+instance is configured). Parameters become environment variables of the container (names must be
+C identifiers), plus ``ASCOB_RUN_ID`` and ``ASCOB_WEBHOOK_ID``.
+
+The Job is named ``ascob-<runId>-<hash of the webhook id>`` and annotated ``ascob.io/run``: a
+create whose answer was lost is sent again, and 409 AlreadyExists with this run's annotation is
+the same Job, so a run is never IN_DOUBT for a lost answer, and never created twice.
+
+Identification keys: ``kubernetesInstance``, ``kubernetesNamespace``, ``kubernetesJobName``,
+``kubernetesJobUid`` (a Job re-created under the same name is not this run's).
+
+Stop: clean = ``spec.suspend: true`` (merge patch; Kubernetes deletes the pods; ABORTED once none
+is active); forced = DELETE with ``propagationPolicy=Foreground`` (never without a policy: Jobs
+orphan their pods by default). A Job deleted by a forced stop reads ABORTED; once gone, the Job's
+uid is remembered (in memory and under the backend's data directory) so that its 404 also reads
+ABORTED.
+
+Exception tree (of the client; the backend maps them onto :mod:`backends.base`)::
+
+    KubernetesHTTPError       an error status, with the Status object's reason and message
+    KubernetesProtocolError   an answer the API does not document
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.kubernetes.client import (
+    KubernetesClient,
+    KubernetesHTTPError,
+    KubernetesProtocolError,
+)
+from backends.kubernetes.jobs import (
+    RUN_ANNOTATION,
+    STOP_ANNOTATION,
+    Instance,
+    build_job,
+    invalid_env_names,
+    job_name,
+    job_report,
+    run_marker,
+)
+from backends.kubernetes.logs import CursorStore, read_on
+
+__all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "kubernetes_instance"
+TEMPLATE_LABEL = "kubernetes_template"
+CREATE_ATTEMPTS = 4
+CREATE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubled each time
+_ANSWER_ERRORS = (httpx.HTTPError, KubernetesProtocolError, ValueError)
+
+
+class InvalidParameters(SpecRejected, SubmitRefused):
+    """Parameters that cannot be environment variables: the spec is wrong (SpecRejected), and the
+    Job was certainly not created (SubmitRefused: the run FAILS with this message)."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """The Job that identification keys name."""
+
+    instance: str
+    namespace: str
+    name: str
+    uid: str
+
+
+class KubernetesBackend(Backend):
+    id: ClassVar[str] = "kubernetesBackend"
+    config_section: ClassVar[str] = "kubernetes"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        self._clients: ClientsPerLoop[KubernetesClient] = ClientsPerLoop()
+        self._lock = threading.Lock()
+        self._cursors: CursorStore[Ref] = CursorStore()
+        self._deleted: set[str] = set()
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return TEMPLATE_LABEL in labels
+
+    def _instance(self, labels: Mapping[str, str]) -> Instance:
+        name = labels.get(INSTANCE_LABEL)
+        configured = ", ".join(sorted(self.instances)) or "none"
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances.values()))
+            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [kubernetes.<name>] in the ASCOB_CONFIG file)"
+            )
+        return self.instances[name]
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        inst = self._instance(labels)
+        template = labels.get(TEMPLATE_LABEL)
+        if not template:
+            raise SpecRejected(f"label {TEMPLATE_LABEL} is required")
+        if template not in inst.templates:
+            known = ", ".join(sorted(inst.templates)) or "none"
+            raise SpecRejected(
+                f"{TEMPLATE_LABEL}={template!r} is not a template of kubernetes instance "
+                f"{inst.name!r} (templates: {known}; see [kubernetes.{inst.name}.templates.<name>])"
+            )
+
+    def _client(self, inst: Instance) -> KubernetesClient:
+        def make() -> KubernetesClient:
+            token = secret_from_env("kubernetes", inst.name, inst.token_env)
+            try:
+                return KubernetesClient(
+                    inst.url,
+                    token,
+                    inst.ca_file,
+                    inst.insecure,
+                    inst.timeout,
+                    transport=self._transport,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise SubmitRefused(
+                    f"kubernetes instance {inst.name!r}: cannot use ca_file {inst.ca_file} "
+                    f"({describe(exc)})"
+                ) from exc
+
+        return self._clients.get(inst.name, make)
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[KubernetesClient, Ref]:
+        try:
+            ref = Ref(
+                keys["kubernetesInstance"],
+                keys["kubernetesNamespace"],
+                keys["kubernetesJobName"],
+                keys.get("kubernetesJobUid", ""),
+            )
+        except KeyError:
+            raise JobNotFound("identification keys name no Kubernetes Job") from None
+        inst = self.instances.get(ref.instance)
+        if inst is None:
+            raise BackendUnavailable(
+                f"kubernetes instance {ref.instance!r} is no longer configured"
+            )
+        try:
+            return self._client(inst), ref
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        inst = self._instance(job.labels)
+        template = inst.templates[job.labels[TEMPLATE_LABEL]]
+        bad = invalid_env_names(job.parameters)
+        if bad:
+            raise InvalidParameters(
+                f"parameters {', '.join(map(repr, bad))} cannot be environment variables of the "
+                "container: a name is letters, digits and _, not starting with a digit "
+                "(ASCOB_RUN_ID and ASCOB_WEBHOOK_ID are set by ASCOB)"
+            )
+        client = self._client(inst)
+        body = build_job(job, template)
+        name, ns = job_name(job), inst.namespace
+        where = f"kubernetes {inst.name!r} namespace {ns!r}"
+        connect_only, last = True, "no attempt"
+        for attempt in range(CREATE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(CREATE_BACKOFF * 2 ** (attempt - 1))
+            try:
+                created = await client.create_job(ns, body)
+            except KubernetesHTTPError as exc:
+                if exc.status_code == 409 and exc.reason == "AlreadyExists":
+                    found = await self._existing(client, ns, name, job, where)
+                    if found is not None:
+                        created = found
+                        break
+                    connect_only, last = False, f"{exc}; the Job could not be read back"
+                    continue
+                if exc.status_code < 500 and exc.status_code != 429:
+                    raise SubmitRefused(f"{where}: {exc}") from exc
+                connect_only, last = False, str(exc)
+                continue
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last = describe(exc)
+                continue
+            except _ANSWER_ERRORS as exc:
+                connect_only, last = False, describe(exc)
+                continue
+            break
+        else:
+            if connect_only:
+                raise SubmitRefused(f"{where}: cannot connect ({last})")
+            raise RuntimeError(
+                f"{where}: creating Job {name} failed {CREATE_ATTEMPTS} times ({last}); "
+                "outcome unknown"
+            )
+        uid = str((created.get("metadata") or {}).get("uid") or "")
+        log.info("run %s: %s Job %s (uid %s) created", job.run_id, where, name, uid)
+        return {
+            "kubernetesInstance": inst.name,
+            "kubernetesNamespace": ns,
+            "kubernetesJobName": name,
+            "kubernetesJobUid": uid,
+        }
+
+    async def _existing(
+        self, client: KubernetesClient, ns: str, name: str, job: Job, where: str
+    ) -> dict[str, Any] | None:
+        """The Job a 409 names: this run's (created by an earlier attempt whose answer was
+        lost), None if it cannot be read now; SubmitRefused if it belongs to something else."""
+        try:
+            existing = await client.get_job(ns, name)
+        except (KubernetesHTTPError, *_ANSWER_ERRORS):
+            return None
+        marker = ((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ANNOTATION)
+        if marker != run_marker(job):
+            raise SubmitRefused(
+                f"{where}: a Job named {name} already exists and is not this run's "
+                f"(annotation {RUN_ANNOTATION}={marker!r})"
+            )
+        log.info(
+            "run %s: Job %s existed already (an earlier create was answered late)", job.run_id, name
+        )
+        return existing
+
+    # ------------------------------------------------------------------ follow
+
+    def _url(self, ref: Ref) -> str:
+        base = self.instances[ref.instance].url.rstrip("/")
+        return f"{base}/apis/batch/v1/namespaces/{ref.namespace}/jobs/{ref.name}"
+
+    def _marker(self, ref: Ref) -> Any:
+        return self.context.data_dir / "force-deleted" / (ref.uid or f"{ref.namespace}.{ref.name}")
+
+    def _remember_deleted(self, ref: Ref) -> None:
+        with self._lock:
+            self._deleted.add(ref.uid or ref.name)
+        try:
+            path = self._marker(ref)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{ref.instance} {ref.namespace} {ref.name}\n")
+        except OSError as exc:
+            log.warning("cannot record the forced deletion of Job %s: %s", ref.name, exc)
+
+    def _deleted_by_us(self, ref: Ref) -> bool:
+        with self._lock:
+            if (ref.uid or ref.name) in self._deleted:
+                return True
+        return self._marker(ref).exists()
+
+    async def _job(self, client: KubernetesClient, ref: Ref) -> dict[str, Any] | None:
+        """The Job, or None when a forced stop of ASCOB deleted it."""
+        try:
+            data = await client.get_job(ref.namespace, ref.name)
+        except KubernetesHTTPError as exc:
+            if exc.status_code == 404:
+                if self._deleted_by_us(ref):
+                    return None
+                raise JobNotFound(f"kubernetes: Job {ref.name}: {exc.message}") from exc
+            raise BackendUnavailable(f"kubernetes: Job {ref.name}: {exc}") from exc
+        except _ANSWER_ERRORS as exc:
+            raise BackendUnavailable(f"kubernetes: Job {ref.name}: {describe(exc)}") from exc
+        uid = (data.get("metadata") or {}).get("uid")
+        if ref.uid and uid != ref.uid:
+            if self._deleted_by_us(ref):
+                return None
+            raise JobNotFound(f"kubernetes: Job {ref.name} is another Job now (uid {uid})")
+        return data
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        client, ref = self._known(keys)
+        data = await self._job(client, ref)
+        if data is None:
+            return StatusReport(BackendStatus.ABORTED, "job deleted by a forced stop")
+        return job_report(data, self._url(ref))
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        client, ref = self._known(keys)
+        try:
+            if force:
+                self._remember_deleted(ref)
+                await client.delete_job_foreground(ref.namespace, ref.name)
+            else:
+                patch = {
+                    "metadata": {"annotations": {STOP_ANNOTATION: "suspend"}},
+                    "spec": {"suspend": True},
+                }
+                await client.patch_job(ref.namespace, ref.name, patch)
+        except KubernetesHTTPError as exc:
+            if exc.status_code == 404 and self._deleted_by_us(ref):
+                return
+            raise BackendUnavailable(f"kubernetes stop of Job {ref.name}: {exc}") from exc
+        except _ANSWER_ERRORS as exc:
+            raise BackendUnavailable(f"kubernetes stop of Job {ref.name}: {describe(exc)}") from exc
+
+    # ------------------------------------------------------------------ output
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        client, ref = self._known(keys)
+        data = await self._job(client, ref)
+        if data is None:  # deleted with its pods by a forced stop: no log to read any more
+            return OutputChunk("", offset, False)
+        final = job_report(data).status.is_final
+        start = self._cursors.nearest(ref, offset)
+        try:
+            cursor, lines, writing = await read_on(client, ref.namespace, ref.name, start)
+        except KubernetesHTTPError as exc:
+            raise BackendUnavailable(f"kubernetes logs of Job {ref.name}: {exc}") from exc
+        except _ANSWER_ERRORS as exc:
+            raise BackendUnavailable(f"kubernetes logs of Job {ref.name}: {describe(exc)}") from exc
+        more = writing or not final
+        produced = "".join(f"{line}\n" for line in lines).encode()
+        skip = offset - start.offset
+        if skip > len(produced):  # an offset beyond the output so far
+            return OutputChunk("", offset, more)
+        self._cursors.keep(ref, cursor)
+        return OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
