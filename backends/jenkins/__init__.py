@@ -95,6 +95,8 @@ class Instance:
     def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
         if not isinstance(raw, Mapping) or not raw.get("url"):
             raise ValueError(f"[jenkins.{name}] needs a url")
+        if not isinstance(raw.get("require_run_parameter", False), bool):
+            raise ValueError(f"[jenkins.{name}] require_run_parameter must be true or false")
         return cls(
             name=name,
             url=str(raw["url"]),
@@ -102,7 +104,7 @@ class Instance:
             token_env=str(raw["token_env"]) if raw.get("token_env") else None,
             timeout=float(raw.get("timeout", 30.0)),
             run_parameter=str(raw.get("run_parameter", DEFAULT_RUN_PARAMETER)),
-            require_run_parameter=bool(raw.get("require_run_parameter", False)),
+            require_run_parameter=raw.get("require_run_parameter", False),
             merge_wait=float(raw.get("merge_wait", 600.0)),
         )
 
