@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from backends import (
     SubmitRefused,
 )
 from backends.jenkins import JenkinsBackend
+from backends.jenkins.claims import QueueClaims
 from tests.fakes.fake_jenkins import FakeJenkins
 
 TOKEN_ENV = "TEST_JENKINS_TOKEN"
@@ -403,3 +405,26 @@ async def test_a_5xx_trigger_has_an_unknown_outcome(
     with pytest.raises(Exception) as info:
         await backend.submit(job_for(new_job(fake)))
     assert not isinstance(info.value, BackendError)
+
+
+def test_queue_claims_remember_who_got_an_item_until_it_has_left() -> None:
+    claims = QueueClaims(ttl=60, grace=0.2)
+    assert claims.claim("http://j/", 5, run_id=1, token="a") is None
+    assert claims.claim("http://j", 5, run_id=1, token="a") is None  # the same submission
+    owner = claims.claim("http://j", 5, run_id=2, token="b")
+    assert owner is not None and owner.run_id == 1  # a merged trigger
+    assert claims.claim("http://other", 5, run_id=2, token="b") is None  # another server
+    claims.release("http://j", 5)
+    assert claims.claim("http://j", 5, run_id=3, token="c") is not None  # still in its grace
+    time.sleep(0.3)
+    assert claims.claim("http://j", 5, run_id=3, token="c") is None
+    assert QueueClaims(ttl=0).claim("http://j", 6, 1, "a") is None
+    expiring = QueueClaims(ttl=0)
+    expiring.claim("http://j", 6, 1, "a")
+    assert expiring.claim("http://j", 6, 2, "b") is None  # past its ttl
+
+
+def test_config_is_checked(tmp_path: Path) -> None:
+    bad = {"ci": {"url": "http://j", "require_run_parameter": "yes"}}
+    with pytest.raises(ValueError, match="require_run_parameter must be true or false"):
+        JenkinsBackend(BackendContext(tmp_path, bad))

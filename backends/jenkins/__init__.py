@@ -317,8 +317,9 @@ class JenkinsBackend(Backend):
             "jenkinsQueueId": str(queue_id),
         }
         if merged:
+            items = "queue item" if len(merged) == 1 else "queue items"
             keys["jenkinsRetriggered"] = (
-                f"own build: Jenkins merged the trigger into queue item {', '.join(merged)}; "
+                f"own build: Jenkins merged the trigger into {items} {', '.join(merged)}; "
                 f"triggered again once it had left the queue, after "
                 f"{time.monotonic() - began:.1f} s"
             )

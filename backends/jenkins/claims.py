@@ -9,15 +9,17 @@ the trigger was merged and started nothing of its own.
 This registry is the memory of the ids handed out. It is shared by every ``jenkinsBackend`` in the
 process (keyed by the Jenkins server's URL, so two instance names for one server agree) and lives
 only as long as the process: executors on other machines do not see it (docs/backends.md says
-what that means). An entry is dropped once its item is seen to leave the queue (Jenkins merges
-only into waiting items, so the id cannot come back) or after ``ttl`` seconds.
+what that means). Once its item is seen to have left the queue, Jenkins can no longer answer a
+trigger with it; the entry is still kept ``grace`` seconds, for a trigger merged just before the
+item left whose answer is still on its way. An entry whose item is never seen again goes after
+``ttl`` seconds.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["CLAIMS", "Claim", "QueueClaims"]
 
@@ -28,15 +30,16 @@ class Claim:
 
     run_id: int
     token: str
-    at: float
+    expires: float
 
 
 class QueueClaims:
     """Queue item ids -> the submission that got them (thread-safe: the API's loop and the
     executor's may both use it)."""
 
-    def __init__(self, ttl: float = 24 * 3600.0) -> None:
+    def __init__(self, ttl: float = 24 * 3600.0, grace: float = 60.0) -> None:
         self.ttl = ttl
+        self.grace = grace
         self._owners: dict[tuple[str, int], Claim] = {}
         self._lock = threading.Lock()
 
@@ -49,20 +52,24 @@ class QueueClaims:
             current = self._owners.get(key)
             if current is not None and current.token != token:
                 return current
-            self._owners[key] = Claim(run_id, token, now)
+            self._owners[key] = Claim(run_id, token, now + self.ttl)
             return None
 
     def release(self, server: str, queue_id: int) -> None:
-        """The item has left the queue: Jenkins can no longer answer a trigger with it."""
+        """The item has left the queue: forget it after the grace period."""
+        key = (server.rstrip("/"), queue_id)
         with self._lock:
-            self._owners.pop((server.rstrip("/"), queue_id), None)
+            current = self._owners.get(key)
+            if current is not None:
+                expires = min(current.expires, time.monotonic() + self.grace)
+                self._owners[key] = replace(current, expires=expires)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._owners)
 
     def _expire(self, now: float) -> None:
-        stale = [k for k, c in self._owners.items() if now - c.at > self.ttl]
+        stale = [k for k, c in self._owners.items() if now >= c.expires]
         for key in stale:
             del self._owners[key]
 
