@@ -249,6 +249,43 @@ async def test_identical_runs_without_the_run_parameter_get_their_own_builds(
     assert any(f"merged the trigger into queue item {new.item_id}" in m for m in caplog.messages)
 
 
+@pytest.mark.parametrize("sender", ["another-executor", "a-user"])
+async def test_a_trigger_merged_into_a_request_from_elsewhere_is_sent_again(
+    fake: FakeJenkins, tmp_path: Path, sender: str
+) -> None:
+    path = new_job(fake, parameters={"GREETING": "none"}, queue_delay=0.6)
+    if sender == "a-user":  # someone clicked "Build" with the same values
+        async with httpx.AsyncClient(auth=("ascob", "jenkins-secret")) as raw:
+            crumb = (await raw.get(f"{fake.url}/crumbIssuer/api/json")).json()
+            url = f"{fake.url}/job/{path.replace('/', '/job/')}/buildWithParameters"
+            await raw.post(
+                url, data={"GREETING": "same"}, headers={"Jenkins-Crumb": crumb["crumb"]}
+            )
+        other_keys = None
+    else:  # an executor in another process: it shares nothing with this one
+        other = make_backend(fake, tmp_path)
+        other._claims = QueueClaims()
+        other_keys = await other.submit(job_for(path, {"GREETING": "same"}, run_id=61))
+        await other.aclose()
+    backend = make_backend(fake, tmp_path)
+    try:
+        keys = await backend.submit(job_for(path, {"GREETING": "same"}, run_id=62))
+        earlier, merged, again = fake.triggers_of(path)
+        assert merged.merged and merged.item_id == earlier.item_id
+        assert not again.merged and int(keys["jenkinsQueueId"]) == again.item_id
+        assert "a request already in the queue" in keys["jenkinsRetriggered"]
+        report = await final(backend, keys)
+        assert report.status is BackendStatus.SUCCEEDED
+        assert report.url and report.url.endswith("/2/")  # its own build, not the earlier one
+        assert f"queue item {earlier.item_id}" in (report.message or "")
+        if other_keys is not None:
+            first = await final(backend, other_keys)
+            assert first.url and first.url.endswith("/1/")
+        assert len(fake.builds[path]) == 2
+    finally:
+        await backend.aclose()
+
+
 async def test_a_merged_trigger_waits_a_bounded_time_then_is_refused(
     fake: FakeJenkins, tmp_path: Path
 ) -> None:

@@ -22,10 +22,11 @@ Any job runs as it is. Two paths, chosen per job from its parameter definitions:
 - **As it is** (no such parameter): ``buildWithParameters`` with the spec's parameters, or a
   plain ``build`` for a job without parameters (given parameters, it is refused: Jenkins would
   drop them). Jenkins merges a trigger into an identical request still waiting in its queue and
-  answers with that item: a trigger that comes back with an item another ASCOB run of this
-  process got (:mod:`backends.jenkins.claims`) waits until the item has left the queue and
-  triggers again (at most ``merge_wait`` seconds, then refused: nothing ran for this run). The
-  build is found again by its ``queueId`` once Jenkins has forgotten the queue item.
+  answers with that item. A trigger that comes back with an item that was already in the queue
+  just before it (looked up in ``/queue/api/json``) or that another ASCOB run of this process got
+  (:mod:`backends.jenkins.claims`) was merged: the run waits until the item has left the queue
+  and triggers again (at most ``merge_wait`` seconds, then refused: nothing ran for this run).
+  The build is found again by its ``queueId`` once Jenkins has forgotten the queue item.
 
 Identification keys: ``jenkinsInstance``, ``jenkinsProject``, ``jenkinsQueueId``,
 ``jenkinsRunValue`` (strong path only), ``jenkinsRetriggered`` (a merged trigger was repeated:
@@ -59,7 +60,12 @@ from backends.base import (
     SubmitRefused,
 )
 from backends.jenkins.claims import CLAIMS, QueueClaims
-from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+from backends.jenkins.client import (
+    JenkinsClient,
+    JenkinsHTTPError,
+    JenkinsProtocolError,
+    job_url_path,
+)
 
 __all__ = ["JenkinsBackend", "JenkinsClient"]
 
@@ -285,32 +291,44 @@ class JenkinsBackend(Backend):
         where: str,
         parameters: dict[str, str] | None,
     ) -> dict[str, str]:
-        """A job without the run parameter, triggered as it is. A trigger that comes back with a
-        queue item another ASCOB run got (Jenkins merged the two requests) started nothing of
-        its own: wait until that item has left the queue, then trigger again."""
+        """A job without the run parameter, triggered as it is.
+
+        Jenkins answers a merged trigger with the item it was merged into, and that trigger
+        started nothing of its own. It shows as an item that was already in the queue just before
+        the trigger (whoever sent it: another executor, a user), or as an item another ASCOB run
+        of this process got (a request sent between that look and the trigger). Then: wait until
+        the item has left the queue, and trigger again."""
         token = uuid.uuid4().hex
         began = time.monotonic()
         deadline = began + inst.merge_wait
-        queue_id = await self._trigger(client, project, where, parameters)
         merged: list[str] = []
-        while (owner := self._claims.claim(inst.url, queue_id, job.run_id, token)) is not None:
-            merged.append(f"{queue_id} (run {owner.run_id})")
+        while True:
+            before = await self._queued_items(client, project, where)
+            queue_id = await self._trigger(client, project, where, parameters)
+            if queue_id in before:
+                owner = self._claims.owner(inst.url, queue_id)
+                whose = f"run {owner.run_id}" if owner else "a request already in the queue"
+            else:
+                owner = self._claims.claim(inst.url, queue_id, job.run_id, token)
+                if owner is None:
+                    break
+                whose = f"run {owner.run_id}"
+            merged.append(f"{queue_id} ({whose})")
             log.warning(
-                "run %s: %s: Jenkins merged the trigger into queue item %s, which run %s got; "
+                "run %s: %s: Jenkins merged the trigger into queue item %s (%s); "
                 "triggering again once it has left the queue",
                 job.run_id,
                 where,
                 queue_id,
-                owner.run_id,
+                whose,
             )
-            await self._wait_until_left(client, inst, queue_id, deadline, where, owner.run_id)
+            await self._wait_until_left(client, inst, queue_id, deadline, where, whose)
             self._claims.release(inst.url, queue_id)
             if len(merged) >= MAX_TRIGGERS:
                 raise SubmitRefused(
-                    f"{where}: Jenkins merged {len(merged)} triggers in a row into other ASCOB "
-                    f"runs' queue items ({', '.join(merged)}); nothing was started for this run"
+                    f"{where}: Jenkins merged {len(merged)} triggers in a row into other "
+                    f"requests' queue items ({', '.join(merged)}); nothing was started for this run"
                 )
-            queue_id = await self._trigger(client, project, where, parameters)
         keys = {
             "jenkinsInstance": inst.name,
             "jenkinsProject": project,
@@ -332,6 +350,22 @@ class JenkinsBackend(Backend):
         )
         return keys
 
+    async def _queued_items(self, client: JenkinsClient, project: str, where: str) -> set[int]:
+        """Ids of the job's items in the queue now (none known if the queue cannot be read)."""
+        suffix = f"/{job_url_path(project)}/"
+        try:
+            items = await client.queue_items()
+        except (JenkinsHTTPError, httpx.HTTPError, JenkinsProtocolError) as exc:
+            log.warning("%s: cannot read the queue before the trigger: %s", where, describe(exc))
+            return set()
+        return {
+            int(item["id"])
+            for item in items
+            if isinstance(item.get("task"), dict)
+            and str(item["task"].get("url", "")).endswith(suffix)
+            and str(item.get("id", "")).isdigit()
+        }
+
     async def _wait_until_left(
         self,
         client: JenkinsClient,
@@ -339,7 +373,7 @@ class JenkinsBackend(Backend):
         queue_id: int,
         deadline: float,
         where: str,
-        owner: int,
+        whose: str,
     ) -> None:
         """Poll the queue item until it has left the queue (built, cancelled or forgotten);
         SubmitRefused at ``deadline``: this run's request was merged, nothing of its own ran."""
@@ -354,7 +388,7 @@ class JenkinsBackend(Backend):
             if remaining <= 0:
                 raise SubmitRefused(
                     f"{where}: Jenkins merged this run's request into queue item {queue_id} "
-                    f"(run {owner}'s), which was still waiting after {inst.merge_wait:g} s "
+                    f"({whose}), which was still waiting after {inst.merge_wait:g} s "
                     f"(merge_wait); nothing was started for this run. Declare a string "
                     f"parameter {inst.run_parameter} in the job so that Jenkins never merges "
                     "ASCOB's requests"

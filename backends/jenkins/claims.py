@@ -2,9 +2,10 @@
 
 Jenkins merges a trigger into an identical request that is still waiting in its queue and answers
 with the *existing* queue item. A job that declares the run parameter (``ASCOB_RUN``) never sees
-that: every trigger carries a unique value. For a job without it, the only sign of a merge is the
-queue item id itself: if the item a trigger came back with was handed to another ASCOB run before,
-the trigger was merged and started nothing of its own.
+that: every trigger carries a unique value. For a job without it, the sign of a merge is the queue
+item id itself: an item that was in the queue just before the trigger (the backend looks), or one
+that was handed to another ASCOB run of this process (a request sent between that look and the
+trigger) started nothing for this trigger.
 
 This registry is the memory of the ids handed out. It is shared by every ``jenkinsBackend`` in the
 process (keyed by the Jenkins server's URL, so two instance names for one server agree) and lives
@@ -54,6 +55,12 @@ class QueueClaims:
                 return current
             self._owners[key] = Claim(run_id, token, now + self.ttl)
             return None
+
+    def owner(self, server: str, queue_id: int) -> Claim | None:
+        """The submission that got ``queue_id``, if one of this process did."""
+        with self._lock:
+            self._expire(time.monotonic())
+            return self._owners.get((server.rstrip("/"), queue_id))
 
     def release(self, server: str, queue_id: int) -> None:
         """The item has left the queue: forget it after the grace period."""

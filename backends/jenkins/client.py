@@ -168,6 +168,14 @@ class JenkinsClient:
                 return None
             raise
 
+    async def queue_items(self) -> list[dict[str, Any]]:
+        """The items in the queue (waiting, blocked or buildable), each with its ``task``."""
+        data = await self._get_json("queue/api/json", {"tree": "items[id,task[url]]"})
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise JenkinsProtocolError("queue items: expected a list")
+        return [i for i in items if isinstance(i, dict)]
+
     async def cancel_queue_item(self, queue_id: int) -> None:
         await self.post("queue/cancelItem", params={"id": str(queue_id)})
 

@@ -9,6 +9,7 @@
   undeclared parameters are dropped. Every trigger is recorded in ``triggers`` (time, job,
   parameters, the item answered, whether it was merged).
 - Builds carry the ``queueId`` of the item they came from (build and job JSON).
+- ``GET /queue/api/json``: the items still in the queue, each with its ``task`` (name, url).
 - ``GET /queue/item/N/api/json``: a waiting item (``why``) or a left item (``cancelled``,
   ``executable.number``); left items are forgotten after ``forget_after`` seconds (404).
 - Basic auth (401 otherwise); CSRF crumbs from ``/crumbIssuer/api/json``, tied to the session
@@ -226,6 +227,8 @@ class FakeJenkins:
         return response
 
     async def _route(self, request: Request, path: str, now: float) -> Response:
+        if path.rstrip("/") == "/queue/api/json":
+            return self._queue_json(request)
         m = re.fullmatch(r"/queue/item/(\d+)/api/json", path)
         if m:
             return self._queue_item(request, int(m.group(1)))
@@ -354,11 +357,42 @@ class FakeJenkins:
             status_code=201, headers={"Location": f"{self._base(request)}/queue/item/{item.id}/"}
         )
 
+    def _task(self, request: Request, job: JenkinsJob) -> dict[str, str]:
+        segments = "".join(f"/job/{s}" for s in job.path.split("/"))
+        return {
+            "_class": "hudson.model.FreeStyleProject",
+            "name": job.path.rsplit("/", 1)[-1],
+            "url": f"{self._base(request)}{segments}/",
+        }
+
+    def _queue_json(self, request: Request) -> Response:
+        waiting = [i for i in self.queue.values() if i.left_at is None]
+        return JSONResponse(
+            {
+                "_class": "hudson.model.Queue",
+                "discoverableItems": [],
+                "items": [
+                    {
+                        "_class": "hudson.model.Queue$WaitingItem",
+                        "id": i.id,
+                        "blocked": False,
+                        "buildable": False,
+                        "inQueueSince": int(i.created * 1000),
+                        "params": "".join(f"\n{k}={v}" for k, v in i.params.items()),
+                        "task": self._task(request, i.job),
+                        "url": f"queue/item/{i.id}/",
+                        "why": "In the quiet period. Expires in 1 sec",
+                    }
+                    for i in waiting
+                ],
+            }
+        )
+
     def _queue_item(self, request: Request, item_id: int) -> Response:
         item = self.queue.get(item_id)
         if item is None:
             return Response("Not Found", status_code=404)
-        task = {"name": item.job.path.rsplit("/", 1)[-1]}
+        task = self._task(request, item.job)
         if item.left_at is None:
             return JSONResponse(
                 {
