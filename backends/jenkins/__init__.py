@@ -36,9 +36,7 @@ what happened, shown in the status message) and, when a webhook reports it,
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,12 +58,8 @@ from backends.base import (
     SubmitRefused,
 )
 from backends.jenkins.claims import CLAIMS, QueueClaims
-from backends.jenkins.client import (
-    JenkinsClient,
-    JenkinsHTTPError,
-    JenkinsProtocolError,
-    job_url_path,
-)
+from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
 
 __all__ = ["JenkinsBackend", "JenkinsClient"]
 
@@ -74,8 +68,6 @@ log = logging.getLogger(__name__)
 INSTANCE_LABEL = "jenkins_instance"
 PROJECT_LABEL = "jenkins_project_name"
 DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
-QUEUE_POLL = 0.5  # seconds between looks at a queue item a merged trigger waits for
-MAX_TRIGGERS = 10  # merged triggers in a row before a submission gives up
 
 RESULTS = {
     "SUCCESS": BackendStatus.SUCCEEDED,
@@ -116,26 +108,6 @@ class Instance:
 
     def token(self) -> str | None:
         return secret_from_env("jenkins", self.name, self.token_env)
-
-
-def declared_parameters(definition: Mapping[str, Any]) -> tuple[bool, set[str]]:
-    """Whether the job is parameterized, and the names of its parameters."""
-    parameterized, names = False, set()
-    for prop in definition.get("property") or []:
-        found = prop.get("parameterDefinitions") if isinstance(prop, dict) else None
-        if isinstance(found, list):
-            parameterized = True
-            names |= {str(p.get("name")) for p in found if isinstance(p, dict)}
-    return parameterized, names
-
-
-def has_left_queue(item: Mapping[str, Any]) -> bool:
-    """A ``Queue$LeftItem`` (built or cancelled) rather than an item still waiting."""
-    return (
-        str(item.get("_class", "")).endswith("$LeftItem")
-        or bool(item.get("cancelled"))
-        or isinstance(item.get("executable"), dict)
-    )
 
 
 def with_note(message: str, keys: Mapping[str, str]) -> str:
@@ -250,30 +222,13 @@ class JenkinsBackend(Backend):
             job, inst, client, project, where, dict(job.parameters) if parameterized else None
         )
 
-    async def _trigger(
-        self, client: JenkinsClient, project: str, where: str, parameters: dict[str, str] | None
-    ) -> int:
-        """One trigger (``buildWithParameters``, or ``build`` when ``parameters`` is None): the
-        queue item id. SubmitRefused when Jenkins certainly did not queue it; any other exception
-        leaves the outcome unknown."""
-        try:
-            if parameters is None:
-                return await client.build(project)
-            return await client.build_with_parameters(project, parameters)
-        except JenkinsHTTPError as exc:
-            if exc.status_code < 500:
-                raise SubmitRefused(f"{where}: {exc}") from exc
-            raise RuntimeError(f"{where}: trigger answered {exc}; outcome unknown") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-
     async def _submit_with_run_value(
         self, job: Job, inst: Instance, client: JenkinsClient, project: str, where: str
     ) -> dict[str, str]:
         """The strong path: a unique value in the run parameter; Jenkins never merges it."""
         run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
         parameters = {**dict(job.parameters), inst.run_parameter: run_value}
-        queue_id = await self._trigger(client, project, where, parameters)
+        queue_id = await trigger(client, project, where, parameters)
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
         return {
             "jenkinsInstance": inst.name,
@@ -291,56 +246,20 @@ class JenkinsBackend(Backend):
         where: str,
         parameters: dict[str, str] | None,
     ) -> dict[str, str]:
-        """A job without the run parameter, triggered as it is.
-
-        Jenkins answers a merged trigger with the item it was merged into, and that trigger
-        started nothing of its own. It shows as an item that was already in the queue just before
-        the trigger (whoever sent it: another executor, a user), or as an item another ASCOB run
-        of this process got (a request sent between that look and the trigger). Then: wait until
-        the item has left the queue, and trigger again."""
-        token = uuid.uuid4().hex
-        began = time.monotonic()
-        deadline = began + inst.merge_wait
-        merged: list[str] = []
-        while True:
-            before = await self._queued_items(client, project, where)
-            queue_id = await self._trigger(client, project, where, parameters)
-            if queue_id in before:
-                owner = self._claims.owner(inst.url, queue_id)
-                whose = f"run {owner.run_id}" if owner else "a request already in the queue"
-            else:
-                owner = self._claims.claim(inst.url, queue_id, job.run_id, token)
-                if owner is None:
-                    break
-                whose = f"run {owner.run_id}"
-            merged.append(f"{queue_id} ({whose})")
-            log.warning(
-                "run %s: %s: Jenkins merged the trigger into queue item %s (%s); "
-                "triggering again once it has left the queue",
-                job.run_id,
-                where,
-                queue_id,
-                whose,
-            )
-            await self._wait_until_left(client, inst, queue_id, deadline, where, whose)
-            self._claims.release(inst.url, queue_id)
-            if len(merged) >= MAX_TRIGGERS:
-                raise SubmitRefused(
-                    f"{where}: Jenkins merged {len(merged)} triggers in a row into other "
-                    f"requests' queue items ({', '.join(merged)}); nothing was started for this run"
-                )
-        keys = {
-            "jenkinsInstance": inst.name,
-            "jenkinsProject": project,
-            "jenkinsQueueId": str(queue_id),
-        }
-        if merged:
-            items = "queue item" if len(merged) == 1 else "queue items"
-            keys["jenkinsRetriggered"] = (
-                f"own build: Jenkins merged the trigger into {items} {', '.join(merged)}; "
-                f"triggered again once it had left the queue, after "
-                f"{time.monotonic() - began:.1f} s"
-            )
+        """A job without the run parameter, triggered as it is (merges undone: see
+        :mod:`backends.jenkins.triggering`)."""
+        sender = AsIs(
+            client=client,
+            claims=self._claims,
+            server=inst.url,
+            project=project,
+            where=where,
+            parameters=parameters,
+            run_id=job.run_id,
+            run_parameter=inst.run_parameter,
+            merge_wait=inst.merge_wait,
+        )
+        queue_id, note = await sender.send()
         log.info(
             "run %s: %s queued as item %s (no %s parameter: triggered as it is)",
             job.run_id,
@@ -348,52 +267,11 @@ class JenkinsBackend(Backend):
             queue_id,
             inst.run_parameter,
         )
+        keys = {"jenkinsInstance": inst.name, "jenkinsProject": project}
+        keys["jenkinsQueueId"] = str(queue_id)
+        if note:
+            keys["jenkinsRetriggered"] = note
         return keys
-
-    async def _queued_items(self, client: JenkinsClient, project: str, where: str) -> set[int]:
-        """Ids of the job's items in the queue now (none known if the queue cannot be read)."""
-        suffix = f"/{job_url_path(project)}/"
-        try:
-            items = await client.queue_items()
-        except (JenkinsHTTPError, httpx.HTTPError, JenkinsProtocolError) as exc:
-            log.warning("%s: cannot read the queue before the trigger: %s", where, describe(exc))
-            return set()
-        return {
-            int(item["id"])
-            for item in items
-            if isinstance(item.get("task"), dict)
-            and str(item["task"].get("url", "")).endswith(suffix)
-            and str(item.get("id", "")).isdigit()
-        }
-
-    async def _wait_until_left(
-        self,
-        client: JenkinsClient,
-        inst: Instance,
-        queue_id: int,
-        deadline: float,
-        where: str,
-        whose: str,
-    ) -> None:
-        """Poll the queue item until it has left the queue (built, cancelled or forgotten);
-        SubmitRefused at ``deadline``: this run's request was merged, nothing of its own ran."""
-        while True:
-            try:
-                item = await client.queue_item(queue_id)
-                if item is None or has_left_queue(item):
-                    return
-            except (JenkinsHTTPError, httpx.HTTPError, JenkinsProtocolError) as exc:
-                log.warning("%s: reading queue item %s: %s", where, queue_id, describe(exc))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SubmitRefused(
-                    f"{where}: Jenkins merged this run's request into queue item {queue_id} "
-                    f"({whose}), which was still waiting after {inst.merge_wait:g} s "
-                    f"(merge_wait); nothing was started for this run. Declare a string "
-                    f"parameter {inst.run_parameter} in the job so that Jenkins never merges "
-                    "ASCOB's requests"
-                )
-            await asyncio.sleep(min(QUEUE_POLL, remaining))
 
     # ------------------------------------------------------------------ follow
 
