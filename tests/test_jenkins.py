@@ -286,6 +286,23 @@ async def test_a_trigger_merged_into_a_request_from_elsewhere_is_sent_again(
         await backend.aclose()
 
 
+async def test_a_merge_is_undone_while_jenkins_misbehaves(
+    fake: FakeJenkins, backend: JenkinsBackend
+) -> None:
+    path = new_job(fake, parameters={}, queue_delay=0.6)
+    fake.faults.add("GET", r"^/queue/api/json$", "500", times=3)  # no look at the queue
+    fake.faults.add("GET", r"^/queue/item/\d+/api/json$", "malformed", times=2)
+    one, two = await asyncio.gather(
+        backend.submit(job_for(path, run_id=71)), backend.submit(job_for(path, run_id=72))
+    )
+    assert [t.merged for t in fake.triggers_of(path)] == [False, True, False]
+    assert all(f.times == 0 for f in fake.faults.faults)  # every fault did happen
+    assert one["jenkinsQueueId"] != two["jenkinsQueueId"]
+    for keys in (one, two):
+        assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert len(fake.builds[path]) == 2
+
+
 async def test_a_merged_trigger_waits_a_bounded_time_then_is_refused(
     fake: FakeJenkins, tmp_path: Path
 ) -> None:
