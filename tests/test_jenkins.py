@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from backends import (
     SubmitRefused,
 )
 from backends.jenkins import JenkinsBackend
+from backends.jenkins.claims import QueueClaims
 from tests.fakes.fake_jenkins import FakeJenkins
 
 TOKEN_ENV = "TEST_JENKINS_TOKEN"
@@ -155,15 +157,181 @@ async def test_identical_queued_requests_get_their_own_builds(
     assert len(fake.builds[path]) == 3  # the merged raw pair, then one build per ASCOB run
 
 
-async def test_a_job_without_the_run_parameter_is_refused(
+# --------------------------------------------------------------------------- jobs as they are
+
+AS_IS = [{"GREETING": "none"}, {}]
+AS_IS_IDS = ["parameters-without-ASCOB_RUN", "no-parameters"]
+
+
+async def test_a_job_without_the_run_parameter_runs_as_it_is(
     fake: FakeJenkins, backend: JenkinsBackend
 ) -> None:
+    path = new_job(fake, parameters={"GREETING": "none"}, queue_delay=0.3)
+    keys = await backend.submit(job_for(path, {"GREETING": "hello"}))
+    assert "jenkinsRunValue" not in keys
+    assert (await backend.status(keys)).status is BackendStatus.QUEUED
+    report = await final(backend, keys)
+    assert report.status is BackendStatus.SUCCEEDED and report.message is None
+    text = (await backend.output(keys, 0)).text
+    assert "GREETING=hello" in text and text.endswith("step 2\nFinished: SUCCESS\n")
+    assert "ASCOB_RUN" not in text
+    [trigger] = fake.triggers_of(path)
+    assert trigger.params == {"GREETING": "hello"} and not trigger.merged
+    assert [b.params for b in fake.builds[path]] == [{"GREETING": "hello"}]
+
+
+async def test_a_job_without_parameters_is_triggered_with_build(
+    fake: FakeJenkins, backend: JenkinsBackend
+) -> None:
+    path = new_job(fake, parameters={})
+    keys = await backend.submit(job_for(path))
+    assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert (await backend.output(keys, 0)).text.endswith("Finished: SUCCESS\n")
+    name = path.rsplit("/", 1)[1]
+    posts = [p for m, p in fake.requests if m == "POST" and name in p]
+    assert posts == [f"/job/team/job/{name}/build"]
+    assert len(fake.builds[path]) == 1
+
+
+async def test_a_job_without_parameters_given_parameters_is_refused(
+    fake: FakeJenkins, backend: JenkinsBackend
+) -> None:
+    path = new_job(fake, parameters={})
+    with pytest.raises(SubmitRefused, match=r"takes no parameters.*GREETING"):
+        await backend.submit(job_for(path, {"GREETING": "hello"}))
+    assert fake.triggers_of(path) == [] and fake.builds[path] == []
+
+
+async def test_the_run_parameter_can_be_required(fake: FakeJenkins, tmp_path: Path) -> None:
+    backend = make_backend(fake, tmp_path, require_run_parameter=True)
     path = new_job(fake, parameters={"GREETING": "none"})
-    with pytest.raises(SubmitRefused, match="ASCOB_RUN"):
+    with pytest.raises(SubmitRefused, match="does not declare the string parameter ASCOB_RUN"):
         await backend.submit(job_for(path))
-    assert fake.builds[path] == [] and not any(
-        p.endswith("buildWithParameters") for _, p in fake.requests if path.split("/")[1] in p
+    assert fake.triggers_of(path) == []
+    await backend.aclose()
+
+
+@pytest.mark.parametrize("parameters", AS_IS, ids=AS_IS_IDS)
+async def test_identical_runs_without_the_run_parameter_get_their_own_builds(
+    fake: FakeJenkins,
+    backend: JenkinsBackend,
+    parameters: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = new_job(fake, parameters=parameters, queue_delay=0.6)
+    given = {k: "same" for k in parameters}
+    caplog.set_level("WARNING", logger="backends.jenkins")
+    # two executors' tasks dispatching at once, while the first item waits in the queue
+    one, two = await asyncio.gather(
+        backend.submit(job_for(path, given, run_id=41)),
+        backend.submit(job_for(path, given, run_id=42)),
     )
+    assert one["jenkinsQueueId"] != two["jenkinsQueueId"]
+    first, second = (one, two) if "jenkinsRetriggered" in two else (two, one)
+    assert "jenkinsRetriggered" not in first
+    # what Jenkins saw: a trigger, a second one merged into its item, a third after it left
+    new, merged, again = fake.triggers_of(path)
+    assert not new.merged and merged.merged and merged.item_id == new.item_id
+    assert not again.merged and again.item_id == int(second["jenkinsQueueId"])
+    left_at = fake.item(new.item_id).left_at
+    assert left_at is not None and again.at >= left_at
+    # each run follows its own build to its end
+    reports = [await final(backend, keys) for keys in (first, second)]
+    assert all(r.status is BackendStatus.SUCCEEDED for r in reports)
+    assert len(fake.builds[path]) == 2
+    numbers = {b.queue_id: b.number for b in fake.builds[path]}
+    assert reports[0].url and reports[0].url.endswith(f"/{numbers[new.item_id]}/")
+    assert reports[1].url and reports[1].url.endswith(f"/{numbers[again.item_id]}/")
+    # and the second run says what happened, in its message and in the log
+    assert reports[0].message is None
+    assert f"queue item {new.item_id}" in (reports[1].message or "")
+    assert "triggered again" in (reports[1].message or "")
+    assert any(f"merged the trigger into queue item {new.item_id}" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("sender", ["another-executor", "a-user"])
+async def test_a_trigger_merged_into_a_request_from_elsewhere_is_sent_again(
+    fake: FakeJenkins, tmp_path: Path, sender: str
+) -> None:
+    path = new_job(fake, parameters={"GREETING": "none"}, queue_delay=0.6)
+    if sender == "a-user":  # someone clicked "Build" with the same values
+        async with httpx.AsyncClient(auth=("ascob", "jenkins-secret")) as raw:
+            crumb = (await raw.get(f"{fake.url}/crumbIssuer/api/json")).json()
+            url = f"{fake.url}/job/{path.replace('/', '/job/')}/buildWithParameters"
+            await raw.post(
+                url, data={"GREETING": "same"}, headers={"Jenkins-Crumb": crumb["crumb"]}
+            )
+        other_keys = None
+    else:  # an executor in another process: it shares nothing with this one
+        other = make_backend(fake, tmp_path)
+        other._claims = QueueClaims()
+        other_keys = await other.submit(job_for(path, {"GREETING": "same"}, run_id=61))
+        await other.aclose()
+    backend = make_backend(fake, tmp_path)
+    try:
+        keys = await backend.submit(job_for(path, {"GREETING": "same"}, run_id=62))
+        earlier, merged, again = fake.triggers_of(path)
+        assert merged.merged and merged.item_id == earlier.item_id
+        assert not again.merged and int(keys["jenkinsQueueId"]) == again.item_id
+        assert "a request already in the queue" in keys["jenkinsRetriggered"]
+        report = await final(backend, keys)
+        assert report.status is BackendStatus.SUCCEEDED
+        assert report.url and report.url.endswith("/2/")  # its own build, not the earlier one
+        assert f"queue item {earlier.item_id}" in (report.message or "")
+        if other_keys is not None:
+            first = await final(backend, other_keys)
+            assert first.url and first.url.endswith("/1/")
+        assert len(fake.builds[path]) == 2
+    finally:
+        await backend.aclose()
+
+
+async def test_a_merge_is_undone_while_jenkins_misbehaves(
+    fake: FakeJenkins, backend: JenkinsBackend
+) -> None:
+    path = new_job(fake, parameters={}, queue_delay=0.6)
+    fake.faults.add("GET", r"^/queue/api/json$", "500", times=3)  # no look at the queue
+    fake.faults.add("GET", r"^/queue/item/\d+/api/json$", "malformed", times=2)
+    one, two = await asyncio.gather(
+        backend.submit(job_for(path, run_id=71)), backend.submit(job_for(path, run_id=72))
+    )
+    assert [t.merged for t in fake.triggers_of(path)] == [False, True, False]
+    assert all(f.times == 0 for f in fake.faults.faults)  # every fault did happen
+    assert one["jenkinsQueueId"] != two["jenkinsQueueId"]
+    for keys in (one, two):
+        assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert len(fake.builds[path]) == 2
+
+
+async def test_a_merged_trigger_waits_a_bounded_time_then_is_refused(
+    fake: FakeJenkins, tmp_path: Path
+) -> None:
+    backend = make_backend(fake, tmp_path, merge_wait=0.5)
+    path = new_job(fake, parameters={}, queue_delay=4)
+    try:
+        first = await backend.submit(job_for(path, run_id=51))
+        with pytest.raises(SubmitRefused, match=r"merged.*still waiting after 0.5 s.*ASCOB_RUN"):
+            await backend.submit(job_for(path, run_id=52))
+        assert [t.merged for t in fake.triggers_of(path)] == [False, True]  # no third trigger
+        await backend.stop(first)  # cancel the waiting item
+        assert (await final(backend, first)).status is BackendStatus.ABORTED
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("parameters", AS_IS, ids=AS_IS_IDS)
+async def test_a_lost_trigger_answer_without_the_run_parameter_is_in_doubt(
+    fake: FakeJenkins, backend: JenkinsBackend, parameters: dict[str, str]
+) -> None:
+    path = new_job(fake, parameters=parameters)
+    fake.faults.add("POST", r"/build(WithParameters)?$", "hang", seconds=3)
+    with pytest.raises(Exception) as info:
+        await backend.submit(job_for(path))
+    assert not isinstance(info.value, BackendError)  # neither refused nor transient: IN_DOUBT
+    assert len(fake.triggers_of(path)) == 1  # sent once, never again
+    async with httpx.AsyncClient(auth=("ascob", "jenkins-secret")) as raw:
+        await raw.get(f"{fake.url}/queue/api/json")  # any request lets the fake's queue move
+    assert len(fake.builds[path]) == 1  # and Jenkins did start it, exactly once
 
 
 async def test_console_is_read_progressively(fake: FakeJenkins, backend: JenkinsBackend) -> None:
@@ -201,19 +369,26 @@ async def test_force_stop_terms_then_kills(fake: FakeJenkins, backend: JenkinsBa
     assert fake.builds[path][0].actions == ["term", "kill"]
 
 
+@pytest.mark.parametrize(
+    "parameters", [{"ASCOB_RUN": "", "GREETING": "none"}, *AS_IS], ids=["ASCOB_RUN", *AS_IS_IDS]
+)
 async def test_build_found_again_after_jenkins_forgets_the_queue_item(
-    fake: FakeJenkins, tmp_path: Path
+    fake: FakeJenkins, tmp_path: Path, parameters: dict[str, str]
 ) -> None:
-    path = new_job(fake)
+    path = new_job(fake, parameters=parameters)
     first = make_backend(fake, tmp_path)
-    keys = await first.submit(job_for(path))
+    await final(first, await first.submit(job_for(path, run_id=1)))
+    keys = await first.submit(job_for(path, run_id=2))  # build #2, which must be found
     await final(first, keys)
     await first.aclose()
     fake.forget_after = 0.0
     try:
         await asyncio.sleep(0.05)
         again = make_backend(fake, tmp_path)  # a restarted ASCOB: no cache
-        assert (await again.status(keys)).status is BackendStatus.SUCCEEDED
+        report = await again.status(keys)
+        assert int(keys["jenkinsQueueId"]) not in fake.queue  # Jenkins did forget the item
+        assert report.status is BackendStatus.SUCCEEDED
+        assert report.url and report.url.endswith("/2/")
         await again.aclose()
     finally:
         fake.forget_after = 300.0
@@ -284,3 +459,26 @@ async def test_a_5xx_trigger_has_an_unknown_outcome(
     with pytest.raises(Exception) as info:
         await backend.submit(job_for(new_job(fake)))
     assert not isinstance(info.value, BackendError)
+
+
+def test_queue_claims_remember_who_got_an_item_until_it_has_left() -> None:
+    claims = QueueClaims(ttl=60, grace=0.2)
+    assert claims.claim("http://j/", 5, run_id=1, token="a") is None
+    assert claims.claim("http://j", 5, run_id=1, token="a") is None  # the same submission
+    owner = claims.claim("http://j", 5, run_id=2, token="b")
+    assert owner is not None and owner.run_id == 1  # a merged trigger
+    assert claims.claim("http://other", 5, run_id=2, token="b") is None  # another server
+    claims.release("http://j", 5)
+    assert claims.claim("http://j", 5, run_id=3, token="c") is not None  # still in its grace
+    time.sleep(0.3)
+    assert claims.claim("http://j", 5, run_id=3, token="c") is None
+    assert QueueClaims(ttl=0).claim("http://j", 6, 1, "a") is None
+    expiring = QueueClaims(ttl=0)
+    expiring.claim("http://j", 6, 1, "a")
+    assert expiring.claim("http://j", 6, 2, "b") is None  # past its ttl
+
+
+def test_config_is_checked(tmp_path: Path) -> None:
+    bad = {"ci": {"url": "http://j", "require_run_parameter": "yes"}}
+    with pytest.raises(ValueError, match="require_run_parameter must be true or false"):
+        JenkinsBackend(BackendContext(tmp_path, bad))

@@ -7,18 +7,31 @@ Configuration (section ``[jenkins.<instance>]`` of the ``ASCOB_CONFIG`` TOML fil
     user = "ascob"
     token_env = "JENKINS_CI_TOKEN"   # the API token is read from this environment variable
     # timeout = 30                   # seconds per HTTP call
-    # run_parameter = "ASCOB_RUN"    # the unique parameter every build gets (see below)
+    # run_parameter = "ASCOB_RUN"    # the unique parameter of the strong path (see below)
+    # require_run_parameter = false  # true: refuse jobs that do not declare it
+    # merge_wait = 600               # seconds a merged trigger waits before it is refused
 
 Labels: ``jenkins_instance`` (may be left out when one instance is configured) and
 ``jenkins_project_name`` (folders as ``a/b``). Job parameters become build parameters.
 
-Jenkins merges identical requests that wait in its queue into one build. So that every ASCOB run
-gets its own build, each trigger carries the parameter ``ASCOB_RUN`` (``<runId>-<nonce>``); the
-job must declare it (a string parameter), else the submission is refused with that explanation.
-The same value finds the build again once Jenkins has forgotten the queue item.
+Any job runs as it is. Two paths, chosen per job from its parameter definitions:
+
+- **Strong** (the job declares the string parameter ``ASCOB_RUN``): each trigger carries
+  ``ASCOB_RUN=<runId>-<nonce>``, so Jenkins never merges two ASCOB runs into one build, and the
+  same value finds the build again once Jenkins has forgotten the queue item.
+- **As it is** (no such parameter): ``buildWithParameters`` with the spec's parameters, or a
+  plain ``build`` for a job without parameters (given parameters, it is refused: Jenkins would
+  drop them). Jenkins merges a trigger into an identical request still waiting in its queue and
+  answers with that item. A trigger that comes back with an item that was already in the queue
+  just before it (looked up in ``/queue/api/json``) or that another ASCOB run of this process got
+  (:mod:`backends.jenkins.claims`) was merged: the run waits until the item has left the queue
+  and triggers again (at most ``merge_wait`` seconds, then refused: nothing ran for this run).
+  The build is found again by its ``queueId`` once Jenkins has forgotten the queue item.
 
 Identification keys: ``jenkinsInstance``, ``jenkinsProject``, ``jenkinsQueueId``,
-``jenkinsRunValue`` and, when a webhook reports it, ``jenkinsBuildNumber``.
+``jenkinsRunValue`` (strong path only), ``jenkinsRetriggered`` (a merged trigger was repeated:
+what happened, shown in the status message) and, when a webhook reports it,
+``jenkinsBuildNumber``.
 """
 
 from __future__ import annotations
@@ -44,7 +57,9 @@ from backends.base import (
     StatusReport,
     SubmitRefused,
 )
+from backends.jenkins.claims import CLAIMS, QueueClaims
 from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
 
 __all__ = ["JenkinsBackend", "JenkinsClient"]
 
@@ -71,11 +86,15 @@ class Instance:
     token_env: str | None
     timeout: float
     run_parameter: str
+    require_run_parameter: bool = False
+    merge_wait: float = 600.0
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
         if not isinstance(raw, Mapping) or not raw.get("url"):
             raise ValueError(f"[jenkins.{name}] needs a url")
+        if not isinstance(raw.get("require_run_parameter", False), bool):
+            raise ValueError(f"[jenkins.{name}] require_run_parameter must be true or false")
         return cls(
             name=name,
             url=str(raw["url"]),
@@ -83,10 +102,18 @@ class Instance:
             token_env=str(raw["token_env"]) if raw.get("token_env") else None,
             timeout=float(raw.get("timeout", 30.0)),
             run_parameter=str(raw.get("run_parameter", DEFAULT_RUN_PARAMETER)),
+            require_run_parameter=raw.get("require_run_parameter", False),
+            merge_wait=float(raw.get("merge_wait", 600.0)),
         )
 
     def token(self) -> str | None:
         return secret_from_env("jenkins", self.name, self.token_env)
+
+
+def with_note(message: str, keys: Mapping[str, str]) -> str:
+    """The status message, with what happened to a merged trigger (if one was)."""
+    note = keys.get("jenkinsRetriggered")
+    return f"{message}; {note}" if note else message
 
 
 class JenkinsBackend(Backend):
@@ -104,6 +131,7 @@ class JenkinsBackend(Backend):
         self._transport = transport
         self._clients: ClientsPerLoop[JenkinsClient] = ClientsPerLoop()
         self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
+        self._claims: QueueClaims = CLAIMS
 
     # ------------------------------------------------------------------ spec
 
@@ -176,36 +204,74 @@ class JenkinsBackend(Backend):
             raise SubmitRefused(f"{where}: cannot read the job ({describe(exc)})") from exc
         if definition.get("buildable") is False:
             raise SubmitRefused(f"{where}: the job is disabled")
-        declared = {
-            str(p.get("name"))
-            for prop in definition.get("property") or []
-            if isinstance(prop, dict)
-            for p in prop.get("parameterDefinitions") or []
-            if isinstance(p, dict)
-        }
-        if inst.run_parameter not in declared:
+        parameterized, declared = declared_parameters(definition)
+        if inst.run_parameter in declared:
+            return await self._submit_with_run_value(job, inst, client, project, where)
+        if inst.require_run_parameter:
             raise SubmitRefused(
-                f"{where} does not declare the string parameter {inst.run_parameter}: Jenkins "
-                "would merge identical queued requests into one build; add the parameter so "
-                "that every ASCOB run gets its own build"
+                f"{where} does not declare the string parameter {inst.run_parameter}, which "
+                f"[jenkins.{name}] requires (require_run_parameter): add it to the job"
             )
+        if not parameterized and job.parameters:
+            raise SubmitRefused(
+                f"{where} takes no parameters, so Jenkins would drop "
+                f"{', '.join(sorted(job.parameters))}: remove them from the spec, or declare "
+                "them in the job (This project is parameterized)"
+            )
+        return await self._submit_as_is(
+            job, inst, client, project, where, dict(job.parameters) if parameterized else None
+        )
+
+    async def _submit_with_run_value(
+        self, job: Job, inst: Instance, client: JenkinsClient, project: str, where: str
+    ) -> dict[str, str]:
+        """The strong path: a unique value in the run parameter; Jenkins never merges it."""
         run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
         parameters = {**dict(job.parameters), inst.run_parameter: run_value}
-        try:
-            queue_id = await client.build_with_parameters(project, parameters)
-        except JenkinsHTTPError as exc:
-            if exc.status_code < 500:
-                raise SubmitRefused(f"{where}: {exc}") from exc
-            raise RuntimeError(f"{where}: trigger answered {exc}; outcome unknown") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
+        queue_id = await trigger(client, project, where, parameters)
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
         return {
-            "jenkinsInstance": name,
+            "jenkinsInstance": inst.name,
             "jenkinsProject": project,
             "jenkinsQueueId": str(queue_id),
             "jenkinsRunValue": run_value,
         }
+
+    async def _submit_as_is(
+        self,
+        job: Job,
+        inst: Instance,
+        client: JenkinsClient,
+        project: str,
+        where: str,
+        parameters: dict[str, str] | None,
+    ) -> dict[str, str]:
+        """A job without the run parameter, triggered as it is (merges undone: see
+        :mod:`backends.jenkins.triggering`)."""
+        sender = AsIs(
+            client=client,
+            claims=self._claims,
+            server=inst.url,
+            project=project,
+            where=where,
+            parameters=parameters,
+            run_id=job.run_id,
+            run_parameter=inst.run_parameter,
+            merge_wait=inst.merge_wait,
+        )
+        queue_id, note = await sender.send()
+        log.info(
+            "run %s: %s queued as item %s (no %s parameter: triggered as it is)",
+            job.run_id,
+            where,
+            queue_id,
+            inst.run_parameter,
+        )
+        keys = {"jenkinsInstance": inst.name, "jenkinsProject": project}
+        keys["jenkinsQueueId"] = str(queue_id)
+        if note:
+            keys["jenkinsRetriggered"] = note
+        return keys
 
     # ------------------------------------------------------------------ follow
 
@@ -219,6 +285,8 @@ class JenkinsBackend(Backend):
         if cached is not None:
             return cached
         item = await client.queue_item(int(queue_id)) if queue_id.isdigit() else None
+        if queue_id.isdigit() and (item is None or has_left_queue(item)):
+            self._claims.release(inst.url, int(queue_id))  # it can absorb no more triggers
         if item is not None:
             if item.get("cancelled"):
                 return StatusReport(BackendStatus.ABORTED, "cancelled while in the Jenkins queue")
@@ -227,17 +295,29 @@ class JenkinsBackend(Backend):
                 number = int(executable["number"])
                 self._builds[(inst.name, queue_id)] = number
                 return number
-            return StatusReport(BackendStatus.QUEUED, str(item.get("why") or "queued"))
-        # Jenkins forgets left queue items after a few minutes: find the build by our value.
+            return StatusReport(
+                BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
+            )
+        # Jenkins forgets left queue items after a few minutes: find the build by our value,
+        # or (a job triggered as it is) by the queue item it came from.
         value = keys.get("jenkinsRunValue")
         for build in await client.recent_builds(project):
-            for action in build.get("actions") or []:
-                for param in (action or {}).get("parameters") or []:
-                    if param.get("name") == inst.run_parameter and param.get("value") == value:
-                        number = int(build["number"])
-                        self._builds[(inst.name, queue_id)] = number
-                        return number
-        raise JobNotFound(f"jenkins queue item {queue_id} is gone and no build carries {value}")
+            if value is None:
+                mine = str(build.get("queueId")) == queue_id
+            else:
+                mine = any(
+                    param.get("name") == inst.run_parameter and param.get("value") == value
+                    for action in build.get("actions") or []
+                    for param in (action or {}).get("parameters") or []
+                )
+            if mine:
+                number = int(build["number"])
+                self._builds[(inst.name, queue_id)] = number
+                return number
+        wanted = f"carries {value}" if value else f"came from it (queueId {queue_id})"
+        raise JobNotFound(
+            f"jenkins queue item {queue_id} is gone and none of the last 100 builds {wanted}"
+        )
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
         try:
@@ -255,13 +335,15 @@ class JenkinsBackend(Backend):
         url = build.get("url")
         result = build.get("result")
         if build.get("building") or result is None:
-            return StatusReport(BackendStatus.RUNNING, f"build #{found}", url)
+            return StatusReport(BackendStatus.RUNNING, with_note(f"build #{found}", keys), url)
         mapped = RESULTS.get(str(result))
         if mapped is None:
             unknown = f"build #{found}: unknown result {result}"
-            return StatusReport(BackendStatus.FAILED, unknown, url)
-        message = None if mapped is BackendStatus.SUCCEEDED else f"build #{found}: {result}"
-        return StatusReport(mapped, message, url)
+            return StatusReport(BackendStatus.FAILED, with_note(unknown, keys), url)
+        if mapped is BackendStatus.SUCCEEDED:
+            note = keys.get("jenkinsRetriggered")
+            return StatusReport(mapped, f"build #{found}; {note}" if note else None, url)
+        return StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         try:

@@ -130,20 +130,31 @@ class JenkinsClient:
     # ------------------------------------------------------------------ API
 
     async def get_job(self, project: str) -> dict[str, Any]:
-        """The job's definition: name, buildable, parameter definitions."""
+        """The job's definition: name, buildable, parameter definitions (a job without
+        parameters has no ``ParametersDefinitionProperty``)."""
         return await self._get_json(
             f"{job_url_path(project)}/api/json",
             {"tree": "name,fullName,url,buildable,property[parameterDefinitions[name]]"},
         )
 
     async def build_with_parameters(self, project: str, parameters: dict[str, str]) -> int:
-        """Trigger a build; returns the queue item id from the ``Location`` header."""
-        response = await self.post(f"{job_url_path(project)}/buildWithParameters", data=parameters)
+        """Trigger a build of a parameterized job; the queue item id from ``Location``."""
+        return self._queue_id(
+            "buildWithParameters",
+            await self.post(f"{job_url_path(project)}/buildWithParameters", data=parameters),
+        )
+
+    async def build(self, project: str) -> int:
+        """Trigger a build of a job without parameters; the queue item id from ``Location``."""
+        return self._queue_id("build", await self.post(f"{job_url_path(project)}/build"))
+
+    @staticmethod
+    def _queue_id(what: str, response: httpx.Response) -> int:
         location = response.headers.get("location", "")
         match = _QUEUE_ITEM.search(location)
         if not match:
             raise JenkinsProtocolError(
-                f"buildWithParameters answered {response.status_code} without a queue item "
+                f"{what} answered {response.status_code} without a queue item "
                 f"location ({location!r})"
             )
         return int(match.group(1))
@@ -157,6 +168,14 @@ class JenkinsClient:
                 return None
             raise
 
+    async def queue_items(self) -> list[dict[str, Any]]:
+        """The items in the queue (waiting, blocked or buildable), each with its ``task``."""
+        data = await self._get_json("queue/api/json", {"tree": "items[id,task[url]]"})
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise JenkinsProtocolError("queue items: expected a list")
+        return [i for i in items if isinstance(i, dict)]
+
     async def cancel_queue_item(self, queue_id: int) -> None:
         await self.post("queue/cancelItem", params={"id": str(queue_id)})
 
@@ -169,7 +188,7 @@ class JenkinsClient:
     async def recent_builds(self, project: str) -> list[dict[str, Any]]:
         data = await self._get_json(
             f"{job_url_path(project)}/api/json",
-            {"tree": "builds[number,url,actions[parameters[name,value]]]{0,100}"},
+            {"tree": "builds[number,url,queueId,actions[parameters[name,value]]]{0,100}"},
         )
         builds = data.get("builds") or []
         if not isinstance(builds, list):

@@ -1,4 +1,9 @@
-"""Jenkins: the fake Jenkins on loopback."""
+"""Jenkins: the fake Jenkins on loopback.
+
+The contract runs over jobs *without* the ``ASCOB_RUN`` parameter (any job, as it is: the path a
+new user takes, where identical queued requests are merged by Jenkins and ASCOB triggers again);
+tests/test_jenkins.py covers the ``ASCOB_RUN`` path as thoroughly.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class JenkinsAdapter(Adapter):
         result = {"succeeded": "SUCCESS", "failed": "FAILURE", "hang": "HANG"}[outcome]
         self.fake.add_job(
             path,
-            parameters={"ASCOB_RUN": "", "GREETING": "none"},
+            parameters={"GREETING": "none"},
             lines=LINES,
             result=result,
             queue_delay=0.5 if queued else 0.0,
@@ -46,7 +51,7 @@ class JenkinsAdapter(Adapter):
         return {"jenkins_instance": "ci", "jenkins_project_name": "no/such/job"}
 
     def identity(self, keys: Mapping[str, str]) -> str:
-        return keys["jenkinsQueueId"]  # a merged request answers the same queue item
+        return keys["jenkinsQueueId"]  # a merged request would answer the same queue item
 
     def invalid_labels(self) -> dict[str, str]:
         return {"jenkins_instance": "unknown", "jenkins_project_name": "x"}

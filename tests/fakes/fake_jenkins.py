@@ -1,9 +1,15 @@
 """A Jenkins that follows the remote access API's documented behaviour, on loopback.
 
-- ``POST /job/a/job/b/buildWithParameters`` answers 201 with ``Location: …/queue/item/N/``; the
-  item waits ``queue_delay`` seconds, then becomes a build (or is cancelled). Identical requests
-  (same declared parameters) that find an item still waiting are merged into it, as Jenkins does;
-  undeclared parameters are dropped.
+- ``POST /job/a/job/b/buildWithParameters`` (a parameterized job; otherwise 500 "not
+  parameterized") and ``POST …/build`` (a job without parameters; a parameterized one answers
+  400 "expects a form submission") answer 201 with ``Location: …/queue/item/N/``; the item
+  waits ``queue_delay`` seconds, then becomes a build (or is cancelled). Identical requests
+  (same declared parameters; for a job without parameters, any request) that find an item of
+  the job still waiting are merged into it and answered with that item, as Jenkins does;
+  undeclared parameters are dropped. Every trigger is recorded in ``triggers`` (time, job,
+  parameters, the item answered, whether it was merged).
+- Builds carry the ``queueId`` of the item they came from (build and job JSON).
+- ``GET /queue/api/json``: the items still in the queue, each with its ``task`` (name, url).
 - ``GET /queue/item/N/api/json``: a waiting item (``why``) or a left item (``cancelled``,
   ``executable.number``); left items are forgotten after ``forget_after`` seconds (404).
 - Basic auth (401 otherwise); CSRF crumbs from ``/crumbIssuer/api/json``, tied to the session
@@ -58,12 +64,22 @@ class QueueItem:
     build: Build | None = None
 
 
+@dataclass(frozen=True)
+class Trigger:
+    at: float
+    path: str
+    params: dict[str, str]
+    item_id: int
+    merged: bool
+
+
 @dataclass
 class Build:
     number: int
     job: JenkinsJob
     params: dict[str, str]
     started: float
+    queue_id: int = 0
     stopped_at: float | None = None
     actions: list[str] = field(default_factory=list)
 
@@ -100,6 +116,7 @@ class FakeJenkins:
         self.queue: dict[int, QueueItem] = {}
         self.builds: dict[str, list[Build]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.triggers: list[Trigger] = []
         self.faults = FaultPlan()
         self._sessions: dict[str, str] = {}
         self._next_item = 100
@@ -128,6 +145,14 @@ class FakeJenkins:
     def build(self, path: str, number: int) -> Build:
         return next(b for b in self.builds[path] if b.number == number)
 
+    def triggers_of(self, path: str) -> list[Trigger]:
+        with self._lock:
+            return [t for t in self.triggers if t.path == path]
+
+    def item(self, item_id: int) -> QueueItem:
+        with self._lock:
+            return self.queue[item_id]
+
     # ------------------------------------------------------------------ plumbing
 
     def _advance(self, now: float) -> None:
@@ -138,7 +163,7 @@ class FakeJenkins:
                     item.cancelled = True
                     continue
                 builds = self.builds[item.job.path]
-                item.build = Build(len(builds) + 1, item.job, item.params, now)
+                item.build = Build(len(builds) + 1, item.job, item.params, now, item.id)
                 builds.append(item.build)
             elif item.left_at is not None and now > item.left_at + self.forget_after:
                 del self.queue[item.id]
@@ -202,6 +227,8 @@ class FakeJenkins:
         return response
 
     async def _route(self, request: Request, path: str, now: float) -> Response:
+        if path.rstrip("/") == "/queue/api/json":
+            return self._queue_json(request)
         m = re.fullmatch(r"/queue/item/(\d+)/api/json", path)
         if m:
             return self._queue_item(request, int(m.group(1)))
@@ -220,8 +247,8 @@ class FakeJenkins:
             return Response("<title>Error 404 Not Found</title>", status_code=404)
         if rest == "api/json":
             return self._job_json(request, job)
-        if rest == "buildWithParameters" and request.method == "POST":
-            return await self._trigger(request, job, now)
+        if rest in ("build", "buildWithParameters") and request.method == "POST":
+            return await self._trigger(request, job, now, rest)
         m = re.fullmatch(r"(\d+)(?:/(.*))?", rest)
         if not m:
             return Response("Not Found", status_code=404)
@@ -236,6 +263,7 @@ class FakeJenkins:
                 {
                     "_class": "hudson.model.FreeStyleBuild",
                     "number": build.number,
+                    "queueId": build.queue_id,
                     "url": f"{self._base(request)}{path.removesuffix('/api/json')}/",
                     "building": building,
                     "result": result,
@@ -288,6 +316,7 @@ class FakeJenkins:
                 "builds": [
                     {
                         "number": b.number,
+                        "queueId": b.queue_id,
                         "actions": [
                             {"parameters": [{"name": k, "value": v} for k, v in b.params.items()]}
                         ],
@@ -297,32 +326,73 @@ class FakeJenkins:
             }
         )
 
-    async def _trigger(self, request: Request, job: JenkinsJob, now: float) -> Response:
+    async def _trigger(self, request: Request, job: JenkinsJob, now: float, how: str) -> Response:
         if not job.buildable:
             return Response("<title>Error 409 Conflict</title>", status_code=409)
-        if not job.parameters:
+        if how == "buildWithParameters" and not job.parameters:
             return Response(
-                "<title>Error 400 Bad Request</title> is not parameterized", status_code=400
+                "<title>Error 500 Server Error</title> java.lang.IllegalStateException: "
+                "This build is not parameterized!",
+                status_code=500,
+            )
+        if how == "build" and job.parameters:
+            return Response(
+                "<title>Error 400 Bad Request</title> This page expects a form submission",
+                status_code=400,
             )
         form = parse_qsl((await request.body()).decode(), keep_blank_values=True)
         sent = {**dict(request.query_params), **dict(form)}
         params = {name: sent.get(name, default) for name, default in job.parameters.items()}
+        merged = False
         for item in self.queue.values():  # Jenkins merges identical waiting requests
             if item.job is job and item.left_at is None and item.params == params:
+                merged = True
                 break
         else:
             self._next_item += 1
             item = QueueItem(self._next_item, job, params, now)
             self.queue[item.id] = item
+        self.triggers.append(Trigger(now, job.path, params, item.id, merged))
         return Response(
             status_code=201, headers={"Location": f"{self._base(request)}/queue/item/{item.id}/"}
+        )
+
+    def _task(self, request: Request, job: JenkinsJob) -> dict[str, str]:
+        segments = "".join(f"/job/{s}" for s in job.path.split("/"))
+        return {
+            "_class": "hudson.model.FreeStyleProject",
+            "name": job.path.rsplit("/", 1)[-1],
+            "url": f"{self._base(request)}{segments}/",
+        }
+
+    def _queue_json(self, request: Request) -> Response:
+        waiting = [i for i in self.queue.values() if i.left_at is None]
+        return JSONResponse(
+            {
+                "_class": "hudson.model.Queue",
+                "discoverableItems": [],
+                "items": [
+                    {
+                        "_class": "hudson.model.Queue$WaitingItem",
+                        "id": i.id,
+                        "blocked": False,
+                        "buildable": False,
+                        "inQueueSince": int(i.created * 1000),
+                        "params": "".join(f"\n{k}={v}" for k, v in i.params.items()),
+                        "task": self._task(request, i.job),
+                        "url": f"queue/item/{i.id}/",
+                        "why": "In the quiet period. Expires in 1 sec",
+                    }
+                    for i in waiting
+                ],
+            }
         )
 
     def _queue_item(self, request: Request, item_id: int) -> Response:
         item = self.queue.get(item_id)
         if item is None:
             return Response("Not Found", status_code=404)
-        task = {"name": item.job.path.rsplit("/", 1)[-1]}
+        task = self._task(request, item.job)
         if item.left_at is None:
             return JSONResponse(
                 {
@@ -331,6 +401,7 @@ class FakeJenkins:
                     "blocked": False,
                     "buildable": False,
                     "why": "In the quiet period. Expires in 1 sec",
+                    "inQueueSince": int(item.created * 1000),
                     "task": task,
                 }
             )

@@ -1,0 +1,142 @@
+"""Jenkins jobs as they are (no ``ASCOB_RUN`` parameter, or no parameters at all) through a real
+``ascob serve`` configured from ASCOB_CONFIG, against the fake Jenkins on loopback.
+
+Run under the machine-wide lock: ``flock /tmp/ascob-heavy.lock pytest tests/test_jenkins_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.fake_jenkins import FakeJenkins, JenkinsJob
+from tests.harness import Ascob, PrefectServer, wait_until
+
+LINES = ["compiling", "testing", "done"]
+
+
+@pytest.fixture(scope="module")
+def jenkins() -> Iterator[FakeJenkins]:
+    fake = FakeJenkins().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def app(workdir: Path, prefect_server: PrefectServer, jenkins: FakeJenkins) -> Iterator[Ascob]:
+    config = workdir / f"jenkins-as-is-{uuid.uuid4().hex[:6]}.toml"
+    config.write_text(
+        f"""
+[jenkins.ci]
+url = "{jenkins.url}"
+user = "ascob"
+token_env = "E2E_JENKINS_AS_IS_TOKEN"
+timeout = 2
+"""
+    )
+    env = {"ASCOB_CONFIG": str(config), "E2E_JENKINS_AS_IS_TOKEN": "jenkins-secret"}
+    server = Ascob(workdir, prefect_server.api_url, env=env).start()
+    yield server
+    server.stop()
+
+
+def add_job(jenkins: FakeJenkins, parameters: dict[str, str], **job: Any) -> JenkinsJob:
+    job.setdefault("lines", LINES)
+    return jenkins.add_job(f"portal/job-{uuid.uuid4().hex[:6]}", parameters=parameters, **job)
+
+
+def spec(job: JenkinsJob, parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "description": "a job as it is",
+        "submitter": "alice",
+        "labels": {"jenkins_project_name": job.path},  # one instance: jenkins_instance left out
+        "parameters": parameters or {},
+    }
+
+
+def output(app: Ascob, run_id: int) -> str:
+    r = app.http.get(f"/api/runs/{run_id}/output.txt")
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def test_a_job_without_the_run_parameter_succeeds_with_its_output(
+    app: Ascob, jenkins: FakeJenkins
+) -> None:
+    job = add_job(jenkins, {"GREETING": "none"}, queue_delay=0.5)
+    run_id = app.submit(spec(job, {"GREETING": "hello"}))
+    app.wait_status(run_id, "SUCCEDED")
+    text = output(app, run_id)
+    assert "GREETING=hello" in text and text.endswith("done\nFinished: SUCCESS\n")
+    assert "ASCOB_RUN" not in text
+    assert [b.params for b in jenkins.builds[job.path]] == [{"GREETING": "hello"}]
+
+
+def test_a_job_without_parameters_succeeds_and_refuses_parameters(
+    app: Ascob, jenkins: FakeJenkins
+) -> None:
+    job = add_job(jenkins, {})
+    run_id = app.submit(spec(job))
+    app.wait_status(run_id, "SUCCEDED")
+    assert output(app, run_id).endswith("done\nFinished: SUCCESS\n")
+    refused = app.submit(spec(job, {"GREETING": "hello"}))
+    app.wait_status(refused, "FAILED")
+    assert "takes no parameters" in output(app, refused)
+    assert len(jenkins.builds[job.path]) == 1 and len(jenkins.triggers_of(job.path)) == 1
+
+
+def test_identical_runs_get_their_own_builds(app: Ascob, jenkins: FakeJenkins) -> None:
+    # the first item is held in the queue until both runs have triggered, so Jenkins merges
+    job = add_job(jenkins, {"GREETING": "none"}, queue_delay=600)
+    runs = [app.submit(spec(job, {"GREETING": "same"})) for _ in range(2)]
+    wait_until(lambda: len(jenkins.triggers_of(job.path)) >= 2, 90, "both runs to trigger")
+    first, merged = jenkins.triggers_of(job.path)[:2]
+    assert merged.merged and merged.item_id == first.item_id  # Jenkins answered the same item
+    job.queue_delay = 0.3  # the item leaves the queue; the merged run triggers again
+    for run_id in runs:
+        assert app.wait_status(run_id, "SUCCEDED", "FAILED", timeout=90)["status"] == "SUCCEDED"
+    triggers = jenkins.triggers_of(job.path)
+    assert len(triggers) == 3 and not triggers[2].merged
+    left_at = jenkins.item(first.item_id).left_at
+    assert left_at is not None and triggers[2].at >= left_at
+    assert len(jenkins.builds[job.path]) == 2
+    texts = [output(app, run_id) for run_id in runs]
+    noted = [t for t in texts if t.startswith("[ascob] build #") and "own build:" in t]
+    assert len(noted) == 1 and f"queue item {first.item_id}" in noted[0]
+    assert "triggered again" in noted[0]
+    assert f"merged the trigger into queue item {first.item_id}" in app.proc.tail(400)
+
+
+def test_a_lost_trigger_answer_ends_in_doubt_with_one_build(
+    app: Ascob, jenkins: FakeJenkins
+) -> None:
+    job = add_job(jenkins, {"GREETING": "none"})
+    name = job.path.rsplit("/", 1)[1]
+    jenkins.faults.add("POST", rf"/{name}/buildWithParameters$", "hang", seconds=4)
+    run_id = app.submit(spec(job, {"GREETING": "hello"}))
+    app.wait_status(run_id, "IN_DOUBT")
+    assert "outcome" in output(app, run_id)
+    time.sleep(4)  # the late answer, then any request lets the fake's queue move
+    httpx.get(f"{jenkins.url}/queue/api/json", auth=("ascob", "jenkins-secret"))
+    assert len(jenkins.triggers_of(job.path)) == 1 and len(jenkins.builds[job.path]) == 1
+
+
+def test_a_restarted_ascob_reattaches_to_the_build(app: Ascob, jenkins: FakeJenkins) -> None:
+    job = add_job(jenkins, {}, lines=[f"line {i}" for i in range(40)], line_interval=0.5)
+    run_id = app.submit(spec(job))
+    app.wait_status(run_id, "RUNNING")
+    app.kill()
+    jenkins.forget_after = 0.0  # Jenkins forgets the queue item: found again by its queueId
+    try:
+        app.restart()
+        app.wait_status(run_id, "SUCCEDED", timeout=120)
+    finally:
+        jenkins.forget_after = 300.0
+    assert output(app, run_id).endswith("line 39\nFinished: SUCCESS\n")
+    assert len(jenkins.triggers_of(job.path)) == 1 and len(jenkins.builds[job.path]) == 1
