@@ -36,7 +36,14 @@ from ascob_flows.ports import RunRecord
 from ascob_flows.retry import BACKEND, Backoff, retry
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
-from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
+from backends import (
+    Backend,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    SpecRejected,
+    SubmitRefused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +220,7 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
     backend = rt.backends.get(rec.backend_id)
     try:
         keys = await backend.submit(job_for(rec, tokens))
-    except SubmitRefused as exc:
+    except (SubmitRefused, SpecRejected) as exc:  # nothing was started
         logger.error("run %s: %s refused the job: %s", run_id, backend.id, exc)
         await _apply(rt, run_id, DISPATCH_REFUSED, message=f"{backend.id} refused the job: {exc}")
         return True
