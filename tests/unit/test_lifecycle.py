@@ -24,6 +24,7 @@ from backends import (
     BackendStatus,
     Job,
     JobNotFound,
+    SpecRejected,
     StatusReport,
 )
 from tests.unit.conftest import submit
@@ -191,3 +192,17 @@ async def test_a_run_that_waits_longer_than_its_max_lock_wait_is_aborted(
     assert all(waiter not in i.waiting for i in await services.locks.snapshot())
     assert backend.submitted == []
     await services.locks.release(holder)
+
+
+async def test_a_spec_refused_at_submission_fails_the_run_not_in_doubt(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    async def refuse(job: Job) -> dict[str, str]:
+        raise SpecRejected("parameter name 'A-B' is not an environment variable name")
+
+    backend.submit = refuse  # type: ignore[method-assign]
+    run_id = new_run(api, description="bad names")
+    await lifecycle.acquire(rt, run_id, log)
+    await lifecycle.dispatch(rt, run_id, {}, log)
+    run = services.repo.get_run(run_id)
+    assert run.status == "FAILED" and "A-B" in (run.message or "")
