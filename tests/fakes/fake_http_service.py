@@ -2,9 +2,9 @@
 
 - ``Authorization: Bearer <token>`` on every request, else 401 ``{"error": "unauthorized"}``.
 - ``POST /jobs`` with ``{"task": name, "ref": str, "params": {...}}``: 201
-  ``{"job": {"id", "status"}}`` and ``Location: /jobs/{id}``. An unknown task is 422, a body that
-  is not JSON 400. ``Idempotency-Key`` is honoured: a repeated key answers 200 with the job that
-  key made, and makes nothing.
+  ``{"job": {"id", "status"}}`` and ``Location: /jobs/{id}``. An unknown task is 422, a body
+  that is not JSON 400. ``Idempotency-Key`` is honoured: a repeated key answers as the first
+  time (201, with ``Idempotent-Replayed: true``) with the job that key made, and makes nothing.
 - ``GET /jobs/{id}``: ``{"job": {"id", "task", "status", "error", "log"}}``; status goes
   ``waiting`` (``queue_delay`` s) → ``working`` (one log line every ``line_interval`` s) → the
   task's ``final`` (``ok``, ``error``, any other word; ``HANG``: working until cancelled).
@@ -13,7 +13,8 @@
   ``?force=1``: ends ``killed`` at once. A job already over: 409. Unknown job: 404.
 
 Every request may meet a fault from the :class:`FaultPlan`. ``jobs`` records every job made, with
-the ``ref`` ASCOB sent, so tests count "never started twice".
+the ``ref`` ASCOB sent, so tests count "never started twice"; ``start_attempts`` every start
+request received (faults included), ``start_requests`` those the service acted on.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class FakeHttpService:
         self.tasks: dict[str, Task] = {}
         self.jobs: dict[str, ServiceJob] = {}
         self.faults = FaultPlan()
-        self.start_requests: list[dict[str, Any]] = []
+        self.start_requests: list[dict[str, Any]] = []  # those that reached the service
+        self.start_attempts: list[str | None] = []  # every POST /jobs (its Idempotency-Key)
         self._next = 100
         self._lock = threading.RLock()
         routes = [
@@ -117,6 +119,9 @@ class FakeHttpService:
 
     def _wrap(self, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
+            if request.method == "POST" and request.url.path == "/jobs":
+                self.start_attempts.append(request.headers.get("Idempotency-Key"))
+
             async def checked(request: Request) -> Response:
                 if request.headers.get("Authorization") != f"Bearer {self.token}":
                     return JSONResponse({"error": "unauthorized"}, status_code=401)
@@ -150,10 +155,10 @@ class FakeHttpService:
         if key is not None:
             for job in self.jobs.values():
                 if job.idempotency_key == key:
-                    return JSONResponse(
+                    return JSONResponse(  # the first answer again, marked as a replay
                         {"job": self._json(job, now)},
-                        status_code=200,
-                        headers={"Location": f"/jobs/{job.id}"},
+                        status_code=201,
+                        headers={"Location": f"/jobs/{job.id}", "Idempotent-Replayed": "true"},
                     )
         task = self.tasks.get(str(body.get("task")))
         if task is None:
