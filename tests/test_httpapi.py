@@ -529,6 +529,20 @@ async def test_retries_with_idempotency_key_are_bounded(
     await backend.aclose()
 
 
+async def test_a_refusal_after_a_lost_answer_is_in_doubt(
+    fake: FakeHttpService, tmp_path: Path
+) -> None:
+    name = f"refused-retry-{uuid.uuid4().hex[:6]}"
+    fake.add_task(name)
+    backend = make(fake, tmp_path, svc=config(fake, name))
+    fake.faults.add("POST", r"^/jobs$", "hang", seconds=2)  # made the job, answer lost
+    fake.faults.add("POST", r"^/jobs$", "422")  # the retry is refused: not proof of no job
+    with pytest.raises(StartOutcomeUnknown, match=r"retry answered HTTP 422.*outcome unknown"):
+        await backend.submit(job())
+    assert len(fake.jobs_of(name)) == 1
+    await backend.aclose()
+
+
 @pytest.mark.parametrize("kind", ["hang", "503"])
 async def test_a_lost_answer_without_idempotency_key_is_in_doubt(
     fake: FakeHttpService, tmp_path: Path, kind: str

@@ -185,10 +185,15 @@ class HttpBackend(Backend):
         return url, headers, body
 
     async def _follow_call(
-        self, inst: Instance, spec: RequestSpec, values: Mapping[str, str], what: str
+        self,
+        inst: Instance,
+        spec: RequestSpec,
+        values: Mapping[str, str],
+        what: str,
+        gone_ok: bool = False,
     ) -> httpx.Response:
-        """A request after the start (status, output, stop): every failure is transient,
-        except 404 (the service no longer knows the job)."""
+        """A request after the start (status, output, stop): every failure is transient, except
+        404 (the service no longer knows the job). ``gone_ok``: 404/409/410 are answers too."""
         try:
             url, headers, body = self._render(
                 inst, spec, values, self._secrets(inst, BackendUnavailable)
@@ -199,9 +204,11 @@ class HttpBackend(Backend):
             response = await self._client(inst).send(spec.method, url, headers, body)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"http {inst.name!r} {what}: {describe(exc)}") from exc
-        if response.status_code == 404 and what != "stop":
+        if gone_ok and response.status_code in _GONE:
+            return response
+        if response.status_code == 404:
             raise JobNotFound(f"http {inst.name!r} {what}: HTTP 404: {snippet(response)}")
-        if response.status_code >= 400 and not (what == "stop" and response.status_code in _GONE):
+        if response.status_code >= 400:
             raise BackendUnavailable(
                 f"http {inst.name!r} {what}: HTTP {response.status_code}: {snippet(response)}"
             )
@@ -275,7 +282,15 @@ class HttpBackend(Backend):
                     break
                 continue
             if 400 <= code < 500:
-                raise SubmitRefused(f"{where}: HTTP {code}: {snippet(response)}")
+                if not reached:
+                    raise SubmitRefused(f"{where}: HTTP {code}: {snippet(response)}")
+                last = f"HTTP {code}: {snippet(response)}"
+                if code == 409 and attempt < attempts - 1:
+                    continue  # the first try is still being processed under that key
+                raise StartOutcomeUnknown(
+                    f"{where}: an earlier try may have started the job, and the retry answered "
+                    f"{last}; outcome unknown"
+                )
             if code not in start.accept:
                 accepted = ", ".join(str(c) for c in sorted(start.accept))
                 raise StartOutcomeUnknown(
@@ -393,8 +408,7 @@ class HttpBackend(Backend):
                 "http instance %s has no stop request: job %s goes on", inst.name, values["job_id"]
             )
             return
-        what = "stop"
-        response = await self._follow_call(inst, spec, values, what)
+        response = await self._follow_call(inst, spec, values, "stop", gone_ok=True)
         if response.status_code in _GONE:
             log.warning(
                 "http %s: stop of job %s answered %s (already over?): %s",
