@@ -272,14 +272,10 @@ class HttpBackend(Backend):
                 continue
             except httpx.HTTPError as exc:
                 reached, last = True, f"no answer ({describe(exc)})"
-                if attempts == 1:
-                    break
                 continue
             code = response.status_code
             if code >= 500:
                 reached, last = True, f"HTTP {code}: {snippet(response)}"
-                if attempts == 1:
-                    break
                 continue
             if 400 <= code < 500:
                 if not reached:
