@@ -1,0 +1,418 @@
+"""``httpBackend``: runs a job on any home-grown HTTP job service, described in configuration.
+
+Configuration (section ``[http.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [http.deployer]
+    timeout = 10                          # seconds per HTTP call
+    secret_env = ["DEPLOYER_TOKEN"]       # variables that header values may use as {env.NAME}
+    headers = { Authorization = "Bearer {env.DEPLOYER_TOKEN}" }   # sent with every request
+
+    [http.deployer.start]
+    method = "POST"
+    url = "https://jobs.example/jobs"
+    body = { task = "deploy", ref = "{run_id}", params = { version = "{param.VERSION}" } }
+    accept = [201]                        # default [200, 201, 202]
+    job_id = "job.id"                     # JSON path in the answer, or:
+    # job_id_header = "Location"          # the last path segment of that header
+    idempotency_header = "Idempotency-Key"  # optional: makes a lost answer safe to retry
+    # attempts = 4                        # with idempotency_header: tries in all
+    # retry_pause = 0.5                   # seconds, doubled after each try
+
+    [http.deployer.status]
+    url = "https://jobs.example/jobs/{job_id}"
+    path = "job.status"
+    message_path = "job.error"            # optional
+    web_url = "https://jobs.example/ui/{job_id}"   # optional: the job's page
+    map = { waiting = "queued", working = "running", ok = "succeeded", error = "failed" }
+
+    [http.deployer.output]                # optional
+    url = "https://jobs.example/jobs/{job_id}/log?offset={offset}"
+    # or: path = "job.log" (whole text in the status answer, or in the answer of url)
+
+    [http.deployer.stop]                  # optional; force_stop likewise (else stop is used)
+    url = "https://jobs.example/jobs/{job_id}/cancel"
+
+Templates and their variables are described in :mod:`backends.httpapi.templates` and
+:mod:`backends.httpapi.config`.
+
+Labels: ``http_instance`` (may be left out when one instance is configured). Parameters reach
+the job only through ``{param.NAME}`` in the start templates; a template naming a parameter the
+job does not have refuses the job (:class:`UnknownVariable`, a SpecRejected that is also a
+SubmitRefused: the API's validate() sees only labels, so the run ends FAILED).
+
+Identification keys: ``httpInstance``, ``httpJobId``, ``httpRunId``.
+
+Lost start answers: without ``idempotency_header``, a start whose answer is lost (timeout after
+sending, 5xx, broken connection) raises :class:`StartOutcomeUnknown` (not a BackendError: the run
+ends IN_DOUBT). With it, the start is sent again with the same key
+(``ascob-<run_id>-<nonce>``, the nonce derived from the run's secret webhook id, so it is the same
+in every process), up to ``attempts`` times; the service must answer a repeated key with the job
+it already made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from backends._http import ClientsPerLoop, describe
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.httpapi.client import HttpServiceClient, snippet
+from backends.httpapi.config import ConfigError, Instance, RequestSpec
+from backends.httpapi.templates import (
+    TemplateError,
+    header_value,
+    render,
+    render_body,
+    scalar_text,
+    to_json,
+    url_value,
+)
+
+__all__ = ["HttpBackend", "StartOutcomeUnknown", "UnknownVariable"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "http_instance"
+_GONE = (404, 409, 410)  # a stop answered so: the job is already over (or never was)
+
+
+class UnknownVariable(SpecRejected, SubmitRefused):
+    """A template names a variable the job does not provide (e.g. a missing parameter)."""
+
+
+class StartOutcomeUnknown(RuntimeError):
+    """The start request may have reached the service, and no answer says what it did."""
+
+
+class HttpBackend(Backend):
+    id: ClassVar[str] = "httpBackend"
+    config_section: ClassVar[str] = "http"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances: dict[str, Instance] = {}
+        self.broken: dict[str, str] = {}  # a bad instance is refused, not fatal to the others
+        for name, raw in dict(context.instances).items():
+            try:
+                self.instances[name] = Instance.parse(name, raw)
+            except (ConfigError, TypeError, ValueError) as exc:
+                log.error("http instance %s is misconfigured: %s", name, exc)
+                self.broken[name] = str(exc)
+        self._transport = transport
+        self._clients: ClientsPerLoop[HttpServiceClient] = ClientsPerLoop()
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return INSTANCE_LABEL in labels
+
+    def _instance(self, labels: Mapping[str, str]) -> Instance:
+        name = labels.get(INSTANCE_LABEL)
+        everything = sorted([*self.instances, *self.broken])
+        configured = ", ".join(everything) or "none"
+        if not name:
+            if len(everything) != 1:
+                raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+            name = everything[0]
+        if name in self.broken:
+            raise SpecRejected(f"http instance {name!r} is misconfigured: {self.broken[name]}")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [http.<name>] in the ASCOB_CONFIG file)"
+            )
+        return self.instances[name]
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance(labels)
+
+    def _client(self, inst: Instance) -> HttpServiceClient:
+        return self._clients.get(
+            inst.name, lambda: HttpServiceClient(inst.timeout, transport=self._transport)
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    def _secrets(self, inst: Instance, problem: type[Exception]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for variable in sorted(inst.secret_env):
+            value = os.environ.get(variable)
+            if value is None:
+                raise problem(
+                    f"http instance {inst.name!r}: environment variable {variable} "
+                    "(listed in secret_env) is not set"
+                )
+            values[f"env.{variable}"] = value
+        return values
+
+    def _render(
+        self,
+        inst: Instance,
+        spec: RequestSpec,
+        values: Mapping[str, str],
+        secrets: Mapping[str, str],
+    ) -> tuple[str, dict[str, str], bytes | None]:
+        """The request's URL, headers and body. Raises :class:`TemplateError`."""
+        url = render(spec.url, values, url_value)
+        with_secrets = {**values, **secrets}
+        headers = {
+            k: render(v, with_secrets, header_value)
+            for k, v in {**inst.headers, **spec.headers}.items()
+        }
+        body = None if spec.body is None else to_json(render_body(spec.body, values))
+        return url, headers, body
+
+    async def _follow_call(
+        self,
+        inst: Instance,
+        spec: RequestSpec,
+        values: Mapping[str, str],
+        what: str,
+        gone_ok: bool = False,
+    ) -> httpx.Response:
+        """A request after the start (status, output, stop): every failure is transient, except
+        404 (the service no longer knows the job). ``gone_ok``: 404/409/410 are answers too."""
+        try:
+            url, headers, body = self._render(
+                inst, spec, values, self._secrets(inst, BackendUnavailable)
+            )
+        except (TemplateError, ValueError) as exc:
+            raise BackendUnavailable(f"http {inst.name!r} {what}: {exc}") from exc
+        try:
+            response = await self._client(inst).send(spec.method, url, headers, body)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"http {inst.name!r} {what}: {describe(exc)}") from exc
+        if gone_ok and response.status_code in _GONE:
+            return response
+        if response.status_code == 404:
+            raise JobNotFound(f"http {inst.name!r} {what}: HTTP 404: {snippet(response)}")
+        if response.status_code >= 400:
+            raise BackendUnavailable(
+                f"http {inst.name!r} {what}: HTTP {response.status_code}: {snippet(response)}"
+            )
+        return response
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[Instance, dict[str, str]]:
+        try:
+            name, job_id = keys["httpInstance"], keys["httpJobId"]
+        except KeyError:
+            raise JobNotFound("identification keys carry no httpInstance/httpJobId") from None
+        inst = self.instances.get(name)
+        if inst is None:
+            raise BackendUnavailable(f"http instance {name!r} is no longer configured")
+        return inst, {"job_id": job_id, "run_id": keys.get("httpRunId", "")}
+
+    # ------------------------------------------------------------------ submit
+
+    @staticmethod
+    def idempotency_key(job: Job) -> str:
+        nonce = hashlib.sha256(f"ascob-start:{job.webhook_id}".encode()).hexdigest()[:16]
+        return f"ascob-{job.run_id}-{nonce}"
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        try:
+            inst = self._instance(job.labels)
+        except SpecRejected as exc:
+            raise SubmitRefused(str(exc)) from exc
+        start = inst.start
+        where = f"http {inst.name!r} start"
+        values = {
+            "run_id": str(job.run_id),
+            "webhook_id": job.webhook_id,
+            **{f"param.{k}": v for k, v in job.parameters.items()},
+        }
+        try:
+            url, headers, body = self._render(
+                inst, start.request, values, self._secrets(inst, SubmitRefused)
+            )
+        except TemplateError as exc:
+            given = ", ".join(sorted(job.parameters)) or "none"
+            raise UnknownVariable(
+                f"{where}: the template names {{{exc.name}}}, which this job does not provide "
+                f"(its parameters: {given})"
+            ) from exc
+        except ValueError as exc:
+            raise SubmitRefused(f"{where}: {exc}") from exc
+        attempts = 1
+        if start.idempotency_header:
+            headers[start.idempotency_header] = self.idempotency_key(job)
+            attempts = start.attempts
+        client = self._client(inst)
+        reached, last = False, ""
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(start.retry_pause * 2 ** (attempt - 1))
+                log.warning("run %s: %s: trying again (%s)", job.run_id, where, last)
+            try:
+                response = await client.send(start.request.method, url, headers, body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last = f"cannot connect ({describe(exc)})"
+                continue
+            except httpx.HTTPError as exc:
+                reached, last = True, f"no answer ({describe(exc)})"
+                continue
+            code = response.status_code
+            if code >= 500:
+                reached, last = True, f"HTTP {code}: {snippet(response)}"
+                continue
+            if 400 <= code < 500:
+                if not reached:
+                    raise SubmitRefused(f"{where}: HTTP {code}: {snippet(response)}")
+                last = f"HTTP {code}: {snippet(response)}"
+                if code == 409 and attempt < attempts - 1:
+                    continue  # the first try is still being processed under that key
+                raise StartOutcomeUnknown(
+                    f"{where}: an earlier try may have started the job, and the retry answered "
+                    f"{last}; outcome unknown"
+                )
+            if code not in start.accept:
+                accepted = ", ".join(str(c) for c in sorted(start.accept))
+                raise StartOutcomeUnknown(
+                    f"{where}: answered HTTP {code}, not one of the accepted codes ({accepted}); "
+                    "outcome unknown"
+                )
+            job_id = self._job_id(inst, response, where)
+            log.info("run %s: %s made job %s", job.run_id, where, job_id)
+            return {"httpInstance": inst.name, "httpJobId": job_id, "httpRunId": str(job.run_id)}
+        if not reached:
+            raise SubmitRefused(f"{where}: {last}")
+        tries = f" after {attempts} tries" if attempts > 1 else ""
+        hint = "" if start.idempotency_header else " (set idempotency_header to retry safely)"
+        raise StartOutcomeUnknown(f"{where}: {last}{tries}; outcome unknown{hint}")
+
+    @staticmethod
+    def _job_id(inst: Instance, response: httpx.Response, where: str) -> str:
+        start = inst.start
+        if start.job_id_header is not None:
+            value = response.headers.get(start.job_id_header)
+            segment = unquote(urlsplit(value).path.rstrip("/").rsplit("/", 1)[-1]) if value else ""
+            if not segment:
+                raise SubmitRefused(
+                    f"{where}: the answer (HTTP {response.status_code}) has no "
+                    f"{start.job_id_header} header with the job id: {snippet(response)}"
+                )
+            return segment
+        assert start.job_id_path is not None
+        try:
+            found = scalar_text(start.job_id_path.find(response.json()))
+        except (ValueError, LookupError):
+            found = None
+        if not found:
+            raise SubmitRefused(
+                f"{where}: the answer (HTTP {response.status_code}) has no job id at "
+                f"{start.job_id_path.text}: {snippet(response)}"
+            )
+        return found
+
+    # ------------------------------------------------------------------ follow
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        inst, values = self._known(keys)
+        spec = inst.status
+        response = await self._follow_call(inst, spec.request, values, "status")
+        return self._report(inst, values, response)
+
+    def _report(
+        self, inst: Instance, values: Mapping[str, str], response: httpx.Response
+    ) -> StatusReport:
+        spec = inst.status
+        where = f"http {inst.name!r} status of job {values['job_id']}"
+        try:
+            data: Any = response.json()
+        except ValueError as exc:
+            raise BackendUnavailable(f"{where}: not JSON: {snippet(response)}") from exc
+        try:
+            value = scalar_text(spec.path.find(data))
+        except LookupError as exc:
+            raise BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
+        mapped = spec.statuses.get(value) if value is not None else None
+        if mapped is None:
+            raise BackendUnavailable(
+                f"{where}: unknown status value {value!r} (not in [http.{inst.name}.status] map); "
+                "polling goes on"
+            )
+        message: str | None = None
+        if spec.message_path is not None:
+            try:
+                message = scalar_text(spec.message_path.find(data))
+            except LookupError:
+                message = None
+        if message is None and mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+            message = f"job {values['job_id']}: {value}"
+        url = None
+        if spec.web_url is not None:
+            try:
+                url = render(spec.web_url, values, url_value)
+            except TemplateError:
+                url = None
+        return StatusReport(mapped, message, url)
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        inst, values = self._known(keys)
+        spec = inst.output
+        if spec is None:
+            return OutputChunk("", offset, False)
+        try:  # first the status: if final now, the text read next is complete
+            more = not (await self.status(keys)).status.is_final
+        except BackendUnavailable:
+            more = True
+        where = f"http {inst.name!r} output of job {values['job_id']}"
+        response = await self._follow_call(
+            inst, spec.request, {**values, "offset": str(offset)}, "output"
+        )
+        if spec.path is None:
+            text = response.text
+        else:
+            try:
+                found = spec.path.find(response.json())
+            except (ValueError, LookupError) as exc:
+                raise BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
+            text = "" if found is None else scalar_text(found) or ""
+        if spec.by_offset:
+            return OutputChunk(text, offset + len(text.encode()), more)
+        whole = text.encode()
+        rest = whole[offset:].decode("utf-8", errors="replace")
+        return OutputChunk(rest, max(offset, len(whole)), more)
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        inst, values = self._known(keys)
+        spec = inst.force_stop if force and inst.force_stop is not None else inst.stop
+        if spec is None:
+            log.warning(
+                "http instance %s has no stop request: job %s goes on", inst.name, values["job_id"]
+            )
+            return
+        response = await self._follow_call(inst, spec, values, "stop", gone_ok=True)
+        if response.status_code in _GONE:
+            log.warning(
+                "http %s: stop of job %s answered %s (already over?): %s",
+                inst.name,
+                values["job_id"],
+                response.status_code,
+                snippet(response),
+            )
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
