@@ -132,7 +132,8 @@ def _launcher_lifespan(parts: object) -> Any:
                     except Exception as exc:
                         log.warning("Prefect server not ready (%r); retrying", exc)
                         await asyncio.sleep(2)
-                await launcher.run(client, deployment_id)
+                launcher.deployment_id = deployment_id
+                await launcher.run(client)
 
         task = asyncio.create_task(run())
         try:
