@@ -214,3 +214,17 @@ class WhoAmIResponse(WireModel):
 class ErrorPayload(WireModel):
     status: int
     error: str
+
+
+# --------------------------------------------------------------------------- installation
+
+
+class Installation(SQLModel, table=True):
+    """The identity of the installation this repository is (one row, created once): its flow
+    runs carry it, so no executor touches another installation's flow runs."""
+
+    __tablename__ = "installation"
+
+    id: int = Field(default=1, primary_key=True)
+    installation_id: str
+    created: datetime = Field(default_factory=utcnow)

@@ -45,11 +45,10 @@ class Canceller:
         cancelling = await self.queries.cancelling(client)
         cancelled = await self.queries.cancelled_since(client, self._since)
         for flow_run in [*cancelling, *cancelled]:
-            run_id = flow_run.parameters.get("run_id")
-            if run_id is None:
-                run_id = await asyncio.to_thread(repo.run_for_flow_run, str(flow_run.id))
+            # never another installation's run with the same number (shared deployment name)
+            run_id = await self.queries.owns(flow_run)
             if run_id is not None:
-                wanted.append(int(run_id))
+                wanted.append(run_id)
         self._since = next_since
         if not wanted:
             return

@@ -142,6 +142,8 @@ class Claimer:
                 current = await client.read_flow_run(flow_run.id)
                 if current.state is None or current.state.type != StateType.SCHEDULED:
                     return
+                if not await self._ours(current):
+                    return  # another installation's flow run (same deployment name)
             run_id = flow_run.parameters.get("run_id")
             known = None if run_id is None else (await self.runtime.record(int(run_id))).executor_id
             result: Any = await client.set_flow_run_state(flow_run.id, Pending(), force=False)
@@ -158,6 +160,12 @@ class Claimer:
             return
         flow_run.state = result.state
         await self.gate.start(flow_run, None if run_id is None else int(run_id), known)
+
+    async def _ours(self, flow_run: FlowRun) -> bool:
+        assert self.queries is not None
+        if self.queries.claimable(flow_run):
+            return True
+        return await self.queries.owns(flow_run) is not None
 
     async def _already_over(self, client: PrefectClient, flow_run_id: UUID, run_id: int) -> bool:
         """A claim can still win the race against another executor that ran the flow run to its

@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import State
 
+from ascob_flows.executor.queries import installation_tag
 from ascob_flows.executor.support import Backoff, log, transient
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
@@ -46,9 +47,12 @@ class Launcher:
     Prefect server instead of a create, a read and a claim. The launcher of ``ascob api``
     creates Scheduled flow runs, which executors claim."""
 
-    def __init__(self, runtime: Runtime, executor: Executor | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, executor: Executor | None = None, *, installation: str
+    ) -> None:
         self.runtime = runtime
         self.executor = executor
+        self.tag = installation_tag(installation)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick = asyncio.Event()
         self.sweep_interval = 2.0
@@ -133,7 +137,7 @@ class Launcher:
     async def _create_flow_run(
         self, client: PrefectClient, deployment_id: UUID, rec: RunRecord, state: State[Any] | None
     ) -> FlowRun:
-        tags = [f"backend:{rec.backend_id}"]
+        tags = [self.tag, f"backend:{rec.backend_id}"]
         if rec.submitter:
             tags.append(f"owner:{rec.submitter}")
         for attempt in range(_CREATE_ATTEMPTS):
