@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending, State
 
+from ascob_flows.engine_compat import handing_back
 from ascob_flows.executor.support import Stats, log
 from ascob_flows.flow import ascob_job
 from ascob_flows.runtime import Runtime
@@ -105,8 +106,20 @@ class StartGate:
             if full:  # there is room again: look for Scheduled flow runs now
                 self.on_room()
 
-    async def stop_all(self) -> None:
-        """Cancel every live flow run; runs keep their locks and state for the next executor."""
-        for task in list(self.active.values()):
-            task.cancel()
-        await asyncio.gather(*self.active.values(), return_exceptions=True)
+    async def stop_all(self, limit: float = 10.0) -> None:
+        """Hand every live flow run back to Prefect (Scheduled, "Resuming"; see
+        ``engine_compat``): the next executor claims it at once and carries on from the
+        repository's state; the run keeps its locks meanwhile. Bounded by ``limit`` seconds."""
+        tasks = list(self.active.values())
+        if not tasks:
+            return
+        with handing_back(self.executor_id):
+            for task in tasks:
+                task.cancel()
+            _, late = await asyncio.wait(tasks, timeout=limit)
+        log.info(
+            "executor %s: handed %d flow runs back%s",
+            self.executor_id,
+            len(tasks) - len(late),
+            f" ({len(late)} did not stop within {limit:.0f} s)" if late else "",
+        )

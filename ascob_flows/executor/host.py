@@ -36,6 +36,7 @@ class Executor:
         runtime: Runtime,
         executor_id: str,
         *,
+        installation: str,
         max_concurrent: int = 5000,
         start_rate: float = 20.0,
         claim_interval: float = 1.0,
@@ -59,7 +60,10 @@ class Executor:
             on_room=self.kick,
         )
         self.claimer = Claimer(runtime, self.gate, claim_interval)
-        self.launcher = Launcher(runtime, self) if with_launcher else None
+        self.installation = installation
+        self.launcher = (
+            Launcher(runtime, self, installation=installation) if with_launcher else None
+        )
         self.deployment_id: UUID | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -121,7 +125,7 @@ class Executor:
         async with AsyncClientContext.get_or_create() as client_context:
             client = client_context.client
             self.deployment_id = await self._register(client)
-            queries = Queries(self.deployment_id)
+            queries = Queries(self.deployment_id, self.runtime, self.installation)
             self.claimer.queries = queries
             await asyncio.to_thread(
                 self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
@@ -152,10 +156,11 @@ class Executor:
             ]
             self.ready.set()
             log.info(
-                "executor %s ready (deployment %s/%s)",
+                "executor %s ready (deployment %s/%s, installation %s)",
                 self.executor_id,
                 FLOW_NAME,
                 self.deployment_name,
+                self.installation,
             )
             try:
                 await self._stop.wait()
