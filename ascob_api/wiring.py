@@ -77,9 +77,12 @@ def tagging_registration(parts: Parts) -> Callable[[dict[str, Any], str], int]:
     """Registration of a flow run started from Prefect with a ``job_spec``: the run is recorded,
     then the flow run gets the tags a launcher gives the flow runs it creates (installation,
     owner, backend), so it looks like every other run in the Prefect UI and stays this
-    installation's."""
+    installation's. A resumed flow run carries on with the run it registered before."""
 
     def register(job_spec: dict[str, Any], flow_run_id: str) -> int:
+        known = parts.repo.run_for_flow_run(flow_run_id) if flow_run_id else None
+        if known is not None:
+            return known  # a resumed flow run (handed back, or of a dead executor): its run
         run_id = parts.services.register_from_flow(job_spec, flow_run_id)
         if flow_run_id:
             rec = parts.repo.get_record(run_id)

@@ -231,3 +231,7 @@ async def test_another_installations_flow_run_is_never_taken_for_a_run_of_this_o
     assert await queries.owns(_flow_run(["ascob-installation:theirs"], 1)) is None
     assert await queries.owns(_flow_run([], 1)) is None  # run 1 here is another flow run's
     assert await queries.owns(mapped) == 3
+    # a job_spec flow run, tagged when it registered: the repository knows its run
+    registered = _flow_run(["ascob-installation:mine", "owner:alice"], None)
+    registered.id = mapped.id
+    assert await queries.owns(registered) == 3

@@ -71,6 +71,21 @@ def test_local_prefect_server_is_this_installations_and_a_stop_hands_runs_back(
         run_id = app.submit({"description": "long", "labels": {**DUMMY, "duration": "25"}})
         app.wait_status(run_id, "RUNNING", timeout=90)
         fr = _flow_run_id(app, run_id)
+        # and a job started from Prefect with a job_spec: resumed, it must not register again
+        prefect = httpx.Client(base_url=f"{prefect_url}/api", timeout=30)
+        dep = prefect.get(f"/deployments/name/ascob-job/{app.env['ASCOB_DEPLOYMENT']}").json()
+        spec = {"description": "from prefect", "labels": {**DUMMY, "duration": "25"}}
+        spec_fr = prefect.post(
+            f"/deployments/{dep['id']}/create_flow_run", json={"parameters": {"job_spec": spec}}
+        ).json()["id"]
+        spec_run = int(
+            wait_until(
+                lambda: _sql(app, "select id from runs where flow_run_id = ?", spec_fr),
+                60,
+                "the job_spec flow run to register",
+            )[0]
+        )
+        app.wait_status(spec_run, "RUNNING", timeout=90)
         time.sleep(2)  # its flow run shows the run and has its artifact
         assert app.proc.proc is not None
         app.proc.proc.send_signal(signal.SIGTERM)
@@ -80,6 +95,8 @@ def test_local_prefect_server_is_this_installations_and_a_stop_hands_runs_back(
         assert "Crash detected" not in said, app.proc.tail()
         app.restart()
         app.wait_status(run_id, "SUCCEDED", timeout=120)
+        app.wait_status(spec_run, "SUCCEDED", timeout=120)
+        assert _sql(app, "select count(*) from runs where flow_run_id = ?", spec_fr)[0] == 1
         prefect = httpx.Client(base_url=f"{prefect_url}/api", timeout=30)
         wait_until(
             lambda: prefect.get(f"/flow_runs/{fr}").json()["state_type"] == "COMPLETED",

@@ -77,10 +77,11 @@ class Queries:
         with another installation's tag never; an untagged one (made by an older version, or
         started from Prefect with a ``job_spec``) only if this repository says so."""
         run_id = flow_run.parameters.get("run_id")
-        if self.tag in flow_run.tags and run_id is not None:
-            return int(run_id)
-        if any(t.startswith(INSTALLATION_TAG) for t in flow_run.tags):
+        ours = self.tag in flow_run.tags
+        if not ours and any(t.startswith(INSTALLATION_TAG) for t in flow_run.tags):
             return None
+        if ours and run_id is not None:
+            return int(run_id)
         repo = self.runtime.repo
         try:
             return await asyncio.to_thread(repo.run_for_flow_run, str(flow_run.id))
