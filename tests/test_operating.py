@@ -235,3 +235,37 @@ async def test_another_installations_flow_run_is_never_taken_for_a_run_of_this_o
     registered = _flow_run(["ascob-installation:mine", "owner:alice"], None)
     registered.id = mapped.id
     assert await queries.owns(registered) == 3
+
+
+# --------------------------------------------------------------------------- clean stop
+
+
+async def test_a_cancelled_flow_run_is_handed_back_only_during_a_clean_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    from prefect.flow_engine import AsyncFlowRunEngine
+
+    from ascob_flows.engine_compat import handing_back, tune_flow_engine
+
+    tune_flow_engine()
+    written: list[tuple[str, str | None, bool]] = []
+
+    class Client:
+        async def set_flow_run_state(self, _id: Any, state: Any, force: bool) -> None:
+            written.append((state.type.value, state.name, force))
+
+    engine = SimpleNamespace(flow_run=SimpleNamespace(id=uuid4()), client=Client(), _raised=None)
+    engine_log = logging.getLogger("prefect.flow_runs")
+    with handing_back("executor-1"), caplog.at_level(logging.INFO):
+        await AsyncFlowRunEngine.handle_crash(engine, asyncio.CancelledError())  # type: ignore[arg-type]
+        engine_log.error("Finished in state Running()")
+    assert written == [("SCHEDULED", "Resuming", True)]
+    assert "Finished in state" not in caplog.text and "Crash detected" not in caplog.text
+    # outside a clean stop the engine's messages pass (a cancellation is Prefect's crash)
+    record = logging.LogRecord(
+        "prefect.flow_runs", logging.ERROR, __file__, 1, "Finished in state Running()", None, None
+    )
+    assert all(f.filter(record) for f in engine_log.filters)
