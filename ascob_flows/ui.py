@@ -188,6 +188,9 @@ class RunView:
             )
             if earlier:
                 self._artifact = earlier[0].id
+                if self._link is None:  # the links were shown by the earlier run: keep them
+                    links = str(earlier[0].data or "").split("\n\n## Output of ")[0]
+                    markdown = "\n\n".join(part for part in (links, markdown) if part)
                 await self.client.update_artifact(self._artifact, ArtifactUpdate(data=markdown))
                 return
         artifact = await self.client.create_artifact(

@@ -133,6 +133,7 @@ def test_clean_stop_hands_runs_back_quietly(workdir: Path) -> None:
         ).json()
         assert len(arts) == 1, arts  # one artifact, with the output of the resumed run
         assert "Output of ASCOB run" in arts[0]["data"], arts[0]["data"]
+        assert f"/api/runs/{run_id}" in arts[0]["data"], arts[0]["data"]  # links kept
     finally:
         app.stop()
 
