@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ascob_api.logsetup import configure_logging
+from ascob_api.logsetup import configure_logging, redact
 from ascob_api.settings import Settings
 
 app = typer.Typer(
@@ -87,6 +87,7 @@ def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
         "" if settings.root_token else f"; root token generated in {settings.home / 'root_token'}"
     )
     settings.ensure_root_token()
+    redact(settings.secret_values())
     if with_api and not settings.public_url:
         settings.public_url = f"http://{host}:{port}"
     server = _prepare(settings, start_local_prefect=with_api and with_executor)

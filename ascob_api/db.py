@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import event, make_url
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, inspect, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel, create_engine
 
 import ascob_api.models  # noqa: F401 - registers the tables
@@ -84,12 +84,33 @@ _SCHEMA_LOCK = 0x_A5C0_B5C4
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables. On PostgreSQL, processes that start together take turns: two
-    concurrent ``CREATE TABLE`` of the same table fail with a unique violation on ``pg_type``
-    (``create_all``'s "does it exist?" check and the create are not atomic)."""
-    if engine.dialect.name != "postgresql":
-        SQLModel.metadata.create_all(engine)
-        return
+    """Create missing tables, and add the columns a newer ASCOB added to existing ones. On
+    PostgreSQL, processes that start together take turns: two concurrent ``CREATE TABLE`` of the
+    same table fail with a unique violation on ``pg_type`` (``create_all``'s "does it exist?"
+    check and the create are not atomic)."""
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
         SQLModel.metadata.create_all(conn)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Upgrades are additive: a column added in a later version is added to an existing table,
+    nullable or with its scalar default (existing rows get it)."""
+    found = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+            ddl += column.type.compile(dialect=conn.dialect)
+            default = getattr(column.default, "arg", None)
+            if isinstance(default, bool):
+                ddl += f" DEFAULT {'true' if default else 'false'}"
+            elif isinstance(default, int | float):
+                ddl += f" DEFAULT {default}"
+            if not column.nullable and default is not None:
+                ddl += " NOT NULL"
+            conn.exec_driver_sql(ddl)

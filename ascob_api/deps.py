@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
 from ascob_api.security import Identity, Permission, TokenChecker
@@ -24,6 +24,10 @@ def get_identity(request: Request, secret: str | None = Depends(_api_key)) -> Id
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+RunId = Annotated[
+    int,
+    Path(ge=-(2**63), le=2**63 - 1, description="The run's id (a 64-bit integer)."),
+]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 
 

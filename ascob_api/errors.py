@@ -1,4 +1,6 @@
-"""The API's error tree; each maps to one HTTP status in :mod:`ascob_api.main`.
+"""The API's error tree, and the one place where the engine's domain errors
+(:mod:`ascob_flows.errors`) become HTTP statuses (:func:`http_status`, used by the exception
+handlers of :mod:`ascob_api.main`).
 
 ::
 
@@ -7,10 +9,54 @@
     ├── Unauthorized      401  missing, unknown or expired token
     ├── Forbidden         403  valid token without the permission
     ├── NotFound          404  unknown run, file, webhook or token
+    ├── Conflict          409  an Idempotency-Key used before with another body
     └── BackendFailed     502  the backend did not answer a request made on the caller's behalf
+
+    ascob_flows.errors.RunNotFound         404
+    ascob_flows.errors.InvalidSpec         400
+    ascob_flows.errors.AlreadyFinal        400  (as the original: stopping an ended run)
+    ascob_flows.errors.NotDispatched       409  a job reported before ASCOB dispatched it
+    ascob_flows.errors.WrongState          409
+    ascob_flows.locks.LockStoreUnavailable 503
 """
 
 from __future__ import annotations
+
+from ascob_flows.errors import (
+    AlreadyFinal,
+    InvalidSpec,
+    NotDispatched,
+    RunError,
+    RunNotFound,
+    WrongState,
+)
+from ascob_flows.locks import LockStoreUnavailable
+
+_DOMAIN: tuple[tuple[type[Exception], int], ...] = (
+    (RunNotFound, 404),
+    (InvalidSpec, 400),
+    (AlreadyFinal, 400),
+    (NotDispatched, 409),
+    (WrongState, 409),
+    (LockStoreUnavailable, 503),
+)
+
+
+def http_status(exc: Exception) -> int:
+    """The HTTP status of an engine error (500 for an error this table does not know)."""
+    for kind, status in _DOMAIN:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def domain_message(exc: Exception) -> str:
+    if isinstance(exc, RunError):
+        return exc.message
+    return f"the lock store does not answer: {exc}"
+
+
+DOMAIN_ERRORS = (RunError, LockStoreUnavailable)
 
 
 class AscobError(Exception):
@@ -35,6 +81,10 @@ class Forbidden(AscobError):
 
 class NotFound(AscobError):
     status_code = 404
+
+
+class Conflict(AscobError):
+    status_code = 409
 
 
 class BackendFailed(AscobError):

@@ -1,14 +1,61 @@
 """Structured logs (structlog over the standard library): console or JSON lines.
 
 Lines about a run carry its id as ``runId`` (and say ``run N`` in the message).
+
+An error's traceback is plain text without local variables (a rich traceback with locals would
+print the caller's token and the whole Settings, and rendering it blocked the API for seconds),
+and every configured secret (:func:`redact`) is replaced by ``***`` wherever it would appear in a
+line, its traceback included.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
+
+_secrets: list[str] = []
+_pattern: re.Pattern[str] | None = None
+
+MASK = "***"
+
+
+def redact(values: Iterable[str | None]) -> None:
+    """Never log these strings (tokens, passwords). Short values are ignored (too common)."""
+    global _pattern
+    found = {v for v in values if v and len(v) >= 6}
+    _secrets[:] = sorted(found, key=len, reverse=True)
+    _pattern = re.compile("|".join(re.escape(v) for v in _secrets)) if _secrets else None
+
+
+def scrub(text: str) -> str:
+    """``text`` with every configured secret masked."""
+    return _pattern.sub(MASK, text) if _pattern is not None else text
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v) for v in value)
+    return value
+
+
+def _redact_processor(
+    _: object, __: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    if _pattern is None:
+        return event
+    return {
+        k: _scrub_value(v) if isinstance(v, str | dict | list | tuple) else v
+        for k, v in event.items()
+    }
 
 
 def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
@@ -22,13 +69,17 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if fmt == "json" else _identity,
+            # plain text, no local variables; formatted here so that it is redacted too
+            structlog.processors.format_exc_info,
+            _redact_processor,
             renderer,
         ],
     )
@@ -47,7 +98,3 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-
-def _identity(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-    return event

@@ -11,10 +11,13 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from ascob_api import __version__
-from ascob_api.errors import AscobError
+from ascob_api import __version__, openapi
+from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
+from ascob_api.limits import RequestLimits
 from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
@@ -24,8 +27,8 @@ log = logging.getLogger("ascob.api")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -41,8 +44,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc served from assets shipped in fastapi-offline: no external URL
+    app = FastAPIOffline(
         title="ASCOB API",
         version=__version__,
         description="One front door from automation portals to Jenkins, Rundeck and friends.",
@@ -50,6 +63,11 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
+    app.add_middleware(
+        RequestLimits,
+        max_request_bytes=services.settings.max_request_bytes,
+        max_file_bytes=services.settings.max_file_bytes,
+    )
     for module in (runs, events, search, webhooks, security, backends, locks):
         app.include_router(module.router)
 
@@ -57,13 +75,22 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     async def _ascob_error(_: Request, exc: AscobError) -> JSONResponse:
         return _error(exc.status_code, exc.message)
 
+    for kind in DOMAIN_ERRORS:
+
+        @app.exception_handler(kind)
+        async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+            return _error(http_status(exc), domain_message(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -83,25 +110,5 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         """Liveness: answers without a token."""
         return {"status": "ok"}
 
-    _add_security_scheme(app)
+    openapi.install(app)
     return app
-
-
-def _add_security_scheme(app: FastAPI) -> None:
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original()
-        schema.setdefault("components", {})["schemas"] = schema.get("components", {}).get(
-            "schemas", {}
-        )
-        schema["components"]["schemas"]["ErrorPayload"] = {
-            "type": "object",
-            "properties": {"status": {"type": "integer"}, "error": {"type": "string"}},
-        }
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -16,16 +16,27 @@ from typing import Any
 
 from sqlalchemy import delete, func, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ascob_api.db import read_only
 from ascob_api.errors import NotFound
-from ascob_api.models import ApiToken, Executor, Run, RunFile
+from ascob_api.models import ApiToken, Executor, IdempotencyKey, Run, RunFile
 from ascob_flows.clock import utcnow
-from ascob_flows.ports import RunRecord
+from ascob_flows.errors import RunNotFound
+from ascob_flows.machine import Stage, Step
+from ascob_flows.ports import KeysUpdate, RunRecord
 from ascob_flows.status import FINAL_STATUSES, RunStatus
 
 _FINAL = [s.value for s in FINAL_STATUSES]
+
+
+class DuplicateKey(Exception):
+    """The idempotency key was used before, for ``run_id`` (its body hashed as ``request_hash``)."""
+
+    def __init__(self, run_id: int, request_hash: str) -> None:
+        super().__init__(f"idempotency key already used for run {run_id}")
+        self.run_id, self.request_hash = run_id, request_hash
 
 
 def hash_secret(secret: str) -> str:
@@ -52,28 +63,51 @@ class Repository:
 
     # ------------------------------------------------------------------ runs (API side)
 
-    def add_run(self, run: Run, finish: Any = None) -> Run:
-        """Insert a run; ``finish(run)`` may complete it once its id is known (same transaction)."""
+    def add_run(self, run: Run, finish: Any = None, claim: IdempotencyKey | None = None) -> Run:
+        """Insert a run; ``finish(run)`` may complete it once its id is known (same transaction).
+
+        With ``claim``, the idempotency key is recorded in the same transaction: if another
+        submission holds it already (also one committing at the same moment), nothing is
+        inserted and :class:`DuplicateKey` names that submission's run."""
         with self.session() as s:
+            if claim is not None:
+                s.exec(delete(IdempotencyKey).where(col(IdempotencyKey.expires_at) < utcnow()))
+                existing = s.get(IdempotencyKey, (claim.owner, claim.key))
+                if existing is not None:
+                    raise DuplicateKey(existing.run_id, existing.request_hash)
             s.add(run)
             s.flush()
             if finish is not None:
                 finish(run)
-            s.commit()
+            if claim is not None:
+                assert run.id is not None
+                claim.run_id = run.id
+                s.add(claim)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                if claim is None:
+                    raise
+                with self.reading() as r:
+                    found = r.get(IdempotencyKey, (claim.owner, claim.key))
+                if found is None:
+                    raise
+                raise DuplicateKey(found.run_id, found.request_hash) from None
             return run
 
     def get_run(self, run_id: int) -> Run:
         with self.reading() as s:
             run = s.get(Run, run_id)
         if run is None:
-            raise NotFound(f"run {run_id} not found")
+            raise RunNotFound(f"run {run_id} not found")
         return run
 
     def get_run_by_webhook(self, webhook_id: str) -> Run:
         with self.reading() as s:
             run = s.exec(select(Run).where(Run.webhook_id == webhook_id)).first()
         if run is None:
-            raise NotFound("webhook not found")
+            raise RunNotFound("webhook not found")
         return run
 
     def search(
@@ -90,10 +124,11 @@ class Repository:
             query = query.where(Run.submitter == submitter)
         if statuses:
             query = query.where(col(Run.status).in_([s.value for s in statuses]))
+        # strict on both ends, as the original: a portal paging by time never sees a run twice
         if created_after:
-            query = query.where(Run.defined_time >= created_after)
+            query = query.where(Run.defined_time > created_after)
         if created_before:
-            query = query.where(Run.defined_time <= created_before)
+            query = query.where(Run.defined_time < created_before)
         query = query.order_by(col(Run.defined_time).desc(), col(Run.id).desc()).limit(limit)
         with self.reading() as s:
             return list(s.exec(query).all())
@@ -159,28 +194,39 @@ class Repository:
     def get_record(self, run_id: int) -> RunRecord:
         return to_record(self.get_run(run_id))
 
-    def transition(
+    def apply(
         self,
         run_id: int,
-        allowed: Iterable[RunStatus],
-        to: RunStatus,
-        where: Mapping[str, Any] | None = None,
+        step: Step,
+        *,
+        keys: KeysUpdate | None = None,
         **fields: Any,
-    ) -> bool:
-        values: dict[str, Any] = {"status": to.value, **fields}
-        if to.is_final and "end_time" not in values:
-            values["end_time"] = utcnow()
-        stmt = (
-            update(Run)
-            .where(col(Run.id) == run_id)
-            .where(col(Run.status).in_([s.value for s in allowed]))
-        )
-        for name, value in (where or {}).items():
-            stmt = stmt.where(getattr(Run, name) == value)
+    ) -> Stage | None:
+        """Apply one step of the run's state machine in one transaction: only if the run is in
+        one of the step's from-stages. ``keys`` computes the new identification keys from the
+        stored ones (under the same row lock). Returns the new stage, or None (nothing changed)."""
         with self.session() as s:
-            result = s.exec(stmt.values(**values))
+            row = s.exec(
+                select(Run.status, Run.dispatch_started, Run.identification_keys, Run.end_time)
+                .where(col(Run.id) == run_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise RunNotFound(f"run {run_id} not found")
+            status, started, current_keys, end_time = row
+            target = step.target(Stage.of(RunStatus(status), started))
+            if target is None:
+                return None
+            values: dict[str, Any] = {"status": target.status.value, **fields}
+            if target is Stage.DISPATCHING:
+                values["dispatch_started"] = True
+            if target.status.is_final and end_time is None and "end_time" not in values:
+                values["end_time"] = utcnow()
+            if keys is not None:
+                values["identification_keys"] = keys(dict(current_keys or {}))
+            s.exec(update(Run).where(col(Run.id) == run_id).values(**values))
             s.commit()
-            return bool(result.rowcount)
+            return target
 
     def update_fields(self, run_id: int, **fields: Any) -> None:
         with self.session() as s:
@@ -330,4 +376,7 @@ def to_record(run: Run) -> RunRecord:
         abort_force=run.abort_force,
         stop_sent=run.stop_sent,
         defined_time=run.defined_time,
+        max_lock_wait=spec.get("maxLockWaitSeconds"),
+        waiting_since=run.waiting_since,
+        message=run.message,
     )

@@ -7,26 +7,33 @@ once. Backend calls are async; repository calls are short and run in worker thre
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from ascob_api.errors import BackendFailed, BadRequest, NotFound
-from ascob_api.models import JobSpec, Run, RunInfo
-from ascob_api.repository import Repository
+from ascob_api.errors import BackendFailed, BadRequest, Conflict
+from ascob_api.models import IdempotencyKey, JobSpec, Run, RunInfo
+from ascob_api.repository import DuplicateKey, Repository
 from ascob_api.settings import Settings
-from ascob_flows.control import AlreadyFinal, request_stop
+from ascob_flows.clock import utcnow
+from ascob_flows.control import apply_backend_report, request_stop
+from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound
 from ascob_flows.locks import LockStore, validate_key
-from ascob_flows.status import NOT_DISPATCHED, RunStatus
+from ascob_flows.machine import KEYS_REPORTED, Stage, report_step
+from ascob_flows.status import RunStatus
 from backends import BackendRegistry, SpecRejected
 
 log = logging.getLogger("ascob.api")
 
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 RUNTIME_VARIABLES = ("RUNID", "WEBHOOKID", "SUBMITTER")
 LATE_VARIABLES = ("LOCKTOKEN",)  # replaced at dispatch
 _VARIABLE = re.compile(r"%%([^%\s]*)%%")
@@ -61,15 +68,48 @@ class Services:
             try:
                 validate_key(lock.key)
             except ValueError as exc:
-                raise BadRequest(f"invalid lock: {exc}") from None
+                raise InvalidSpec(f"invalid lock: {exc}") from None
         try:
             backend = self.backends.select(spec.labels, spec.description)
         except SpecRejected as exc:
-            raise BadRequest(str(exc)) from exc
+            raise InvalidSpec(str(exc)) from exc
         return backend.id
 
+    def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None) -> tuple[Run, bool]:
+        """A portal's submission: the run, and whether it is a replay of an earlier submission
+        with the same ``Idempotency-Key`` (same token, same body: the same run, nothing new)."""
+        if idempotency_key is None:
+            return self.create_run(spec), False
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise BadRequest(
+                "Idempotency-Key must be 1-255 printable ASCII characters without spaces"
+            )
+        digest = hashlib.sha256(
+            json.dumps(spec.wire(), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        claim = IdempotencyKey(
+            owner=owner,
+            key=idempotency_key,
+            request_hash=digest,
+            run_id=0,
+            expires_at=utcnow() + timedelta(seconds=self.settings.idempotency_seconds),
+        )
+        try:
+            return self.create_run(spec, claim=claim), False
+        except DuplicateKey as dup:
+            if dup.request_hash != digest:
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for run {dup.run_id} with "
+                    "another job spec; use a new key for a new job"
+                ) from None
+            return self.repo.get_run(dup.run_id), True
+
     def create_run(
-        self, spec: JobSpec, parent_id: int | None = None, flow_run_id: str | None = None
+        self,
+        spec: JobSpec,
+        parent_id: int | None = None,
+        flow_run_id: str | None = None,
+        claim: IdempotencyKey | None = None,
     ) -> Run:
         """Validate, record and (unless manual start) ask for a flow run. Returns the run."""
         if not spec.runtime_variables:
@@ -100,7 +140,7 @@ class Services:
             row.submitter = effective.submitter
             row.lock_keys = sorted({lock.key for lock in effective.locks})
 
-        run = self.repo.add_run(run, finish)
+        run = self.repo.add_run(run, finish, claim)
         log.info(
             "run %s: defined (backend %s, submitter %s)",
             run.id,
@@ -117,7 +157,7 @@ class Services:
         try:
             spec = JobSpec.model_validate(job_spec)
         except ValidationError as exc:
-            raise BadRequest(f"invalid job_spec: {exc}") from exc
+            raise InvalidSpec(f"invalid job_spec: {exc}") from exc
         spec.manual_start = False
         run = self.create_run(spec, flow_run_id=flow_run_id)
         assert run.id is not None
@@ -145,10 +185,7 @@ class Services:
     # ------------------------------------------------------------------ stop
 
     async def abort(self, run_id: int, force: bool) -> Run:
-        try:
-            await request_stop(self.repo, self.locks, self.backends, run_id, force)
-        except AlreadyFinal as exc:
-            raise BadRequest(str(exc)) from None
+        await request_stop(self.repo, self.locks, self.backends, run_id, force)
         self._changed(run_id)
         return await asyncio.to_thread(self.repo.get_run, run_id)
 
@@ -156,25 +193,15 @@ class Services:
 
     async def refresh(self, run_id: int) -> RunInfo:
         run = await asyncio.to_thread(self.repo.get_run, run_id)
-        status = RunStatus(run.status)
-        if status.is_final or not run.identification_keys:
+        if RunStatus(run.status).is_final or not run.identification_keys:
             return RunInfo.of(run)
         backend = self.backends.get(run.backend_id)
         try:
             report = await backend.status(run.identification_keys)
         except Exception as exc:
             raise BackendFailed(f"{backend.id} did not answer: {exc}") from exc
-        new = RunStatus.from_backend(report.status)
-        if new.is_final:
-            allowed = [RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING]
-            if await asyncio.to_thread(
-                self.repo.transition, run_id, allowed, new, message=report.message
-            ):
-                self._changed(run_id)
-        elif new is RunStatus.RUNNING and status is RunStatus.SUBMITTED:
-            await asyncio.to_thread(
-                self.repo.transition, run_id, [RunStatus.SUBMITTED], RunStatus.RUNNING
-            )
+        if await apply_backend_report(self.repo, run_id, report):
+            self._changed(run_id)
         return RunInfo.of(await asyncio.to_thread(self.repo.get_run, run_id))
 
     async def output(self, run_id: int, offset: int) -> tuple[str, int, bool]:
@@ -198,30 +225,48 @@ class Services:
     def _live_webhook(self, webhook_id: str) -> Run:
         run = self.repo.get_run_by_webhook(webhook_id)
         if RunStatus(run.status).is_final:
-            raise NotFound("webhook not found (the run has ended)")
+            raise RunNotFound("webhook not found (the run has ended)")
         return run
 
     def webhook_update(
         self, webhook_id: str, status: RunStatus | None, keys: dict[str, str] | None
     ) -> Run:
+        """A job reports back: identification keys (kept for the dispatch when they come
+        before it), and RUNNING or how it ended, once ASCOB has dispatched it."""
+        step = None
+        if status is not None:
+            try:
+                step = report_step(status)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
         run = self._live_webhook(webhook_id)
         assert run.id is not None
+        stage = Stage.of(RunStatus(run.status), run.dispatch_started)
+        if step is not None and stage in (Stage.DEFINED, Stage.WAITING_LOCKS, Stage.PENDING_SUBMIT):
+            raise NotDispatched(
+                f"run {run.id} has not been dispatched yet (it is {run.status}): a job reports "
+                "its status once ASCOB has dispatched it",
+                RunStatus(run.status),
+            )
         if keys:
             backend = self.backends.get(run.backend_id)
-            merged = backend.merge_identification_keys(run.identification_keys, keys)
-            self.repo.update_fields(run.id, identification_keys=merged)
-        if status is not None:
-            current = RunStatus(run.status)
-            allowed = [s for s in RunStatus if not s.is_final]
-            if status is RunStatus.SUBMITTED or status in NOT_DISPATCHED:
-                raise BadRequest(f"a job cannot report the status {status.value}")
-            if not self.repo.transition(run.id, allowed, status):
-                raise NotFound("webhook not found (the run has ended)")
-            log.info(
-                "run %s: webhook reports %s (was %s)",
+            merged = self.repo.apply(
                 run.id,
-                status.value,
-                current.value,
+                KEYS_REPORTED,
+                keys=lambda stored: backend.merge_identification_keys(stored, keys),
+            )
+            if merged is None:
+                raise RunNotFound("webhook not found (the run has ended)")
+        if step is not None:
+            moved = self.repo.apply(run.id, step)
+            if moved is None and RunStatus(self.repo.get_run(run.id).status).is_final:
+                raise RunNotFound("webhook not found (the run has ended)")
+            log.info(
+                "run %s: webhook reports %s (was %s)%s",
+                run.id,
+                status,
+                run.status,
+                "" if moved else "; nothing changed",
                 extra={"runId": run.id},
             )
         self._changed(run.id)
@@ -289,7 +334,7 @@ def substitute(spec: JobSpec, run_id: int, webhook_id: str) -> JobSpec:
 
     data = walk(spec.wire())
     if unknown:
-        raise BadRequest(
+        raise InvalidSpec(
             f"unknown runtime variable(s) {', '.join(sorted(unknown))}; known: "
             + ", ".join(f"%%{v}%%" for v in (*RUNTIME_VARIABLES, *LATE_VARIABLES))
         )

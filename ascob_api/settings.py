@@ -8,6 +8,7 @@ import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,10 +30,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASCOB_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home)
-    database_url: str | None = None
-    root_token: str | None = None
-    job_manager_tokens: CsvList = Field(default_factory=list)
-    webhook_tokens: CsvList = Field(default_factory=list)
+    # secrets: never in the settings' repr (nor in any log line: ascob_api.logsetup.redact)
+    database_url: str | None = Field(default=None, repr=False)
+    root_token: str | None = Field(default=None, repr=False)
+    job_manager_tokens: CsvList = Field(default_factory=list, repr=False)
+    webhook_tokens: CsvList = Field(default_factory=list, repr=False)
     etcd_url: str | None = None
     etcd_api: Literal["v3", "v2"] = "v3"
     config: Path | None = None
@@ -42,7 +44,9 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
 
     max_file_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
     max_search_results: int = 1000
+    idempotency_seconds: int = 24 * 3600
     poll_interval: float = 5.0
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None
@@ -78,6 +82,22 @@ class Settings(BaseSettings):
             return {}
         with self.config.open("rb") as fh:
             return tomllib.load(fh)
+
+    def secret_values(self) -> list[str]:
+        """Every secret ASCOB knows of: tokens, the database password, the backends' tokens
+        (the environment variables their ``token_env`` / ``password_env`` name). Never logged."""
+        found = [self.root_token, *self.job_manager_tokens, *self.webhook_tokens]
+        if self.database_url:
+            password = urlsplit(self.database_url).password
+            found.append(password)
+        for section in self.backend_config.values():
+            for instance in section.values() if isinstance(section, dict) else ():
+                if not isinstance(instance, dict):
+                    continue
+                for name, variable in instance.items():
+                    if name.endswith("_env") and isinstance(variable, str):
+                        found.append(os.environ.get(variable))
+        return [s for s in found if s]
 
     def ensure_root_token(self) -> str:
         """The root token; when none is configured, one is generated once and kept in ASCOB_HOME.

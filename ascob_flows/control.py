@@ -1,25 +1,28 @@
-"""Stopping a run: shared by the REST API (DELETE /api/runs/{id}) and the executor (Cancel
-pressed on the flow run in the Prefect UI)."""
+"""Acting on a run from outside its flow, through the state machine (:mod:`ascob_flows.machine`):
+stopping it (the REST API's DELETE, Cancel pressed in the Prefect UI) and applying what a backend
+or the job itself reports (the flow's poll, a refresh, the webhook)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+from ascob_flows.errors import AlreadyFinal
 from ascob_flows.locks import LockStore, LockStoreUnavailable
+from ascob_flows.machine import (
+    ABORT_UNDISPATCHED,
+    BEGIN_ABORT,
+    Stage,
+    backend_report_step,
+)
 from ascob_flows.ports import RunRepository
-from ascob_flows.status import NOT_DISPATCHED, RunStatus
-from backends import BackendRegistry
+from ascob_flows.status import RunStatus
+from backends import BackendRegistry, StatusReport
+
+__all__ = ["AlreadyFinal", "apply_backend_report", "request_stop", "stop_backend_job"]
 
 log = logging.getLogger(__name__)
-
-
-class AlreadyFinal(Exception):
-    """The run has ended already; there is nothing to stop."""
-
-    def __init__(self, run_id: int, status: RunStatus) -> None:
-        super().__init__(f"run {run_id} is already {status.value}")
-        self.status = status
 
 
 async def request_stop(
@@ -30,28 +33,16 @@ async def request_stop(
     force: bool,
     reason: str = "stopped",
 ) -> RunStatus:
-    """Not dispatched yet: ABORTED at once (locks released). Dispatched: ABORTING, and the
-    backend is asked to stop now; the flow records ABORTED when the backend confirms.
-    Returns the status the run has afterwards."""
+    """Not dispatched yet: ABORTED at once (locks released). Dispatched (or being dispatched):
+    ABORTING, and the backend is asked to stop now; the flow records ABORTED when the backend
+    confirms. Returns the status the run has afterwards."""
     rec = await asyncio.to_thread(repo.get_record, run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
-    message = f"{reason} before dispatch"
-    aborted = False
-    if rec.status in NOT_DISPATCHED:
-        aborted = await asyncio.to_thread(
-            repo.transition, run_id, NOT_DISPATCHED, RunStatus.ABORTED, None, message=message
-        )
-    if not aborted and rec.status in (*NOT_DISPATCHED, RunStatus.PENDING_SUBMIT):
-        aborted = await asyncio.to_thread(
-            repo.transition,
-            run_id,
-            [RunStatus.PENDING_SUBMIT],
-            RunStatus.ABORTED,
-            {"dispatch_started": False},
-            message=message,
-        )
-    if aborted:
+    aborted = await asyncio.to_thread(
+        repo.apply, run_id, ABORT_UNDISPATCHED, message=f"{reason} before dispatch"
+    )
+    if aborted is not None:
         try:
             await locks.release(run_id)
         except LockStoreUnavailable:
@@ -63,15 +54,8 @@ async def request_stop(
             )
         log.info("run %s: ABORTED before dispatch (%s)", run_id, reason, extra={"runId": run_id})
         return RunStatus.ABORTED
-    moved = await asyncio.to_thread(
-        repo.transition,
-        run_id,
-        [RunStatus.PENDING_SUBMIT, RunStatus.SUBMITTED, RunStatus.RUNNING],
-        RunStatus.ABORTING,
-        None,
-        abort_force=force,
-    )
-    if moved:
+    moved = await asyncio.to_thread(repo.apply, run_id, BEGIN_ABORT, abort_force=force)
+    if moved is not None:
         log.info("run %s: ABORTING (%s, force=%s)", run_id, reason, force, extra={"runId": run_id})
         await stop_backend_job(repo, backends, run_id)
     return (await asyncio.to_thread(repo.get_record, run_id)).status
@@ -80,7 +64,7 @@ async def request_stop(
 async def stop_backend_job(repo: RunRepository, backends: BackendRegistry, run_id: int) -> None:
     """Ask the backend to stop the job once; failures are left to the flow's next poll."""
     rec = await asyncio.to_thread(repo.get_record, run_id)
-    if not rec.identification_keys or rec.stop_sent:
+    if not rec.identification_keys or rec.stop_sent or rec.stage is Stage.DISPATCHING:
         return  # the flow stops it as soon as the submission returns
     backend = backends.get(rec.backend_id)
     if not backend.can_stop:
@@ -96,3 +80,13 @@ async def stop_backend_job(repo: RunRepository, backends: BackendRegistry, run_i
             exc,
             extra={"runId": run_id},
         )
+
+
+async def apply_backend_report(repo: RunRepository, run_id: int, report: StatusReport) -> bool:
+    """Record what the backend says of the run's job (the flow's poll and a refresh): the one
+    place a backend status becomes a run status. True if the run's status changed."""
+    step = backend_report_step(report.status)
+    if step is None:
+        return False
+    fields: dict[str, Any] = {"message": report.message} if report.message else {}
+    return await asyncio.to_thread(repo.apply, run_id, step, **fields) is not None

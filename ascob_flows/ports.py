@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from ascob_flows.machine import Stage, Step
 from ascob_flows.status import RunStatus
+
+KeysUpdate = Callable[[dict[str, str]], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class RunRecord:
     abort_force: bool = False
     stop_sent: bool = False
     defined_time: datetime | None = None
+    max_lock_wait: int | None = None
+    waiting_since: datetime | None = None
+    message: str | None = None
+
+    @property
+    def stage(self) -> Stage:
+        return Stage.of(self.status, self.dispatch_started)
 
 
 class RunRepository(Protocol):
@@ -41,15 +51,11 @@ class RunRepository(Protocol):
 
     def get_record(self, run_id: int) -> RunRecord: ...
 
-    def transition(
-        self,
-        run_id: int,
-        allowed: Iterable[RunStatus],
-        to: RunStatus,
-        where: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> bool:
-        """Move to ``to`` if the status is one of ``allowed``; False if it was not."""
+    def apply(
+        self, run_id: int, step: Step, *, keys: KeysUpdate | None = None, **fields: Any
+    ) -> Stage | None:
+        """Apply a step of :mod:`ascob_flows.machine` as one conditional write: the new stage,
+        or None if the run was not in one of the step's from-stages (nothing changed)."""
         ...
 
     def update_fields(self, run_id: int, **fields: Any) -> None: ...

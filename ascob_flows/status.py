@@ -1,4 +1,5 @@
-"""Run statuses, with the wire names of the original ASCOB (typo included)."""
+"""Run statuses, with the wire names of the original ASCOB (typo included). Which status may
+follow which is :mod:`ascob_flows.machine`."""
 
 from __future__ import annotations
 
@@ -49,8 +50,4 @@ class RunStatus(StrEnum):
 
 FINAL_STATUSES = frozenset(
     {RunStatus.IN_DOUBT, RunStatus.SUCCEDED, RunStatus.FAILED, RunStatus.ABORTED}
-)
-NOT_DISPATCHED = frozenset({RunStatus.DEFINED, RunStatus.WAITING_LOCKS})
-DISPATCHED_ACTIVE = frozenset(
-    {RunStatus.PENDING_SUBMIT, RunStatus.SUBMITTED, RunStatus.RUNNING, RunStatus.ABORTING}
 )

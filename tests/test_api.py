@@ -385,7 +385,8 @@ def test_search_filters_newest_first_and_caps(ascob: Ascob) -> None:
     r = ascob.http.post(
         "/api/search/runs", json={"submitterFilter": marker, "createdAfterFilter": first}
     )
-    assert ids[0] in [i["id"] for i in r.json()["items"]]
+    found = [i["id"] for i in r.json()["items"]]
+    assert ids[0] not in found and ids[1] in found  # strict, as the original
     r = ascob.http.post(
         "/api/search/runs",
         json={"submitterFilter": marker, "createdBeforeFilter": "2000-01-01T00:00:00"},

@@ -134,11 +134,11 @@ async def test_waiters_are_served_in_arrival_order(make_store: StoreFactory) -> 
     for run_id in (3, 4, 5):
         narrow.append(start(a if run_id % 2 else b, run_id, ["A"]))
         await queued(a, run_id)
-    only_b = start(a, 6, ["B"])  # later than 2, so B is not its to take either
-    await still_waiting(only_b, 0.3)
-    await a.release(1)
+    await a.release(1)  # 2 is no longer held back by a hold older than itself: A, B are its
     await granted(wide)
-    for task in (*narrow, only_b):
+    only_b = start(a, 6, ["B"])
+    await still_waiting(only_b, 0.3)
+    for task in narrow:
         assert not task.done()
     await b.release(2)
     await granted(narrow[0])
@@ -151,9 +151,58 @@ async def test_waiters_are_served_in_arrival_order(make_store: StoreFactory) -> 
     await granted(narrow[2])
 
 
+async def test_a_later_run_takes_free_keys_while_the_earlier_waiter_is_blocked_by_an_old_hold(
+    make_store: StoreFactory,
+) -> None:
+    """The original ASCOB's scenario: a run waiting for {x, a} while `a` is held must not stop a
+    later run that needs only `x`."""
+    a, b = make_store(), make_store()
+    await a.acquire(1, ["a"])  # a long job
+    wide = start(b, 2, ["x", "a"])
+    await queued(a, 2)
+    only_x = start(a, 3, ["x"])
+    grant = await granted(only_x)
+    assert set(grant.tokens) == {"x"}
+    assert not wide.done()
+    infos = by_key(await a.snapshot())
+    assert infos["x"].reserved_for is None  # type: ignore[attr-defined]
+    assert await b.waiting_for(2) == [1, 3]
+    await a.release(3)
+    await still_waiting(wide, 0.3)  # still held back by run 1
+    await a.release(1)
+    assert set((await granted(wide)).tokens) == {"x", "a"}
+    await b.release(2)
+
+
+async def test_once_the_old_hold_ends_the_waiters_keys_are_reserved(
+    make_store: StoreFactory,
+) -> None:
+    a, b = make_store(), make_store()
+    await a.acquire(1, ["b"])  # older than the wide waiter
+    wide = start(b, 2, ["a", "b"])
+    await queued(a, 2)
+    first_a = await a.acquire(3, ["a"])  # bypasses: 2 is held back by run 1
+    assert set(first_a.tokens) == {"a"}
+    await a.release(1)  # no older hold left: a and b are now reserved for 2
+    later_a = start(a, 4, ["a"])
+    await still_waiting(later_a, 0.4)
+    infos = by_key(await a.snapshot())
+    assert infos["a"].reserved_for == 2 and infos["b"].reserved_for == 2  # type: ignore[attr-defined]
+    assert await a.waiting_for(2) == [3]
+    assert await a.waiting_for(4) == [2, 3]
+    await a.release(3)
+    await granted(wide)
+    assert not later_a.done()
+    await b.release(2)
+    await granted(later_a)
+    await a.release(4)
+
+
 async def test_a_wide_run_is_not_starved_by_a_stream_of_narrow_ones(
     make_store: StoreFactory,
 ) -> None:
+    """{A, B} waits while an old hold keeps B; an endless stream of {A} runs bypasses it meanwhile;
+    once B's old holder ends, the wide run is granted within a bounded time."""
     store, other = make_store(), make_store()
     stop = asyncio.Event()
     next_id = iter(range(100, 10_000))
@@ -173,10 +222,18 @@ async def test_a_wide_run_is_not_starved_by_a_stream_of_narrow_ones(
             helpers.add(asyncio.create_task(hold_then_release(narrow[run_id], run_id)))
             await asyncio.sleep(0.02)
 
+    await other.acquire(2, ["B"])
     feeder = asyncio.create_task(stream())
     await asyncio.sleep(0.3)
     wide = start(other, 1, ["A", "B"])
     try:
+        await queued(store, 1)
+        granted_before = sum(1 for t in narrow.values() if t.done())
+        await asyncio.sleep(1.0)
+        # the stream went on while B's old holder blocked the wide run
+        assert sum(1 for t in narrow.values() if t.done()) > granted_before
+        assert not wide.done()
+        await other.release(2)
         grant = await granted(wide, 15)
         assert set(grant.tokens) == {"A", "B"}
     finally:
@@ -188,6 +245,28 @@ async def test_a_wide_run_is_not_starved_by_a_stream_of_narrow_ones(
         for run_id in narrow:
             await store.release(run_id)
     await other.release(1)
+
+
+async def test_try_acquire_takes_free_keys_and_never_queues(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    await a.acquire(1, ["A"])
+    waiter = start(b, 2, ["B", "C"])  # B is free, so 2 holds B and C at once
+    await granted(waiter)
+    queued_c = start(a, 5, ["A", "C"])
+    await queued(a, 5)
+    assert await b.try_acquire(3, ["A", "D"]) is None  # A is held: nothing taken
+    assert not await b.holds(3, ["D"])
+    assert all(3 not in info.waiting for info in await a.snapshot())
+    grant = await b.try_acquire(4, ["D", "E"])
+    assert grant is not None and set(grant.tokens) == {"D", "E"}
+    assert await a.holds(4, ["D", "E"])
+    again = await b.try_acquire(4, ["D", "E"])  # idempotent, same tokens
+    assert again is not None and again.tokens == grant.tokens
+    await a.release(1)
+    await b.release(2)
+    await granted(queued_c)
+    for run_id in (4, 5):
+        await a.release(run_id)
 
 
 # ---------------------------------------------------------------------- leases
@@ -263,20 +342,20 @@ async def test_snapshot_and_waiting_for(make_store: StoreFactory) -> None:
     grant = await a.acquire(1, ["A"])
     wide = start(b, 2, ["A", "B"])
     await queued(a, 2)
-    narrow = start(a, 3, ["B"])
-    await still_waiting(narrow, 0.3)
     infos = by_key(await b.snapshot())
     assert set(infos) == {"A", "B"}
     lock_a, lock_b = infos["A"], infos["B"]
     assert lock_a.holder == 1 and lock_a.token == grant.tokens["A"]  # type: ignore[attr-defined]
     assert before < lock_a.since < datetime.now(UTC) + timedelta(seconds=5)  # type: ignore[attr-defined]
     assert lock_a.waiting == (2,)  # type: ignore[attr-defined]
-    assert lock_b.holder is None and lock_b.waiting == (2, 3)  # type: ignore[attr-defined]
+    assert lock_b.holder is None and lock_b.waiting == (2,)  # type: ignore[attr-defined]
+    assert lock_b.reserved_for is None  # type: ignore[attr-defined]
     assert await a.waiting_for(2) == [1]
-    assert await a.waiting_for(3) == [2]
     assert await a.waiting_for(1) == []
     await a.release(1)
     await granted(wide)
+    narrow = start(a, 3, ["B"])
+    await queued(a, 3)
     assert await b.waiting_for(3) == [2]
     await b.release(2)
     await granted(narrow)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -241,3 +242,35 @@ def test_flow_run_of_serve_is_created_claimed(ascob: Ascob) -> None:
     assert types[0] == "PENDING" and "SCHEDULED" not in types, types
     assert history[0]["message"].startswith("claimed at creation by "), history[0]
     assert types[-2:] == ["RUNNING", "COMPLETED"], types
+
+
+def test_a_run_that_waits_longer_than_its_max_lock_wait_ends_aborted(ascob: Ascob) -> None:
+    """Queue expiry end to end: ABORTED with the message, place released, flow run Cancelled."""
+    key = f"expiry-{uuid.uuid4().hex[:6]}"
+    holder = ascob.submit(
+        {"description": "holder", "labels": {**DUMMY, "status": "RUNNING"}, "locks": [{"key": key}]}
+    )
+    ascob.wait_status(holder, "RUNNING")
+    waiter = ascob.submit(
+        {
+            "description": "impatient",
+            "labels": DUMMY,
+            "locks": [{"key": key}],
+            "maxLockWaitSeconds": 2,
+        }
+    )
+    ended = ascob.wait_status(waiter, "ABORTED", timeout=60)
+    assert ended["endTime"] and ended["submissionTime"] is None
+    output = ascob.http.get(f"/api/runs/{waiter}/output.txt").text
+    assert f"waited 2 s for locks held by run {holder}" in output
+    locks = ascob.http.get("/api/locks").json()["items"]
+    assert all(waiter not in lock["waitingRunIds"] for lock in locks)
+    fr = flow_run_id(ascob, waiter)
+    state = wait_until(
+        lambda: (s := state_of(ascob, fr))["state_type"] == "CANCELLED" and s,
+        30,
+        "the flow run to end Cancelled",
+    )
+    assert f"waited 2 s for locks held by run {holder}" in state["state"]["message"]
+    ascob.http.delete(f"/api/runs/{holder}")
+    ascob.wait_status(holder, "ABORTED")

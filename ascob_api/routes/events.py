@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from ascob_api.deps import ServicesDep, require
+from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import AscobError
 from ascob_api.models import RunInfo
 from ascob_api.security import Identity, Permission
@@ -70,7 +70,7 @@ async def run_events(
 
 @router.get("/{runId}/events")
 async def events(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     interval: Annotated[float, Query(ge=0.2, le=30)] = 1.0,

@@ -8,17 +8,11 @@ from fastapi import APIRouter
 from pydantic import Field, field_serializer
 
 from ascob_api.deps import ServicesDep, require
-from ascob_api.errors import AscobError
 from ascob_api.models import WireModel
 from ascob_api.security import Identity, Permission
 from ascob_flows.clock import wire_time
-from ascob_flows.locks import LockStoreUnavailable
 
 router = APIRouter(prefix="/api/locks", tags=["locks"])
-
-
-class LockStoreDown(AscobError):
-    status_code = 503
 
 
 class LockView(WireModel):
@@ -27,6 +21,12 @@ class LockView(WireModel):
     since: datetime | None = None
     fencing_token: int | None = Field(default=None, serialization_alias="fencingToken")
     waiting: list[int] = Field(default_factory=list, serialization_alias="waitingRunIds")
+    reserved_for: int | None = Field(
+        default=None,
+        serialization_alias="reservedForRunId",
+        description="The earliest waiting run this key is reserved for: no later run may take "
+        "it, even while it is free. Null: a later run may take the key when it is free.",
+    )
 
     @field_serializer("since")
     def _wire_time(self, value: datetime | None) -> str | None:
@@ -42,11 +42,9 @@ class LocksResponse(WireModel):
 async def list_locks(
     services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> LocksResponse:
-    """Every held or awaited lock: holder run, since when, fencing token, waiting runs in order."""
-    try:
-        infos = await services.locks.snapshot()
-    except LockStoreUnavailable as exc:
-        raise LockStoreDown(f"the lock store does not answer: {exc}") from exc
+    """Every held or awaited lock: holder run, since when, fencing token, waiting runs in order,
+    and the run a free key is reserved for."""
+    infos = await services.locks.snapshot()  # unavailable: 503 (ascob_api.errors)
     return LocksResponse(
         store=services.locks.name,
         items=[
@@ -56,6 +54,7 @@ async def list_locks(
                 since=i.since,
                 fencing_token=i.token,
                 waiting=list(i.waiting),
+                reserved_for=i.reserved_for,
             )
             for i in infos
         ],

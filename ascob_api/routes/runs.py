@@ -5,36 +5,64 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from ascob_api.deps import ServicesDep, require
+from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import RunInfo, SubmitRequest, SubmitResponse
+from ascob_api.models import FileUploaded, RunInfo, SubmitRequest, SubmitResponse
 from ascob_api.security import Identity, Permission
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
-RunId = Annotated[int, "run id"]
 
-
-@router.post("", response_model=SubmitResponse, response_model_by_alias=True)
+@router.post(
+    "",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+    responses={
+        200: {
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "true when this answers an earlier submission with the same "
+                    "Idempotency-Key (no new run)",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                }
+            }
+        },
+        409: {"description": "The Idempotency-Key was used with another job spec"},
+    },
+)
 async def submit(
-    body: SubmitRequest, services: ServicesDep, identity: Identity = require(Permission.job_submit)
+    body: SubmitRequest,
+    services: ServicesDep,
+    response: Response,
+    identity: Identity = require(Permission.job_submit),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Submitting again with the same key and body (same token) returns the "
+            "same runId instead of a new run; kept at least 24 h.",
+        ),
+    ] = None,
 ) -> SubmitResponse:
     """Submit a job: record the run and start it (unless manualStart). Answers at once."""
     if body.job_spec.manual_start:
         identity.require(Permission.job_run_manual_start)
-    run = await asyncio.to_thread(services.create_run, body.job_spec)
+    run, replayed = await asyncio.to_thread(
+        services.submit, body.job_spec, identity.name, idempotency_key
+    )
     assert run.id is not None
+    response.headers["Idempotent-Replayed"] = str(replayed).lower()
     return SubmitResponse(run_id=run.id)
 
 
 @router.get("/{runId}", response_model=RunInfo, response_model_by_alias=True)
 async def get_run(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_read)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
     """The run's status and times; a run waiting for locks also says which runs it waits for."""
     info = RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
@@ -47,16 +75,18 @@ async def get_run(
 
 
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
+@router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 async def refresh(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
     """Ask the backend for the job's status now, and return the run."""
     return await services.refresh(runId)
 
 
 @router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
+@router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 async def start(
-    runId: int, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
     """Start a manual-start run that is still DEFINED."""
     return RunInfo.of(await asyncio.to_thread(services.start, runId))
@@ -64,7 +94,7 @@ async def start(
 
 @router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
 async def stop(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     force: bool = False,
     _: Identity = require(Permission.job_run_abort),
@@ -74,8 +104,9 @@ async def stop(
 
 
 @router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
+@router.post("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
 async def resubmit(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     submitter: Annotated[str, Query(min_length=1)],
     _: Identity = require(Permission.job_run_resubmit),
@@ -88,7 +119,7 @@ async def resubmit(
 
 @router.get("/{runId}/output.txt", response_class=PlainTextResponse)
 async def output(
-    runId: int,
+    runId: RunId,
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     _: Identity = require(Permission.job_run_output),
@@ -103,6 +134,8 @@ async def output(
 
 @router.post(
     "/{runId}/files/{fileId}",
+    response_model=FileUploaded,
+    response_model_by_alias=True,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -113,12 +146,12 @@ async def output(
     },
 )
 async def upload(
-    runId: int,
+    runId: RunId,
     fileId: str,
     request: Request,
     services: ServicesDep,
     _: Identity = require(Permission.job_run_upload_files),
-) -> dict[str, object]:
+) -> FileUploaded:
     """Attach an input file (raw body) to a run that is still DEFINED."""
     limit = services.settings.max_file_bytes
     declared = request.headers.get("content-length")
@@ -126,4 +159,4 @@ async def upload(
         raise BadRequest(f"file is {declared} bytes; the limit is {limit}")
     content = await request.body()
     await asyncio.to_thread(services.upload, runId, fileId, content)
-    return {"runId": runId, "fileId": fileId, "size": len(content)}
+    return FileUploaded(run_id=runId, file_id=fileId, size=len(content))

@@ -9,7 +9,12 @@ from fastapi import APIRouter
 
 from ascob_api.deps import IdentityDep, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import CreateTokenRequest, CreateTokenResponse, WhoAmIResponse
+from ascob_api.models import (
+    CreateTokenRequest,
+    CreateTokenResponse,
+    TokenDeleted,
+    WhoAmIResponse,
+)
 from ascob_api.security import Identity, Permission, parse_permissions
 
 router = APIRouter(prefix="/api/security", tags=["security"])
@@ -31,7 +36,7 @@ async def create_token(
     _: Identity = require(Permission.security_token_write),
 ) -> CreateTokenResponse:
     """Create (or replace) a token; its secret is shown this once and stored hashed."""
-    if not _IDENTIFIER.match(identifier):
+    if not _IDENTIFIER.fullmatch(identifier):
         raise BadRequest("identifier must be 1-128 letters, digits, '.', '_', '@' or '-'")
     permissions = [p.value for p in parse_permissions(body.permissions)]
     secret = await asyncio.to_thread(
@@ -40,10 +45,10 @@ async def create_token(
     return CreateTokenResponse(secret=secret)
 
 
-@router.delete("/tokens/{identifier}")
+@router.delete("/tokens/{identifier}", response_model=TokenDeleted)
 async def delete_token(
     identifier: str, services: ServicesDep, _: Identity = require(Permission.security_token_write)
-) -> dict[str, str]:
+) -> TokenDeleted:
     """Revoke a token."""
     await asyncio.to_thread(services.repo.delete_token, identifier)
-    return {"identifier": identifier, "status": "deleted"}
+    return TokenDeleted(identifier=identifier)

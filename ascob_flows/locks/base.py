@@ -1,17 +1,23 @@
 """The lock-store interface.
 
 A run asks for all its keys at once; it gets all of them or none, and waits (holding nothing)
-until it can have them. Waiters are served in arrival order per key. Every hold and every wait is
-leased: the executor that runs the flow refreshes the lease, so a dead executor's locks free
-themselves. Each grant carries a fencing token per key, increasing with every acquisition.
+until it can have them. Waiters are served by the fair rule of
+:mod:`ascob_flows.locks.queueing`: a later run may take free keys that an earlier waiter also
+wants only while that waiter is still blocked by a hold granted before it queued; after that its
+keys are reserved for it, in arrival order. Every hold and every wait is leased: the executor that
+runs the flow refreshes the lease, so a dead executor's locks free themselves. Each grant carries
+a fencing token per key, increasing with every acquisition.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+
+RELEASE_TRIES = 3  # a release that still fails is left to the lease
+HOLDS_TRIES = 4  # then holds() answers False: the flow waits again rather than dispatch blind
 
 
 class LockError(Exception):
@@ -40,6 +46,10 @@ class LockInfo:
     since: datetime | None
     token: int | None
     waiting: tuple[int, ...] = ()
+    reserved_for: int | None = None
+    """The earliest waiter the key is reserved for (no later run may take it)."""
+    blockers: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """For each waiter of the key: the runs it waits for (holders and earlier reservations)."""
 
 
 class LockStore(abc.ABC):
@@ -74,16 +84,18 @@ class LockStore(abc.ABC):
     async def snapshot(self) -> list[LockInfo]:
         """Every held or awaited key, its holder and its queue."""
 
+    @abc.abstractmethod
+    async def try_acquire(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        """Take every key now if each is free or the run's own, regardless of the queue (a
+        resumed run whose job runs already); else None. Never queues, never waits."""
+
     async def waiting_for(self, run_id: int) -> list[int]:
-        """The runs a waiting run waits for (holders and earlier waiters of its keys)."""
-        found: list[int] = []
+        """The runs a waiting run waits for (holders of its keys, and earlier waiters its keys
+        are reserved for)."""
+        found: set[int] = set()
         for info in await self.snapshot():
-            if run_id not in info.waiting:
-                continue
-            if info.holder is not None and info.holder != run_id:
-                found.append(info.holder)
-            found.extend(w for w in info.waiting[: info.waiting.index(run_id)])
-        return sorted(set(found))
+            found.update(info.blockers.get(run_id, ()))
+        return sorted(found)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

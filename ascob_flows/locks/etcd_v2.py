@@ -36,8 +36,16 @@ from urllib.parse import urlsplit
 
 import etcd
 
-from ascob_flows.locks.base import Grant, LockInfo, LockStore, LockStoreUnavailable
+from ascob_flows.locks.base import (
+    HOLDS_TRIES,
+    RELEASE_TRIES,
+    Grant,
+    LockInfo,
+    LockStore,
+    LockStoreUnavailable,
+)
 from ascob_flows.locks.queueing import (
+    Hold,
     Pump,
     Waiter,
     decode_key,
@@ -45,6 +53,7 @@ from ascob_flows.locks.queueing import (
     encode_key,
     lock_infos,
 )
+from ascob_flows.retry import LOCK_STORE, retry
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +191,11 @@ class EtcdV2LockStore(LockStore):
 
     async def acquire(self, run_id: int, keys: Sequence[str]) -> Grant:
         keys = tuple(dict.fromkeys(keys))
-        delay = 0.0
-        while True:
-            try:
-                grant = await self._run(self._enqueue_sync, run_id, keys)
-                break
-            except (LockStoreUnavailable, etcd.EtcdException) as exc:
-                delay = min(5.0, delay * 2 or 0.2)
-                log.warning(
-                    "run %s: cannot queue for locks (%r); again in %.1f s", run_id, exc, delay
-                )
-                await asyncio.sleep(delay)
+        grant = await retry(
+            lambda: self._run(self._enqueue_sync, run_id, keys),
+            on=(LockStoreUnavailable, etcd.EtcdException),
+            what=f"run {run_id}: queueing for locks",
+        )
         if grant is not None:
             return grant
         self._ensure_watch()
@@ -228,13 +231,13 @@ class EtcdV2LockStore(LockStore):
             grant = state.held_by(run_id, keys)
             if grant is not None:
                 granted[run_id] = grant
-            elif state.waiter_of(run_id) is None:
+            elif state.waiter_of(run_id) is None and self._pump.is_waiting(run_id):
                 log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
                 self._enqueue_sync(run_id, keys)
                 self._pump.wake()
-        holders = {k: h.run_id for k, h in state.holds.items()}
+        holds = {k: Hold(h.run_id, h.created) for k, h in state.holds.items()}
         waiters = [Waiter(w.created, w.run_id, w.keys) for w in state.waiters]
-        for waiter in eligible(waiters, holders, set(pending) - set(granted)):
+        for waiter in eligible(waiters, holds, set(pending) - set(granted)):
             node = state.waiter_of(waiter.run_id)
             assert node is not None
             grant = self._take_sync(state, node)
@@ -245,11 +248,26 @@ class EtcdV2LockStore(LockStore):
         return granted
 
     def _take_sync(self, state: _State, waiter: _Node) -> Grant | None:
-        run_id = waiter.run_id
-        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(waiter.keys)})
+        grant = self._put_holds_sync(state, waiter.run_id, waiter.keys)
+        if grant is not None:
+            self._delete_sync(waiter)
+        return grant
+
+    def _try_acquire_sync(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
+        state = self._read_sync()
+        if any(k in state.holds and state.holds[k].run_id != run_id for k in keys):
+            return None
+        return self._put_holds_sync(state, run_id, keys)
+
+    async def try_acquire(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        return await self._run(self._try_acquire_sync, run_id, tuple(dict.fromkeys(keys)))
+
+    def _put_holds_sync(self, state: _State, run_id: int, keys: tuple[str, ...]) -> Grant | None:
+        """Hold every key (each free or already the run's, as read); all or nothing."""
+        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(keys)})
         tokens: dict[str, int] = {}
         made: list[_Node] = []
-        for key in sorted(waiter.keys):
+        for key in sorted(keys):
             held = state.holds.get(key)
             if held is not None and held.run_id == run_id:
                 tokens[key] = held.created
@@ -267,13 +285,12 @@ class EtcdV2LockStore(LockStore):
                 int(result.createdIndex),
                 int(result.modifiedIndex),
                 run_id,
-                waiter.keys,
+                keys,
                 None,
             )
             made.append(node)
             tokens[key] = node.created
-        self._delete_sync(waiter)
-        return Grant(run_id, waiter.keys, {k: tokens[k] for k in waiter.keys})
+        return Grant(run_id, keys, {k: tokens[k] for k in keys})
 
     # ------------------------------------------------------------------ watch
 
@@ -289,7 +306,7 @@ class EtcdV2LockStore(LockStore):
         """Wake the pump on every deletion or expiry under the prefix."""
         client = self._new_client(self.watch_timeout)
         index: int | None = None
-        delay = 0.0
+        failures = 0
         while not self._closed.is_set():
             try:
                 if index is None:
@@ -298,7 +315,7 @@ class EtcdV2LockStore(LockStore):
                 event = client.watch(
                     self.prefix, index=index, recursive=True, timeout=self.watch_timeout
                 )
-                delay = 0.0
+                failures = 0
                 index = int(event.modifiedIndex) + 1
                 if event.action in ("delete", "expire", "compareAndDelete"):
                     self._pump.wake()
@@ -307,7 +324,8 @@ class EtcdV2LockStore(LockStore):
             except etcd.EtcdEventIndexCleared:
                 index = None  # history moved on: read again, wake the pump
             except Exception as exc:
-                delay = min(5.0, delay * 2 or 0.2)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
                 index = None
                 time.sleep(delay)
@@ -321,16 +339,12 @@ class EtcdV2LockStore(LockStore):
                 self._delete_sync(node)
 
     async def release(self, run_id: int) -> None:
-        attempts = 0
-        while True:
-            try:
-                await self._run(self._release_sync, run_id)
-                break
-            except LockStoreUnavailable:
-                attempts += 1
-                if attempts >= 3:
-                    raise
-                await asyncio.sleep(0.2 * attempts)
+        await retry(
+            lambda: self._run(self._release_sync, run_id),
+            on=(LockStoreUnavailable,),
+            attempts=RELEASE_TRIES,
+            what=f"run {run_id}: releasing locks",
+        )
         self._pump.wake()
 
     def _holds_sync(self, run_id: int, keys: Sequence[str]) -> bool:
@@ -339,12 +353,15 @@ class EtcdV2LockStore(LockStore):
 
     async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
         """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
-        for attempt in range(4):
-            try:
-                return await self._run(self._holds_sync, run_id, keys)
-            except LockStoreUnavailable:
-                await asyncio.sleep(0.25 * (attempt + 1))
-        return False
+        try:
+            return await retry(
+                lambda: self._run(self._holds_sync, run_id, keys),
+                on=(LockStoreUnavailable,),
+                attempts=HOLDS_TRIES,
+                what=f"run {run_id}: checking its locks",
+            )
+        except LockStoreUnavailable:
+            return False
 
     def _keepalive_sync(self, run_ids: set[int]) -> None:
         state = self._read_sync()
@@ -364,7 +381,7 @@ class EtcdV2LockStore(LockStore):
         state = await self._read()
         return lock_infos(
             {k: (h.run_id, h.since, h.created) for k, h in state.holds.items()},
-            ((w.run_id, w.keys) for w in state.waiters),
+            [Waiter(w.created, w.run_id, w.keys) for w in state.waiters],
         )
 
     async def aclose(self) -> None:

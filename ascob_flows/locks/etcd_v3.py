@@ -35,8 +35,17 @@ from typing import Any
 
 import httpx
 
-from ascob_flows.locks.base import Grant, LockError, LockInfo, LockStore, LockStoreUnavailable
+from ascob_flows.locks.base import (
+    HOLDS_TRIES,
+    RELEASE_TRIES,
+    Grant,
+    LockError,
+    LockInfo,
+    LockStore,
+    LockStoreUnavailable,
+)
 from ascob_flows.locks.queueing import (
+    Hold,
     Pump,
     Waiter,
     decode_key,
@@ -44,6 +53,7 @@ from ascob_flows.locks.queueing import (
     encode_key,
     lock_infos,
 )
+from ascob_flows.retry import LOCK_STORE, retry
 
 log = logging.getLogger(__name__)
 
@@ -228,17 +238,11 @@ class EtcdV3LockStore(LockStore):
 
     async def acquire(self, run_id: int, keys: Sequence[str]) -> Grant:
         keys = tuple(dict.fromkeys(keys))
-        delay = 0.0
-        while True:
-            try:
-                grant = await self._enqueue(run_id, keys)
-                break
-            except (LockStoreUnavailable, EtcdError) as exc:
-                delay = min(5.0, delay * 2 or 0.2)
-                log.warning(
-                    "run %s: cannot queue for locks (%r); again in %.1f s", run_id, exc, delay
-                )
-                await asyncio.sleep(delay)
+        grant = await retry(
+            lambda: self._enqueue(run_id, keys),
+            on=(LockStoreUnavailable, EtcdError),
+            what=f"run {run_id}: queueing for locks",
+        )
         if grant is not None:
             return grant
         self._ensure_watch()
@@ -306,15 +310,15 @@ class EtcdV3LockStore(LockStore):
             grant = state.held_by(run_id, keys)
             if grant is not None:
                 granted[run_id] = grant
-            elif run_id not in state.waiters:
+            elif run_id not in state.waiters and self._pump.is_waiting(run_id):
                 # its lease ran out (or someone released it): queue again, at the back
                 log.warning("run %s: its place in the lock queue expired; queueing again", run_id)
                 self._leases.pop(run_id, None)
                 await self._enqueue(run_id, keys)
                 self._pump.wake()
-        holders = {k: h.run_id for k, h in state.holds.items()}
+        holds = {k: Hold(h.run_id, h.token) for k, h in state.holds.items()}
         waiters = [w for w, _ in state.waiters.values()]
-        for waiter in eligible(waiters, holders, set(pending) - set(granted)):
+        for waiter in eligible(waiters, holds, set(pending) - set(granted)):
             grant = await self._take(state, waiter)
             if grant is not None:
                 granted[waiter.run_id] = grant
@@ -322,14 +326,44 @@ class EtcdV3LockStore(LockStore):
                 self._pump.wake()  # something changed under us: look again
         return granted
 
+    async def try_acquire(self, run_id: int, keys: Sequence[str]) -> Grant | None:
+        keys = tuple(dict.fromkeys(keys))
+        for _ in range(3):
+            state = await self._read()
+            grant = state.held_by(run_id, keys)
+            if grant is not None:
+                self._leases[run_id] = state.holds[keys[0]].lease
+                return grant
+            if any(k in state.holds and state.holds[k].run_id != run_id for k in keys):
+                return None
+            lease = state.markers.get(run_id) or await self._grant_lease()
+            compare: list[dict[str, Any]] = []
+            success = [self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease)]
+            grant = await self._put_holds(state, run_id, keys, lease, compare, success)
+            if grant is not None:
+                return grant
+        return None
+
     async def _take(self, state: _State, waiter: Waiter) -> Grant | None:
         run_id = waiter.run_id
         lease = state.waiters[run_id][1]
         waiter_key = self._waiter_key(run_id)
         compare = [self._same_create(waiter_key, waiter.order)]
         success: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(waiter_key)}}]
-        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(waiter.keys)})
-        for key in waiter.keys:
+        return await self._put_holds(state, run_id, waiter.keys, lease, compare, success)
+
+    async def _put_holds(
+        self,
+        state: _State,
+        run_id: int,
+        keys: tuple[str, ...],
+        lease: int,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+    ) -> Grant | None:
+        """One transaction: every key still as read (free, or ours) -> hold them all."""
+        value = json.dumps({"run": run_id, "since": _now_iso(), "keys": list(keys)})
+        for key in keys:
             hold_key = self._hold_key(key)
             held = state.holds.get(key)
             if held is not None:  # ours already (eligible): keep it, with its token
@@ -348,10 +382,10 @@ class EtcdV3LockStore(LockStore):
         if not payload.get("succeeded"):
             return None
         revision = int(payload["header"]["revision"])
-        tokens = {k: (state.holds[k].token if k in state.holds else revision) for k in waiter.keys}
+        tokens = {k: (state.holds[k].token if k in state.holds else revision) for k in keys}
         self._leases[run_id] = lease
-        log.debug("run %s: took %s (revision %s)", run_id, list(waiter.keys), revision)
-        return Grant(run_id, waiter.keys, tokens)
+        log.debug("run %s: took %s (revision %s)", run_id, list(keys), revision)
+        return Grant(run_id, keys, tokens)
 
     # ------------------------------------------------------------------ watch
 
@@ -363,7 +397,7 @@ class EtcdV3LockStore(LockStore):
 
     async def _watch(self) -> None:
         """Wake the pump on every deletion under the prefix; reconnect when the stream breaks."""
-        delay = 0.0
+        failures = 0
         while True:
             request: dict[str, Any] = {
                 "key": _b64(self.prefix),
@@ -385,7 +419,7 @@ class EtcdV3LockStore(LockStore):
                         if not line.strip():
                             continue
                         result = json.loads(line).get("result", {})
-                        delay = 0.0
+                        failures = 0
                         if result.get("compact_revision") or result.get("canceled"):
                             # history compacted: read again from now
                             self._watch_from = 0
@@ -400,7 +434,8 @@ class EtcdV3LockStore(LockStore):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = min(5.0, delay * 2 or 0.2)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
                 if isinstance(exc, httpx.TransportError):
                     self._endpoint = (self._endpoint + 1) % len(self.endpoints)
@@ -410,16 +445,12 @@ class EtcdV3LockStore(LockStore):
     # ------------------------------------------------------------------ the rest
 
     async def release(self, run_id: int) -> None:
-        attempts = 0
-        while True:
-            try:
-                await self._release(run_id)
-                break
-            except LockStoreUnavailable:
-                attempts += 1
-                if attempts >= 3:
-                    raise
-                await asyncio.sleep(0.2 * attempts)
+        await retry(
+            lambda: self._release(run_id),
+            on=(LockStoreUnavailable,),
+            attempts=RELEASE_TRIES,
+            what=f"run {run_id}: releasing locks",
+        )
         self._pump.wake()
 
     async def _release(self, run_id: int) -> None:
@@ -445,20 +476,15 @@ class EtcdV3LockStore(LockStore):
 
     async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
         """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
-        for attempt in range(4):
-            try:
-                payload = await self._call(
-                    "/kv/txn",
-                    {
-                        "success": [
-                            {"request_range": {"key": _b64(self._hold_key(k))}} for k in keys
-                        ]
-                    },
-                )
-                break
-            except LockStoreUnavailable:
-                await asyncio.sleep(0.25 * (attempt + 1))
-        else:
+        body = {"success": [{"request_range": {"key": _b64(self._hold_key(k))}} for k in keys]}
+        try:
+            payload = await retry(
+                lambda: self._call("/kv/txn", body),
+                on=(LockStoreUnavailable,),
+                attempts=HOLDS_TRIES,
+                what=f"run {run_id}: checking its locks",
+            )
+        except LockStoreUnavailable:
             return False
         for response in payload.get("responses", []):
             kvs = response.get("response_range", {}).get("kvs", [])
@@ -489,10 +515,9 @@ class EtcdV3LockStore(LockStore):
 
     async def snapshot(self) -> list[LockInfo]:
         state = await self._read()
-        in_order = sorted(state.waiters.values(), key=lambda e: e[0].order)
         return lock_infos(
             {k: (h.run_id, h.since, h.token) for k, h in state.holds.items()},
-            ((w.run_id, w.keys) for w, _ in in_order),
+            [w for w, _ in state.waiters.values()],
         )
 
     async def aclose(self) -> None:

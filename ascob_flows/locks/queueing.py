@@ -1,10 +1,21 @@
-"""What the etcd lock stores share: key-name encoding, the fair grant rule, and the grant pump.
+"""What every lock store shares: key-name encoding, the fair grant rule, the snapshot builder and
+the grant pump.
 
-The grant rule is the one the SQL store applies: waiters are taken in global arrival order; a
-waiter may take its keys when every key is free (or already its own) and no *earlier* waiter wants
-any of them. The earliest waiter of any group of conflicting waiters is therefore always
-eligible, so there is no deadlock, and a run that needs {A, B} is never overtaken by a later run
-that needs only {A}.
+The grant rule (:func:`plan_round`), the same for the SQL, etcd v3 and etcd v2 stores. Waiters are
+looked at in arrival order. A waiter W is *held back by an old hold* when one of its keys is held by
+another run whose hold was granted before W queued. Then:
+
+- W may take its keys when each is free (or already its own) and none is reserved;
+- unless W is held back by an old hold, W reserves its keys: no later waiter may take them.
+
+So a run that needs only free keys goes ahead of an earlier waiter that cannot start anyway (the
+original ASCOB's behaviour: a waiting run held and reserved nothing), but only while that waiter
+is blocked by holds older than itself. Those are finite: once they end, the waiter's keys are
+reserved for it, and the holds granted since end too. No waiter starves, and the earliest waiter
+of any group of conflicting waiters is always eligible, so there is no deadlock.
+
+Each store gives holds and waiters an order on one clock (an etcd revision or index, or the SQL
+store's fencing counter), so "granted before W queued" is ``hold.order < waiter.since``.
 
 The pump is one task per store and event loop: it runs a grant round for this process's waiters
 whenever something may have been freed (a watch event, a local release) and, as a safety net,
@@ -15,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ascob_flows.locks.base import Grant, LockInfo
+from ascob_flows.retry import LOCK_STORE
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +73,66 @@ def decode_key(segment: str) -> str:
 
 @dataclass(frozen=True)
 class Waiter:
-    """A run in the global queue; ``order`` is its arrival (a revision or an index)."""
+    """A run in the global queue: ``order`` is its arrival, ``since`` the store's clock when it
+    queued (holds granted before it have a smaller order); both on the store's one clock."""
 
     order: int
     run_id: int
     keys: tuple[str, ...]
+    since: int | None = None
+
+    @property
+    def queued_at(self) -> int:
+        return self.order if self.since is None else self.since
+
+
+_NOW = sys.maxsize  # the order of a hold granted in the round being planned
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A held key: its run, and ``order`` = when it was granted (its fencing token)."""
+
+    run_id: int
+    order: int
+
+
+@dataclass
+class RoundPlan:
+    """What the fair rule says of the queue as it is now."""
+
+    eligible: list[Waiter]
+    reserved: dict[str, list[int]]  # key -> the waiters that reserve it, in arrival order
+    blockers: dict[int, list[int]]  # waiter -> the runs it waits for
+
+
+def plan_round(waiters: Iterable[Waiter], holds: Mapping[str, Hold]) -> RoundPlan:
+    """Apply the fair rule to every waiter, in arrival order (see the module docstring)."""
+    taken = dict(holds)
+    reserved: dict[str, list[int]] = {}
+    blockers: dict[int, list[int]] = {}
+    out: list[Waiter] = []
+    for w in sorted(waiters, key=lambda w: w.order):
+        others = {k: taken[k] for k in w.keys if k in taken and taken[k].run_id != w.run_id}
+        in_the_way = sorted({r[0] for k in w.keys if (r := reserved.get(k))} - {w.run_id})
+        blockers[w.run_id] = sorted({h.run_id for h in others.values()} | set(in_the_way))
+        if not others and not in_the_way:
+            out.append(w)
+            for k in w.keys:  # later waiters see them taken, granted after they queued
+                taken[k] = Hold(w.run_id, _NOW)
+        old = any(h.order < w.queued_at for h in others.values() if h.run_id != w.run_id)
+        if not old:
+            for k in w.keys:
+                reserved.setdefault(k, []).append(w.run_id)
+    return RoundPlan(out, reserved, blockers)
 
 
 def eligible(
-    waiters: Iterable[Waiter], holders: Mapping[str, int], wanted: Iterable[int]
+    waiters: Iterable[Waiter], holds: Mapping[str, Hold], wanted: Iterable[int]
 ) -> list[Waiter]:
     """The waiters among ``wanted`` runs that may take their keys now, in arrival order."""
     wanted = set(wanted)
-    blocked: set[str] = set()
-    out: list[Waiter] = []
-    for w in sorted(waiters, key=lambda w: w.order):
-        keys = set(w.keys)
-        free = not (keys & blocked) and all(holders.get(k, w.run_id) == w.run_id for k in keys)
-        if free and w.run_id in wanted:
-            out.append(w)
-        blocked |= keys
-    return out
+    return [w for w in plan_round(waiters, holds).eligible if w.run_id in wanted]
 
 
 Round = Callable[[dict[int, tuple[str, ...]]], Awaitable[dict[int, Grant]]]
@@ -88,19 +140,31 @@ Round = Callable[[dict[int, tuple[str, ...]]], Awaitable[dict[int, Grant]]]
 
 def lock_infos(
     holds: Mapping[str, tuple[int, datetime | None, int | None]],
-    waiters: Iterable[tuple[int, Iterable[str]]],
+    waiters: Iterable[Waiter],
 ) -> list[LockInfo]:
-    """The snapshot of a store: ``holds`` key -> (run, since, token); ``waiters`` (run, keys)
-    in arrival order."""
+    """The snapshot of a store: ``holds`` key -> (run, since, token); ``waiters`` as queued."""
+    queue = sorted(waiters, key=lambda w: w.order)
+    plan = plan_round(queue, {k: Hold(run, token or 0) for k, (run, _, token) in holds.items()})
     queues: dict[str, list[int]] = {}
-    for run_id, keys in waiters:
-        for key in keys:
-            queues.setdefault(key, []).append(run_id)
+    for w in queue:
+        for key in w.keys:
+            queues.setdefault(key, []).append(w.run_id)
     out = []
     for key in sorted(set(holds) | set(queues)):
         held = holds.get(key)
         holder, since, token = held if held is not None else (None, None, None)
-        out.append(LockInfo(key, holder, since, token, tuple(queues.get(key, ()))))
+        reservers = [r for r in plan.reserved.get(key, []) if r != holder]
+        out.append(
+            LockInfo(
+                key,
+                holder,
+                since,
+                token,
+                tuple(queues.get(key, ())),
+                reserved_for=reservers[0] if reservers else None,
+                blockers={w: tuple(plan.blockers.get(w, ())) for w in queues.get(key, ())},
+            )
+        )
     return out
 
 
@@ -113,14 +177,10 @@ class Pump:
         give_back: Callable[[int], Awaitable[None]],
         poll_seconds: float,
         name: str,
-        retry_seconds: float = 0.5,
-        max_retry_seconds: float = 5.0,
     ) -> None:
         self._round = grant_round
         self._give_back = give_back
         self.poll_seconds = poll_seconds
-        self.retry_seconds = retry_seconds
-        self.max_retry_seconds = max_retry_seconds
         self.name = name
         self.local: dict[int, tuple[tuple[str, ...], asyncio.Future[Grant]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,9 +223,17 @@ class Pump:
     def pending(self) -> dict[int, tuple[str, ...]]:
         return {rid: keys for rid, (keys, fut) in self.local.items() if not fut.done()}
 
+    def is_waiting(self, run_id: int) -> bool:
+        """Whether the run's acquire still waits (callable from a round in a worker thread). A
+        round that finds a pending run's place gone queues it again only if it still waits: an
+        acquire cancelled after the round began may have released its place since."""
+        entry = self.local.get(run_id)
+        return entry is not None and not entry[1].done()
+
     async def _run(self) -> None:
         assert self._kick is not None
         delay = 0.0
+        failures = 0
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation that
@@ -181,9 +249,10 @@ class Pump:
                 continue
             try:
                 granted = await self._round(pending)
-                delay = 0.0
+                delay, failures = 0.0, 0
             except Exception as exc:
-                delay = min(self.max_retry_seconds, delay * 2 or self.retry_seconds)
+                delay = LOCK_STORE.delay(failures)
+                failures += 1
                 log.warning("%s: grant round failed (%r); again in %.1f s", self.name, exc, delay)
                 continue
             for run_id, grant in granted.items():

@@ -1,0 +1,341 @@
+"""What the ``ascob-job`` flow does, step by step, as plain async functions.
+
+:mod:`ascob_flows.flow` wraps each in a Prefect task; the fast tests call them directly, with a
+repository, a lock store and backends, and no Prefect server. Every status change goes through
+:mod:`ascob_flows.machine` (``repo.apply``), so the flow can be started again on any executor
+after a crash and carries on from where the run is: a job that was dispatched is re-attached
+through its identification keys, never sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any, Protocol
+
+from ascob_flows.clock import utcnow
+from ascob_flows.control import apply_backend_report
+from ascob_flows.locks import Grant, LockStoreUnavailable
+from ascob_flows.machine import (
+    BEGIN_DISPATCH,
+    DISPATCH_REFUSED,
+    DISPATCH_UNKNOWN,
+    JOB_LOST,
+    LOCK_WAIT_EXPIRED,
+    LOCKS_LOST,
+    READY_TO_DISPATCH,
+    REATTACH,
+    RECORD_SUBMISSION,
+    WAIT_FOR_LOCKS,
+    Stage,
+    Step,
+)
+from ascob_flows.ports import RunRecord
+from ascob_flows.retry import BACKEND, Backoff, retry
+from ascob_flows.runtime import Runtime
+from ascob_flows.status import RunStatus
+from backends import Backend, BackendUnavailable, Job, JobNotFound, SubmitRefused
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND_LIMIT = 5  # consecutive "job not found" answers before the run ends FAILED
+REATTACH_TRIES = 4  # backend calls that may fail before a mid-dispatch resume gives up
+_DISPATCHED = (Stage.DISPATCHING, Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
+_FOLLOWED = (Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
+
+
+class Logger(Protocol):
+    def info(self, msg: str, *args: Any) -> None: ...
+    def warning(self, msg: str, *args: Any) -> None: ...
+    def error(self, msg: str, *args: Any) -> None: ...
+
+
+class Shower(Protocol):
+    def __call__(self, status: RunStatus) -> None: ...
+
+
+def _no_view(status: RunStatus) -> None:
+    return None
+
+
+async def _apply(rt: Runtime, run_id: int, step: Step, **fields: Any) -> Stage | None:
+    return await asyncio.to_thread(rt.repo.apply, run_id, step, **fields)
+
+
+# ---------------------------------------------------------------------- locks
+
+
+async def acquire(
+    rt: Runtime, run_id: int, logger: Logger, show: Shower = _no_view
+) -> dict[str, int] | None:
+    """Wait until the run holds all its locks: the fencing tokens, or None if it ended
+    meanwhile (stopped, or waited longer than its maxLockWaitSeconds)."""
+    rec = await rt.record(run_id)
+    if rec.status.is_final:
+        return None
+    if rec.stage in _DISPATCHED:
+        return await _retake(rt, rec, logger)
+    if not rec.lock_keys:
+        await _apply(rt, run_id, READY_TO_DISPATCH)
+        return {}
+    if rec.stage is Stage.DEFINED:
+        await _apply(rt, run_id, WAIT_FOR_LOCKS, waiting_since=utcnow())
+        rec = await rt.record(run_id)
+    show(RunStatus.WAITING_LOCKS)
+    logger.info("run %s: waiting for locks %s", run_id, list(rec.lock_keys))
+    grant = await _acquire_unless_stopped(rt, rec, logger)
+    if grant is None:
+        await rt.locks.release(run_id)
+        return None
+    moved = await _apply(rt, run_id, READY_TO_DISPATCH)
+    if moved is None and (await rt.record(run_id)).stage is not Stage.PENDING_SUBMIT:
+        await rt.locks.release(run_id)
+        return None
+    logger.info(
+        "run %s: holds locks %s (fencing token %s)", run_id, grant.tokens, grant.fencing_token
+    )
+    return grant.tokens
+
+
+async def _retake(rt: Runtime, rec: RunRecord, logger: Logger) -> dict[str, int]:
+    """A resumed run whose job runs already takes its locks back if they are still free; it
+    never queues (it would block later runs behind a place nobody takes)."""
+    if not rec.lock_keys:
+        return {}
+    try:
+        grant = await retry(
+            lambda: rt.locks.try_acquire(rec.id, rec.lock_keys),
+            on=(LockStoreUnavailable,),
+            attempts=REATTACH_TRIES,
+            what=f"run {rec.id}: taking its locks back",
+        )
+    except LockStoreUnavailable:
+        grant = None
+    if grant is not None:
+        return grant.tokens
+    try:
+        holders = sorted(
+            {
+                i.holder
+                for i in await rt.locks.snapshot()
+                if i.key in rec.lock_keys and i.holder not in (None, rec.id)
+            }
+        )
+    except LockStoreUnavailable:
+        holders = []
+    by = f" by run {', '.join(map(str, holders))}" if holders else ""
+    message = (
+        f"its locks {', '.join(rec.lock_keys)} were taken{by} while no executor followed this "
+        "run; its job goes on without them"
+    )
+    logger.error("run %s: %s", rec.id, message)
+    await asyncio.to_thread(rt.repo.update_fields, rec.id, message=message)
+    return {}
+
+
+async def _acquire_unless_stopped(rt: Runtime, rec: RunRecord, logger: Logger) -> Grant | None:
+    acquiring = asyncio.ensure_future(rt.locks.acquire(rec.id, rec.lock_keys))
+    deadline = _wait_deadline(rec)
+    try:
+        while True:
+            current = await rt.record(rec.id)
+            if current.status.is_final or current.status is RunStatus.ABORTING:
+                logger.info("run %s: stopped while waiting for locks", rec.id)
+                return None
+            within = None if deadline is None else max(0.0, deadline - time.time())
+            watcher = asyncio.ensure_future(rt.wait_change(rec.id, current.status, within))
+            done, _ = await asyncio.wait({acquiring, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            if acquiring in done:
+                return acquiring.result()
+            if deadline is not None and time.time() >= deadline:
+                await _expire_wait(rt, current, logger)
+                return None
+    finally:
+        if not acquiring.done():
+            acquiring.cancel()
+
+
+def _wait_deadline(rec: RunRecord) -> float | None:
+    if rec.max_lock_wait is None:
+        return None
+    since = rec.waiting_since or rec.defined_time or utcnow()
+    return since.timestamp() + rec.max_lock_wait
+
+
+async def _expire_wait(rt: Runtime, rec: RunRecord, logger: Logger) -> None:
+    try:
+        blockers = await rt.locks.waiting_for(rec.id)
+    except LockStoreUnavailable:
+        blockers = []
+    held = f" held by run {', '.join(map(str, blockers))}" if blockers else ""
+    message = f"waited {rec.max_lock_wait} s for locks{held}"
+    if await _apply(rt, rec.id, LOCK_WAIT_EXPIRED, message=message) is not None:
+        logger.warning("run %s: ABORTED: %s", rec.id, message)
+
+
+# ---------------------------------------------------------------------- dispatch
+
+_LOCKTOKEN = re.compile(r"%%LOCKTOKEN%%")
+
+
+def job_for(rec: RunRecord, tokens: dict[str, int]) -> Job:
+    fencing = str(max(tokens.values(), default=0))
+
+    def sub(values: Any) -> dict[str, str]:
+        return {k: _LOCKTOKEN.sub(fencing, v) for k, v in dict(values).items()}
+
+    return Job(
+        run_id=rec.id,
+        description=rec.description,
+        submitter=rec.submitter,
+        labels=sub(rec.labels),
+        parameters=sub(rec.parameters),
+        webhook_id=rec.webhook_id,
+    )
+
+
+async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Logger) -> bool:
+    """Send the job to its backend once. False if the run must wait for its locks again."""
+    rec = await rt.record(run_id)
+    if rec.stage is Stage.DISPATCHING:
+        await _resume_dispatch(rt, rec, logger)
+        return True
+    if rec.stage is not Stage.PENDING_SUBMIT:
+        return True  # dispatched already (resumed) or stopped
+    if rec.lock_keys and not await rt.locks.holds(run_id, rec.lock_keys):
+        logger.warning("run %s: lock lease lost before dispatch; waiting again", run_id)
+        return await _apply(rt, run_id, LOCKS_LOST) is None
+    if await _apply(rt, run_id, BEGIN_DISPATCH) is None:
+        return True  # stopped meanwhile
+    backend = rt.backends.get(rec.backend_id)
+    try:
+        keys = await backend.submit(job_for(rec, tokens))
+    except SubmitRefused as exc:
+        logger.error("run %s: %s refused the job: %s", run_id, backend.id, exc)
+        await _apply(rt, run_id, DISPATCH_REFUSED, message=f"{backend.id} refused the job: {exc}")
+        return True
+    except Exception as exc:
+        logger.error("run %s: dispatch outcome unknown: %r", run_id, exc)
+        await _apply(
+            rt,
+            run_id,
+            DISPATCH_UNKNOWN,
+            message=f"dispatch to {backend.id} failed with an unknown outcome: {exc!r}",
+        )
+        return True
+    await asyncio.to_thread(
+        rt.repo.apply,
+        run_id,
+        RECORD_SUBMISSION,
+        keys=lambda stored: {**stored, **keys},
+        submission_time=utcnow(),
+    )
+    logger.info("run %s: submitted to %s as %s", run_id, backend.id, keys)
+    return True
+
+
+async def _resume_dispatch(rt: Runtime, rec: RunRecord, logger: Logger) -> None:
+    """The executor stopped while the backend was being called. With identification keys that
+    the job reported meanwhile, the backend is asked whether it has the job: if so, re-attach.
+    Otherwise the outcome cannot be known: IN_DOUBT, never sent twice."""
+    backend = rt.backends.get(rec.backend_id)
+    keys = rec.identification_keys
+    if keys:
+        try:
+            await retry(
+                lambda: backend.status(keys),
+                on=(Exception,),
+                unless=(JobNotFound,),
+                attempts=REATTACH_TRIES,
+                backoff=Backoff(rt.poll_interval, BACKEND.cap),
+                what=f"run {rec.id}: asking {backend.id} about the job",
+            )
+        except Exception as exc:
+            logger.warning("run %s: %s does not confirm the job (%r)", rec.id, backend.id, exc)
+        else:
+            message = (
+                "re-attached after a restart during dispatch, through the identification keys "
+                "the job reported"
+            )
+            if await _apply(rt, rec.id, REATTACH, message=message) is not None:
+                logger.info("run %s: %s", rec.id, message)
+            return
+    message = (
+        "the executor stopped while dispatching: the backend may or may not have received the "
+        "job; ASCOB does not send it twice"
+    )
+    if await _apply(rt, rec.id, DISPATCH_UNKNOWN, message=message) is not None:
+        logger.error("run %s: IN_DOUBT (%s)", rec.id, message)
+
+
+# ---------------------------------------------------------------------- poll
+
+
+async def follow(
+    rt: Runtime,
+    run_id: int,
+    logger: Logger,
+    show: Shower = _no_view,
+    linked: Any = None,
+) -> RunStatus:
+    """Follow the backend job until the run is final; a webhook may end it sooner.
+    ``linked(rec, report)`` is called once, with the first answer of the backend."""
+    failures = 0
+    shown: RunStatus | None = None
+    not_found = 0
+    seen = False  # the backend answered once: its job page is known
+    while True:
+        rec = await rt.record(run_id)
+        if rec.status.is_final or rec.stage not in _FOLLOWED:
+            return rec.status  # ended, or never dispatched (stopped before)
+        if rec.status is not shown:
+            show(rec.status)
+            shown = rec.status
+        if not rec.identification_keys:
+            # the job reported during a dispatch whose answer was lost: only it can tell more
+            await rt.wait_change(run_id, rec.status, None)
+            continue
+        backend = rt.backends.get(rec.backend_id)
+        try:
+            if rec.status is RunStatus.ABORTING and not rec.stop_sent:
+                await _stop(rt, backend, rec)
+            report = await backend.status(rec.identification_keys)
+        except JobNotFound as exc:
+            not_found += 1
+            if not_found >= NOT_FOUND_LIMIT:
+                logger.error("run %s: %s no longer knows the job: %s", run_id, backend.id, exc)
+                message = f"{backend.id} no longer knows the job ({exc})"
+                await _apply(rt, run_id, JOB_LOST, message=message)
+                continue
+            await rt.wait_change(run_id, rec.status, rt.poll_interval)
+            continue
+        except Exception as exc:
+            backoff = max(rt.poll_interval, BACKEND.delay(failures))
+            failures += 1
+            level = logger.warning if isinstance(exc, BackendUnavailable) else logger.error
+            level(
+                "run %s: polling %s failed (%r); again in %.0f s", run_id, backend.id, exc, backoff
+            )
+            await rt.wait_change(run_id, rec.status, backoff)
+            continue
+        failures = 0
+        not_found = 0
+        if not seen:
+            seen = True
+            if report.url:
+                await asyncio.to_thread(rt.repo.update_fields, run_id, backend_url=report.url)
+            if linked is not None:
+                linked(rec, report)
+        if await apply_backend_report(rt.repo, run_id, report):
+            logger.info("run %s: %s", run_id, (await rt.record(run_id)).status.value)
+            continue
+        await rt.wait_change(run_id, rec.status, rt.poll_interval)
+
+
+async def _stop(rt: Runtime, backend: Backend, rec: RunRecord) -> None:
+    if backend.can_stop:
+        await backend.stop(rec.identification_keys, force=rec.abort_force)
+    await asyncio.to_thread(rt.repo.update_fields, rec.id, stop_sent=True)

@@ -1,0 +1,220 @@
+"""The run's life: every status change of an ASCOB run is one of the named steps below.
+
+The flow, a stop, a job's webhook report and a refresh all go through :data:`STEPS`; each step is
+applied by the repository as one conditional write (``RunRepository.apply``): it happens only if
+the run is in one of the step's from-stages, else nothing changes and the caller is told so.
+
+A *stage* is the run's status, with ``PENDING_SUBMIT`` split in two: ``PENDING_SUBMIT`` (locks
+held, the backend not called yet) and ``DISPATCHING`` (the backend is being called: its outcome is
+not known yet). On the wire both are ``PENDING_SUBMIT``.
+
+::
+
+    DEFINED ─► WAITING_LOCKS ─► PENDING_SUBMIT ─► DISPATCHING ─► SUBMITTED ─► RUNNING ─► final
+       │             │                │               │  └─► IN_DOUBT / FAILED (refused)
+       └─────────────┴──── stop ──────┘─► ABORTED     └──── stop ───► ABORTING ─► final
+
+The table in docs/architecture.md is generated from the same data (:func:`table_markdown`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ascob_flows.status import RunStatus
+from backends import BackendStatus
+
+
+class Stage(StrEnum):
+    """A run's status, with PENDING_SUBMIT split by whether the backend is being called."""
+
+    DEFINED = "DEFINED"
+    WAITING_LOCKS = "WAITING_LOCKS"
+    PENDING_SUBMIT = "PENDING_SUBMIT"
+    DISPATCHING = "DISPATCHING"
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    ABORTING = "ABORTING"
+    IN_DOUBT = "IN_DOUBT"
+    SUCCEDED = "SUCCEDED"
+    FAILED = "FAILED"
+    ABORTED = "ABORTED"
+
+    @property
+    def status(self) -> RunStatus:
+        """The wire status of this stage."""
+        if self is Stage.DISPATCHING:
+            return RunStatus.PENDING_SUBMIT
+        return RunStatus(self.value)
+
+    @classmethod
+    def of(cls, status: RunStatus, dispatch_started: bool) -> Stage:
+        if status is RunStatus.PENDING_SUBMIT and dispatch_started:
+            return cls.DISPATCHING
+        return cls(status.value)
+
+
+S = Stage
+_NOT_DISPATCHED = (S.DEFINED, S.WAITING_LOCKS, S.PENDING_SUBMIT)
+_WITH_BACKEND = (S.DISPATCHING, S.SUBMITTED, S.RUNNING, S.ABORTING)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named status change: from each stage in ``moves`` to the stage it maps to."""
+
+    name: str
+    moves: Mapping[Stage, Stage]
+    doc: str
+
+    @property
+    def from_stages(self) -> frozenset[Stage]:
+        return frozenset(self.moves)
+
+    def target(self, stage: Stage) -> Stage | None:
+        return self.moves.get(stage)
+
+
+def _to(target: Stage, *sources: Stage) -> dict[Stage, Stage]:
+    return dict.fromkeys(sources, target)
+
+
+def _step(name: str, moves: Mapping[Stage, Stage], doc: str) -> Step:
+    return Step(name, dict(moves), doc)
+
+
+WAIT_FOR_LOCKS = _step("wait_for_locks", _to(S.WAITING_LOCKS, S.DEFINED), "the run names locks")
+READY_TO_DISPATCH = _step(
+    "ready_to_dispatch", _to(S.PENDING_SUBMIT, S.DEFINED, S.WAITING_LOCKS), "it holds its locks"
+)
+LOCKS_LOST = _step(
+    "locks_lost",
+    _to(S.WAITING_LOCKS, S.PENDING_SUBMIT),
+    "its lock lease ran out before the backend was called: wait again",
+)
+BEGIN_DISPATCH = _step(
+    "begin_dispatch", _to(S.DISPATCHING, S.PENDING_SUBMIT), "the backend is about to be called"
+)
+RECORD_SUBMISSION = _step(
+    "record_submission",
+    {
+        S.DISPATCHING: S.SUBMITTED,
+        **{s: s for s in (S.RUNNING, S.ABORTING, S.SUCCEDED, S.FAILED, S.ABORTED)},
+    },
+    "the backend took the job: identification keys and submission time stored with the status "
+    "in one write (a run the job reported on, or stopped, meanwhile keeps its status)",
+)
+REATTACH = _step(
+    "reattach",
+    _to(S.SUBMITTED, S.DISPATCHING),
+    "resumed after the executor stopped mid-dispatch, and the job's identification keys "
+    "(reported by the job) find it on the backend",
+)
+DISPATCH_REFUSED = _step(
+    "dispatch_refused",
+    _to(S.FAILED, S.DISPATCHING, S.ABORTING),
+    "the backend certainly did not start the job",
+)
+DISPATCH_UNKNOWN = _step(
+    "dispatch_unknown",
+    _to(S.IN_DOUBT, S.DISPATCHING, S.ABORTING),
+    "the backend may or may not have the job (failed call, executor died mid-dispatch): never "
+    "sent again",
+)
+REPORT_RUNNING = _step("report_running", _to(S.RUNNING, S.DISPATCHING, S.SUBMITTED), "the job runs")
+REPORT_SUCCEEDED = _step(
+    "report_succeeded", _to(S.SUCCEDED, *_WITH_BACKEND), "the backend or the job says it ended"
+)
+REPORT_FAILED = _step(
+    "report_failed", _to(S.FAILED, *_WITH_BACKEND), "the backend or the job says it failed"
+)
+REPORT_ABORTED = _step(
+    "report_aborted", _to(S.ABORTED, *_WITH_BACKEND), "the backend or the job says it was stopped"
+)
+JOB_LOST = _step(
+    "job_lost",
+    _to(S.FAILED, S.SUBMITTED, S.RUNNING, S.ABORTING),
+    "the backend no longer knows the job",
+)
+ABORT_UNDISPATCHED = _step(
+    "abort_undispatched",
+    _to(S.ABORTED, *_NOT_DISPATCHED),
+    "stopped before the backend was called: ABORTED at once",
+)
+BEGIN_ABORT = _step(
+    "begin_abort",
+    _to(S.ABORTING, S.DISPATCHING, S.SUBMITTED, S.RUNNING),
+    "stopped while the backend has (or may have) the job: the backend is asked to stop it",
+)
+LOCK_WAIT_EXPIRED = _step(
+    "lock_wait_expired",
+    _to(S.ABORTED, S.DEFINED, S.WAITING_LOCKS),
+    "it waited longer than the spec's maxLockWaitSeconds",
+)
+
+KEYS_REPORTED = _step(
+    "keys_reported",
+    {s: s for s in (*_NOT_DISPATCHED, *_WITH_BACKEND)},
+    "the job sent identification keys (no status change; before dispatch they are kept for it)",
+)
+
+STEPS: tuple[Step, ...] = (
+    WAIT_FOR_LOCKS,
+    READY_TO_DISPATCH,
+    LOCKS_LOST,
+    BEGIN_DISPATCH,
+    RECORD_SUBMISSION,
+    REATTACH,
+    DISPATCH_REFUSED,
+    DISPATCH_UNKNOWN,
+    REPORT_RUNNING,
+    REPORT_SUCCEEDED,
+    REPORT_FAILED,
+    REPORT_ABORTED,
+    JOB_LOST,
+    ABORT_UNDISPATCHED,
+    BEGIN_ABORT,
+    LOCK_WAIT_EXPIRED,
+    KEYS_REPORTED,
+)
+
+_REPORTS: dict[RunStatus, Step] = {
+    RunStatus.RUNNING: REPORT_RUNNING,
+    RunStatus.SUCCEDED: REPORT_SUCCEEDED,
+    RunStatus.FAILED: REPORT_FAILED,
+    RunStatus.ABORTED: REPORT_ABORTED,
+}
+
+JOB_REPORTABLE: tuple[RunStatus, ...] = tuple(_REPORTS)
+"""What a job may report through its webhook: RUNNING or how it ended."""
+
+
+def report_step(status: RunStatus) -> Step:
+    """The step that applies a report of ``status`` (by the backend or the job itself)."""
+    try:
+        return _REPORTS[status]
+    except KeyError:
+        allowed = ", ".join(s.value for s in JOB_REPORTABLE)
+        raise ValueError(
+            f"a job cannot report the status {status.value}; it may report {allowed} "
+            "(SUCCEEDED is accepted too)"
+        ) from None
+
+
+def backend_report_step(status: BackendStatus) -> Step | None:
+    """The step for what a backend says of its job; None: nothing to change (still queued)."""
+    if status is BackendStatus.QUEUED:
+        return None
+    return report_step(RunStatus.from_backend(status))
+
+
+def table_markdown() -> str:
+    """The machine as a markdown table (docs/architecture.md)."""
+    lines = ["| step | from | to | when |", "|---|---|---|---|"]
+    for step in STEPS:
+        targets = sorted({t.value for t in step.moves.values()})
+        sources = ", ".join(s.value for s in step.moves)
+        lines.append(f"| `{step.name}` | {sources} | {' / '.join(targets)} | {step.doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The flow's steps (ascob_flows.lifecycle) without Prefect: dispatch, re-attach after a crash,
+locks of a resumed run, queue expiry. The backend is a recording stand-in: what it saw is the
+evidence, not what ASCOB says of itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from ascob_api.service import Services
+from ascob_flows import lifecycle
+from ascob_flows.machine import BEGIN_DISPATCH, READY_TO_DISPATCH, RECORD_SUBMISSION
+from ascob_flows.runtime import Runtime
+from ascob_flows.status import RunStatus
+from backends import (
+    Backend,
+    BackendContext,
+    BackendRegistry,
+    BackendStatus,
+    Job,
+    JobNotFound,
+    StatusReport,
+)
+from tests.unit.conftest import submit
+
+log = logging.getLogger("test")
+
+
+class Recording(Backend):
+    """Counts every submission; its jobs run until told otherwise."""
+
+    id: ClassVar[str] = "recordingBackend"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__(BackendContext(data_dir=Path("/nonexistent")))
+        self.submitted: list[int] = []
+        self.status_of: dict[str, BackendStatus] = {}
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return True
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.submitted.append(job.run_id)
+        self.status_of[f"job-{job.run_id}"] = BackendStatus.RUNNING
+        return {"jobId": f"job-{job.run_id}"}
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        if keys.get("jobId") not in self.status_of:
+            raise JobNotFound(f"no job {keys.get('jobId')}")
+        return StatusReport(self.status_of[keys["jobId"]])
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        self.status_of[keys["jobId"]] = BackendStatus.ABORTED
+
+
+@pytest.fixture
+def backend() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+def rt(services: Services, backend: Recording) -> Runtime:
+    services.backends = BackendRegistry({backend.id: backend}, [])
+    return Runtime(
+        repo=services.repo, backends=services.backends, locks=services.locks, poll_interval=0.05
+    )
+
+
+def new_run(api: Any, **spec: Any) -> int:
+    return submit(api, labels={"_execution_backend_id": "recordingBackend"}, **spec)
+
+
+class Writes:
+    """Counts the repository's writes of one run."""
+
+    def __init__(self, services: Services) -> None:
+        self.calls: list[str] = []
+        repo = services.repo
+        apply, update = repo.apply, repo.update_fields
+
+        def counted_apply(run_id: int, step: Any, **kw: Any) -> Any:
+            self.calls.append(step.name)
+            return apply(run_id, step, **kw)
+
+        def counted_update(run_id: int, **fields: Any) -> None:
+            self.calls.append("update_fields")
+            update(run_id, **fields)
+
+        repo.apply = counted_apply  # type: ignore[method-assign]
+        repo.update_fields = counted_update  # type: ignore[method-assign]
+
+
+async def test_dispatch_records_keys_and_status_in_one_write(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    run_id = new_run(api, description="one write")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    writes = Writes(services)
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    assert writes.calls == ["begin_dispatch", "record_submission"]
+    run = services.repo.get_run(run_id)
+    assert run.status == "SUBMITTED" and run.submission_time is not None
+    assert run.identification_keys == {"jobId": f"job-{run_id}"}
+    assert backend.submitted == [run_id]
+
+
+async def test_a_run_resumed_mid_dispatch_with_keys_is_reattached_not_in_doubt(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    """The executor died after the backend took the job; the job had reported its keys."""
+    run_id = new_run(api, description="crash mid dispatch")
+    services.repo.apply(run_id, READY_TO_DISPATCH)
+    services.repo.apply(run_id, BEGIN_DISPATCH)
+    await backend.submit(Job(run_id, None, None, {}, {}, services.repo.get_run(run_id).webhook_id))
+    services.repo.update_fields(run_id, identification_keys={"jobId": f"job-{run_id}"})
+    # a new executor resumes the flow
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    run = services.repo.get_run(run_id)
+    assert run.status == "SUBMITTED", run.message
+    assert "re-attached" in (run.message or "")
+    backend.status_of[f"job-{run_id}"] = BackendStatus.SUCCEEDED
+    assert await lifecycle.follow(rt, run_id, log) is RunStatus.SUCCEDED
+    assert backend.submitted == [run_id]  # never sent twice
+
+
+async def test_a_run_resumed_mid_dispatch_without_keys_is_in_doubt(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    run_id = new_run(api, description="lost answer")
+    services.repo.apply(run_id, READY_TO_DISPATCH)
+    services.repo.apply(run_id, BEGIN_DISPATCH)
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    run = services.repo.get_run(run_id)
+    assert run.status == "IN_DOUBT" and "does not send it twice" in (run.message or "")
+    assert backend.submitted == []
+
+
+async def test_a_resumed_run_whose_lock_was_taken_never_queues(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    """After an outage longer than the lease, another run holds the key: the resumed run says
+    so and blocks nobody (no place in the queue)."""
+    resumed = new_run(api, description="resumed", locks=[{"key": "db"}])
+    services.repo.apply(resumed, READY_TO_DISPATCH)
+    services.repo.apply(resumed, BEGIN_DISPATCH)
+    services.repo.apply(resumed, RECORD_SUBMISSION, keys=lambda k: {"jobId": "x"})
+    other = await services.locks.acquire(9999, ["db"])  # took the key while nobody followed
+    tokens = await asyncio.wait_for(lifecycle.acquire(rt, resumed, log), 5)
+    assert tokens == {}
+    infos = await services.locks.snapshot()
+    assert all(resumed not in i.waiting for i in infos)
+    assert [i.holder for i in infos if i.key == "db"] == [other.run_id]
+    message = services.repo.get_run(resumed).message or ""
+    assert "taken by run 9999" in message
+    later = asyncio.create_task(services.locks.acquire(10_000, ["db"]))
+    await services.locks.release(9999)
+    await asyncio.wait_for(later, 5)  # nobody waits behind a ghost place
+    await services.locks.release(10_000)
+
+
+async def test_a_resumed_run_retakes_its_free_locks_without_queueing(
+    services: Services, api: Any, rt: Runtime
+) -> None:
+    resumed = new_run(api, description="resumed", locks=[{"key": "db"}])
+    services.repo.apply(resumed, READY_TO_DISPATCH)
+    services.repo.apply(resumed, BEGIN_DISPATCH)
+    services.repo.apply(resumed, RECORD_SUBMISSION, keys=lambda k: {"jobId": "x"})
+    tokens = await asyncio.wait_for(lifecycle.acquire(rt, resumed, log), 5)
+    assert set(tokens or {}) == {"db"}
+    assert await services.locks.holds(resumed, ["db"])
+    await services.locks.release(resumed)
+
+
+async def test_a_run_that_waits_longer_than_its_max_lock_wait_is_aborted(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    holder = new_run(api, description="holder", locks=[{"key": "k"}])
+    assert set(await lifecycle.acquire(rt, holder, log) or {}) == {"k"}
+    waiter = new_run(api, description="impatient", locks=[{"key": "k"}], maxLockWaitSeconds=1)
+    assert await asyncio.wait_for(lifecycle.acquire(rt, waiter, log), 10) is None
+    run = services.repo.get_run(waiter)
+    assert run.status == "ABORTED"
+    assert run.message == f"waited 1 s for locks held by run {holder}"
+    assert all(waiter not in i.waiting for i in await services.locks.snapshot())
+    assert backend.submitted == []
+    await services.locks.release(holder)
