@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ascob_api import cli_client
 from ascob_api.logsetup import configure_logging, redact
 from ascob_api.settings import Settings
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     help="ASCOB: one front door to your automation backends, on Prefect 3.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals would print tokens and settings
 )
 log = logging.getLogger("ascob")
 
@@ -231,6 +233,8 @@ def executor() -> None:
     """Run an executor only (needs PREFECT_API_URL): runs ascob-job flow runs in-process."""
     _run("", 0, with_api=False, with_executor=True)
 
+
+cli_client.register(app)  # submit, get, wait, logs, search, stop, ... (the REST client)
 
 if __name__ == "__main__":
     app()

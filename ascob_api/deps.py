@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
+from ascob_api.errors import BadRequest
 from ascob_api.security import Identity, Permission, TokenChecker
 from ascob_api.service import Services
 
@@ -29,6 +30,25 @@ RunId = Annotated[
     Path(ge=-(2**63), le=2**63 - 1, description="The run's id (a 64-bit integer)."),
 ]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+def known_query_only(request: Request) -> None:
+    """Refuse a query parameter the route does not take (a misspelt filter is an error, not a
+    silently wider answer). Installed on the whole app."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(p.alias for p in current.query_params)
+        stack.extend(current.dependencies)
+    unknown = sorted(k for k in request.query_params if k not in names)
+    if unknown:
+        accepted = ", ".join(sorted(names)) or "none"
+        raise BadRequest(f"unknown query parameter {', '.join(unknown)}; accepted: {accepted}")
 
 
 def require(permission: Permission) -> Any:

@@ -21,6 +21,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _UPLOAD = re.compile(r"^/api/runs/[^/]+/files/[^/]+$")
+_JSON_ROUTES = re.compile(r"^/api/(runs|search/runs|webhooks/runs/[^/]+|security/tokens/[^/]+)$")
 _JSON = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
 
 
@@ -63,7 +64,7 @@ class RequestLimits:
                 break
         body = b"".join(chunks)
         content_type = headers.get("content-type", "")
-        if body and not upload and not _JSON.match(content_type):
+        if body and _JSON_ROUTES.match(scope["path"]) and not _JSON.match(content_type):
             sent = f"content-type {content_type!r}" if content_type else "no content-type"
             await _refuse(
                 send,

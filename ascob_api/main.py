@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import yaml
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -16,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ascob_api import __version__, openapi
+from ascob_api.callbacks import CallbackSender
+from ascob_api.deps import known_query_only
 from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
 from ascob_api.limits import RequestLimits
-from ascob_api.routes import backends, events, locks, runs, search, security, webhooks
+from ascob_api.routes import audit, backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
 
@@ -53,13 +56,36 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _with_callbacks(services: Services, inner: Lifespan | None) -> Lifespan:
+    """Every API process sends the callbacks that are due (ascob_api.callbacks)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sender = asyncio.create_task(
+            CallbackSender(services.settings, services.repo).run(), name="callbacks"
+        )
+        try:
+            if inner is None:
+                yield
+            else:
+                async with inner(app):
+                    yield
+        finally:
+            sender.cancel()
+            with suppress(asyncio.CancelledError):
+                await sender
+
+    return lifespan
+
+
 def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     # Swagger UI and ReDoc served from assets shipped in fastapi-offline: no external URL
     app = FastAPIOffline(
         title="ASCOB API",
         version=__version__,
         description="One front door from automation portals to Jenkins, Rundeck and friends.",
-        lifespan=lifespan,
+        lifespan=_with_callbacks(services, lifespan),
+        dependencies=[Depends(known_query_only)],
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
@@ -68,7 +94,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         max_request_bytes=services.settings.max_request_bytes,
         max_file_bytes=services.settings.max_file_bytes,
     )
-    for module in (runs, events, search, webhooks, security, backends, locks):
+    for module in (runs, events, search, webhooks, security, backends, locks, audit):
         app.include_router(module.router)
 
     @app.exception_handler(AscobError)

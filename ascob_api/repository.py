@@ -15,13 +15,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ascob_api.db import read_only
 from ascob_api.errors import NotFound
-from ascob_api.models import ApiToken, Executor, IdempotencyKey, Run, RunFile
+from ascob_api.models import (
+    ApiToken,
+    AuditEvent,
+    CallbackDelivery,
+    Executor,
+    IdempotencyKey,
+    Run,
+    RunFile,
+)
 from ascob_flows.clock import utcnow
 from ascob_flows.errors import RunNotFound
 from ascob_flows.machine import Stage, Step
@@ -46,8 +55,9 @@ def hash_secret(secret: str) -> str:
 class Repository:
     """All SQL access of ASCOB. Thread-safe: one short session per call."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, callback_retry_seconds: float = 24 * 3600) -> None:
         self.engine = engine
+        self.callback_retry_seconds = callback_retry_seconds
         self._reader = read_only(engine)
 
     @contextmanager
@@ -189,6 +199,54 @@ class Repository:
             return None
         return token
 
+    def list_tokens(self) -> list[ApiToken]:
+        with self.reading() as s:
+            return list(s.exec(select(ApiToken).order_by(col(ApiToken.identifier))).all())
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        run_id: int | None = None,
+        target: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Record who did what (never a secret: callers pass identifiers and statuses)."""
+        with self.session() as s:
+            s.add(
+                AuditEvent(
+                    actor=actor, action=action, run_id=run_id, target=target, details=details
+                )
+            )
+            s.commit()
+
+    def search_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        run_id: int | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        query = select(AuditEvent)
+        if actor:
+            query = query.where(AuditEvent.actor == actor)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        if run_id is not None:
+            query = query.where(AuditEvent.run_id == run_id)
+        if after:
+            query = query.where(AuditEvent.at > after)
+        if before:
+            query = query.where(AuditEvent.at < before)
+        query = query.order_by(col(AuditEvent.id).desc()).limit(limit)
+        with self.reading() as s:
+            return list(s.exec(query).all())
+
     # ------------------------------------------------------------------ engine port
 
     def get_record(self, run_id: int) -> RunRecord:
@@ -206,14 +264,20 @@ class Repository:
         one of the step's from-stages. ``keys`` computes the new identification keys from the
         stored ones (under the same row lock). Returns the new stage, or None (nothing changed)."""
         with self.session() as s:
-            row = s.exec(
-                select(Run.status, Run.dispatch_started, Run.identification_keys, Run.end_time)
+            row = s.execute(
+                sa_select(
+                    col(Run.status),
+                    col(Run.dispatch_started),
+                    col(Run.identification_keys),
+                    col(Run.end_time),
+                    col(Run.effective_spec),
+                )
                 .where(col(Run.id) == run_id)
                 .with_for_update()
             ).first()
             if row is None:
                 raise RunNotFound(f"run {run_id} not found")
-            status, started, current_keys, end_time = row
+            status, started, current_keys, end_time, spec = row
             target = step.target(Stage.of(RunStatus(status), started))
             if target is None:
                 return None
@@ -225,8 +289,102 @@ class Repository:
             if keys is not None:
                 values["identification_keys"] = keys(dict(current_keys or {}))
             s.exec(update(Run).where(col(Run.id) == run_id).values(**values))
+            url = (spec or {}).get("callbackUrl")
+            if url and target.status.is_final and not RunStatus(status).is_final:
+                # the run ends: its callback is owed, in the same transaction (never lost)
+                now = utcnow()
+                s.add(
+                    CallbackDelivery(
+                        run_id=run_id,
+                        url=url,
+                        deadline=now + timedelta(seconds=self.callback_retry_seconds),
+                    )
+                )
             s.commit()
             return target
+
+    # ------------------------------------------------------------------ callbacks
+
+    def claim_callbacks(self, limit: int, lease_seconds: float) -> list[CallbackDelivery]:
+        """Due deliveries, each claimed for ``lease_seconds`` (one sender at a time)."""
+        now = utcnow()
+        claimed: list[CallbackDelivery] = []
+        with self.reading() as r:
+            due = r.exec(
+                select(CallbackDelivery)
+                .where(CallbackDelivery.state == "pending")
+                .where(col(CallbackDelivery.next_attempt_at) <= now)
+                .where(
+                    or_(
+                        col(CallbackDelivery.claimed_until).is_(None),
+                        col(CallbackDelivery.claimed_until) < now,
+                    )
+                )
+                .order_by(col(CallbackDelivery.next_attempt_at))
+                .limit(limit)
+            ).all()
+        for delivery in due:
+            with self.session() as s:
+                result = s.exec(
+                    update(CallbackDelivery)
+                    .where(col(CallbackDelivery.id) == delivery.id)
+                    .where(col(CallbackDelivery.state) == "pending")
+                    .where(
+                        or_(
+                            col(CallbackDelivery.claimed_until).is_(None),
+                            col(CallbackDelivery.claimed_until) < now,
+                        )
+                    )
+                    .values(
+                        claimed_until=now + timedelta(seconds=lease_seconds),
+                        attempts=CallbackDelivery.attempts + 1,
+                        last_attempt_at=now,
+                    )
+                )
+                s.commit()
+            if result.rowcount:
+                delivery.attempts += 1
+                claimed.append(delivery)
+        return claimed
+
+    def callback_delivered(self, delivery_id: int, status: int | None) -> None:
+        self._callback_update(
+            delivery_id,
+            state="delivered",
+            delivered_at=utcnow(),
+            last_status=status,
+            last_error=None,
+            claimed_until=None,
+        )
+
+    def callback_failed(
+        self, delivery_id: int, status: int | None, error: str, retry_at: datetime | None
+    ) -> None:
+        fields: dict[str, Any] = {"last_status": status, "last_error": error[:1000]}
+        if retry_at is None:
+            fields.update(state="failed", claimed_until=None)
+        else:
+            fields.update(next_attempt_at=retry_at, claimed_until=None)
+        self._callback_update(delivery_id, **fields)
+
+    def _callback_update(self, delivery_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.exec(
+                update(CallbackDelivery)
+                .where(col(CallbackDelivery.id) == delivery_id)
+                .values(**fields)
+            )
+            s.commit()
+
+    def callbacks_of(self, run_id: int) -> list[CallbackDelivery]:
+        with self.reading() as s:
+            return list(
+                s.exec(
+                    select(CallbackDelivery)
+                    .where(CallbackDelivery.run_id == run_id)
+                    .order_by(col(CallbackDelivery.id))
+                ).all()
+            )
 
     def update_fields(self, run_id: int, **fields: Any) -> None:
         with self.session() as s:

@@ -25,6 +25,7 @@ class Permission(StrEnum):
     webhook_identification_keys = "webhook_identification_keys"
     webhook_get_files = "webhook_get_files"
     security_token_write = "security_token_write"
+    audit_read = "audit_read"
 
 
 ALL = frozenset(Permission)

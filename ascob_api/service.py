@@ -19,10 +19,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ascob_api.callbacks import check_url
 from ascob_api.errors import BackendFailed, BadRequest, Conflict
-from ascob_api.models import IdempotencyKey, JobSpec, Run, RunInfo
+from ascob_api.models import IdempotencyKey, Run
 from ascob_api.repository import DuplicateKey, Repository
 from ascob_api.settings import Settings
+from ascob_api.wire import JobSpec, RunInfo
 from ascob_flows.clock import utcnow
 from ascob_flows.control import apply_backend_report, request_stop
 from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound
@@ -64,6 +66,11 @@ class Services:
     # ------------------------------------------------------------------ submission
 
     def _check_spec(self, spec: JobSpec) -> str:
+        if spec.callback_url is not None:
+            try:
+                check_url(self.settings, spec.callback_url)
+            except BadRequest as exc:
+                raise InvalidSpec(exc.message) from None
         for lock in spec.locks:
             try:
                 validate_key(lock.key)
@@ -79,7 +86,7 @@ class Services:
         """A portal's submission: the run, and whether it is a replay of an earlier submission
         with the same ``Idempotency-Key`` (same token, same body: the same run, nothing new)."""
         if idempotency_key is None:
-            return self.create_run(spec), False
+            return self._submitted(self.create_run(spec), owner), False
         if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise BadRequest(
                 "Idempotency-Key must be 1-255 printable ASCII characters without spaces"
@@ -95,14 +102,19 @@ class Services:
             expires_at=utcnow() + timedelta(seconds=self.settings.idempotency_seconds),
         )
         try:
-            return self.create_run(spec, claim=claim), False
+            return self._submitted(self.create_run(spec, claim=claim), owner), False
         except DuplicateKey as dup:
             if dup.request_hash != digest:
                 raise Conflict(
                     f"Idempotency-Key {idempotency_key!r} was used for run {dup.run_id} with "
                     "another job spec; use a new key for a new job"
                 ) from None
+            self.repo.audit(owner, "submit_replayed", dup.run_id, idempotency_key=idempotency_key)
             return self.repo.get_run(dup.run_id), True
+
+    def _submitted(self, run: Run, actor: str) -> Run:
+        self.repo.audit(actor, "submit", run.id, submitter=run.submitter, backend=run.backend_id)
+        return run
 
     def create_run(
         self,
@@ -161,38 +173,43 @@ class Services:
         spec.manual_start = False
         run = self.create_run(spec, flow_run_id=flow_run_id)
         assert run.id is not None
+        self.repo.audit("prefect", "submit", run.id, submitter=run.submitter, flow_run=flow_run_id)
         return run.id
 
-    def resubmit(self, run_id: int, submitter: str) -> Run:
+    def resubmit(self, run_id: int, submitter: str, actor: str) -> Run:
         source = self.repo.get_run(run_id)
         root_id = source.parent_id or source.id
         spec = JobSpec.model_validate(source.spec)
         spec.submitter = submitter
         spec.manual_start = False
-        return self.create_run(spec, parent_id=root_id)
+        run = self.create_run(spec, parent_id=root_id)
+        self.repo.audit(actor, "resubmit", run.id, source=run_id, submitter=submitter)
+        return run
 
-    def start(self, run_id: int) -> Run:
+    def start(self, run_id: int, actor: str) -> Run:
         run = self.repo.get_run(run_id)
         if not run.manual_start:
             raise BadRequest(f"run {run_id} is not a manual-start run")
         if run.launch_requested or run.status != RunStatus.DEFINED:
             raise BadRequest(f"run {run_id} was started already (status {run.status})")
         self.repo.update_fields(run_id, launch_requested=True)
+        self.repo.audit(actor, "start", run_id)
         log.info("run %s: started manually", run_id, extra={"runId": run_id})
         self._launch()
         return self.repo.get_run(run_id)
 
     # ------------------------------------------------------------------ stop
 
-    async def abort(self, run_id: int, force: bool) -> Run:
-        await request_stop(self.repo, self.locks, self.backends, run_id, force)
+    async def abort(self, run_id: int, force: bool, actor: str) -> Run:
+        await request_stop(self.repo, self.locks, self.backends, run_id, force, actor=actor)
         self._changed(run_id)
         return await asyncio.to_thread(self.repo.get_run, run_id)
 
     # ------------------------------------------------------------------ refresh and output
 
-    async def refresh(self, run_id: int) -> RunInfo:
+    async def refresh(self, run_id: int, actor: str) -> RunInfo:
         run = await asyncio.to_thread(self.repo.get_run, run_id)
+        await asyncio.to_thread(self.repo.audit, actor, "refresh", run_id)
         if RunStatus(run.status).is_final or not run.identification_keys:
             return RunInfo.of(run)
         backend = self.backends.get(run.backend_id)
@@ -229,7 +246,7 @@ class Services:
         return run
 
     def webhook_update(
-        self, webhook_id: str, status: RunStatus | None, keys: dict[str, str] | None
+        self, webhook_id: str, status: RunStatus | None, keys: dict[str, str] | None, actor: str
     ) -> Run:
         """A job reports back: identification keys (kept for the dispatch when they come
         before it), and RUNNING or how it ended, once ASCOB has dispatched it."""
@@ -257,10 +274,21 @@ class Services:
             )
             if merged is None:
                 raise RunNotFound("webhook not found (the run has ended)")
+            self.repo.audit(actor, "webhook_keys", run.id, keys=sorted(keys))
         if step is not None:
-            moved = self.repo.apply(run.id, step)
+            said: dict[str, Any] = {}
+            if status in (RunStatus.FAILED, RunStatus.ABORTED):
+                said["message"] = f"the job reported {status.value} through its webhook"
+            moved = self.repo.apply(run.id, step, **said)
             if moved is None and RunStatus(self.repo.get_run(run.id).status).is_final:
                 raise RunNotFound("webhook not found (the run has ended)")
+            self.repo.audit(
+                actor,
+                "webhook_status",
+                run.id,
+                status=status.value if status else None,
+                applied=moved is not None,
+            )
             log.info(
                 "run %s: webhook reports %s (was %s)%s",
                 run.id,
@@ -280,7 +308,7 @@ class Services:
 
     # ------------------------------------------------------------------ files
 
-    def upload(self, run_id: int, file_id: str, content: bytes) -> None:
+    def upload(self, run_id: int, file_id: str, content: bytes, actor: str) -> None:
         if not FILE_ID.match(file_id):
             raise BadRequest(
                 "fileId must be 1-128 characters of letters, digits, '.', '_' or '-', "
@@ -298,6 +326,7 @@ class Services:
                 f"files can be added only while the run is DEFINED (it is {run.status})"
             )
         self.repo.put_file(run_id, file_id, content)
+        self.repo.audit(actor, "upload", run_id, file=file_id, size=len(content))
         log.info(
             "run %s: file %s uploaded (%d bytes)",
             run_id,

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1024 * 1024
     max_search_results: int = 1000
     idempotency_seconds: int = 24 * 3600
+    callback_secret: str | None = Field(default=None, repr=False)
+    callback_allowlist: CsvList = Field(default_factory=list)
+    callback_retry_seconds: float = 24 * 3600
+    callback_timeout: float = 10.0
     poll_interval: float = 5.0
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None
@@ -59,7 +63,7 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
-    @field_validator("job_manager_tokens", "webhook_tokens", mode="before")
+    @field_validator("job_manager_tokens", "webhook_tokens", "callback_allowlist", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -86,7 +90,12 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret ASCOB knows of: tokens, the database password, the backends' tokens
         (the environment variables their ``token_env`` / ``password_env`` name). Never logged."""
-        found = [self.root_token, *self.job_manager_tokens, *self.webhook_tokens]
+        found = [
+            self.root_token,
+            *self.job_manager_tokens,
+            *self.webhook_tokens,
+            self.callback_secret,
+        ]
         if self.database_url:
             password = urlsplit(self.database_url).password
             found.append(password)

@@ -54,7 +54,7 @@ def build(settings: Settings) -> Parts:
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     create_schema(engine)
-    repo = Repository(engine)
+    repo = Repository(engine, callback_retry_seconds=settings.callback_retry_seconds)
     backends = BackendRegistry.load(settings.home / "backends", settings.backend_config)
     for state in backends.states:
         if state.state != "loaded":

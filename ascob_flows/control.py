@@ -18,11 +18,13 @@ from ascob_flows.machine import (
 )
 from ascob_flows.ports import RunRepository
 from ascob_flows.status import RunStatus
-from backends import BackendRegistry, StatusReport
+from backends import BackendRegistry, BackendStatus, StatusReport
 
 __all__ = ["AlreadyFinal", "apply_backend_report", "request_stop", "stop_backend_job"]
 
 log = logging.getLogger(__name__)
+
+PREFECT_UI = "prefect-ui"
 
 
 async def request_stop(
@@ -32,13 +34,17 @@ async def request_stop(
     run_id: int,
     force: bool,
     reason: str = "stopped",
+    actor: str = PREFECT_UI,
 ) -> RunStatus:
     """Not dispatched yet: ABORTED at once (locks released). Dispatched (or being dispatched):
     ABORTING, and the backend is asked to stop now; the flow records ABORTED when the backend
-    confirms. Returns the status the run has afterwards."""
+    confirms. Returns the status the run has afterwards. ``actor`` is who asked, for the audit:
+    the API passes the token's identifier; the executor's canceller (Cancel pressed on the flow
+    run in the Prefect UI) leaves the default."""
     rec = await asyncio.to_thread(repo.get_record, run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
+    await asyncio.to_thread(repo.audit, actor, "stop", run_id, force=force, status=rec.status.value)
     aborted = await asyncio.to_thread(
         repo.apply, run_id, ABORT_UNDISPATCHED, message=f"{reason} before dispatch"
     )
@@ -88,5 +94,8 @@ async def apply_backend_report(repo: RunRepository, run_id: int, report: StatusR
     step = backend_report_step(report.status)
     if step is None:
         return False
-    fields: dict[str, Any] = {"message": report.message} if report.message else {}
+    message = report.message
+    if message is None and report.status in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        message = f"the backend reports the job {report.status.value}"
+    fields: dict[str, Any] = {"message": message} if message else {}
     return await asyncio.to_thread(repo.apply, run_id, step, **fields) is not None

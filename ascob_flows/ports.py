@@ -60,6 +60,17 @@ class RunRepository(Protocol):
 
     def update_fields(self, run_id: int, **fields: Any) -> None: ...
 
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        run_id: int | None = None,
+        target: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Record who did what to a run (never a secret)."""
+        ...
+
     def runs_to_launch(self, limit: int, older_than: float = 0.0) -> list[int]:
         """Runs that should have a flow run but have none yet (recorded at least
         ``older_than`` seconds ago)."""

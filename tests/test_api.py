@@ -88,7 +88,7 @@ def test_whoami_lists_authorities(ascob: Ascob) -> None:
     authorities = set(r.json()["authorities"])
     assert "job_submit" in authorities and "webhook_update_status" not in authorities
     root = set(_call(ascob, "GET", "/api/security/whoami", None, ROOT_TOKEN).json()["authorities"])
-    assert "security_token_write" in root and len(root) == 13
+    assert "security_token_write" in root and "audit_read" in root and len(root) == 14
 
 
 def test_created_token_works_is_scoped_expires_and_can_be_revoked(ascob: Ascob) -> None:
@@ -293,7 +293,7 @@ def test_file_size_limit(ascob: Ascob) -> None:
     run_id = ascob.submit(spec(manualStart=True))
     too_big = b"x" * (10 * 1024 * 1024 + 1)
     r = ascob.http.post(f"/api/runs/{run_id}/files/big.bin", content=too_big)
-    assert r.status_code == 400 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["error"]
     ascob.http.delete(f"/api/runs/{run_id}")
 
 

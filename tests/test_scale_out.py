@@ -312,3 +312,32 @@ def test_tokens_files_and_manual_start_work_across_apis(cluster: Cluster) -> Non
         30,
         "the flow run to complete",
     )
+
+
+def test_one_idempotency_key_through_two_apis_at_once_is_one_run(cluster: Cluster) -> None:
+    """Portals retry through a load balancer: the same key and body, concurrently, through both
+    API replicas, makes one run (the key is in the shared repository)."""
+    key = f"idem-{uuid.uuid4().hex[:8]}"
+    body = {"jobSpec": spec(7)}
+
+    def post(i: int) -> httpx.Response:
+        api = cluster.apis[i % 2]
+        return api.http.post("/api/runs", json=body, headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(16)))
+    assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
+    run_ids = {r.json()["runId"] for r in answers}
+    assert len(run_ids) == 1
+    assert [r.headers["Idempotent-Replayed"] for r in answers].count("false") == 1
+    (run_id,) = run_ids
+    assert (
+        cluster.rows(
+            "select count(*) from runs where spec->>'description' = %s", "dummy scale-out 7"
+        )[0][0]
+        >= 1
+    )
+    other = cluster.apis[1].http.post(
+        "/api/runs", json={"jobSpec": spec(8)}, headers={"Idempotency-Key": key}
+    )
+    assert other.status_code == 409 and f"run {run_id}" in other.json()["error"]

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from pydantic import Field, field_serializer
 
 from ascob_api.deps import ServicesDep, require
-from ascob_api.models import WireModel
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import WireModel
 from ascob_flows.clock import wire_time
 
 router = APIRouter(prefix="/api/locks", tags=["locks"])

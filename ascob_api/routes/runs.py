@@ -10,8 +10,15 @@ from fastapi.responses import PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import FileUploaded, RunInfo, SubmitRequest, SubmitResponse
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import (
+    CallbackList,
+    CallbackView,
+    FileUploaded,
+    RunInfo,
+    SubmitRequest,
+    SubmitResponse,
+)
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
 
@@ -77,19 +84,19 @@ async def get_run(
 @router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 @router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
 async def refresh(
-    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_refresh)
+    runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
     """Ask the backend for the job's status now, and return the run."""
-    return await services.refresh(runId)
+    return await services.refresh(runId, who.name)
 
 
 @router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 @router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
 async def start(
-    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_manual_start)
+    runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
     """Start a manual-start run that is still DEFINED."""
-    return RunInfo.of(await asyncio.to_thread(services.start, runId))
+    return RunInfo.of(await asyncio.to_thread(services.start, runId, who.name))
 
 
 @router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
@@ -97,10 +104,10 @@ async def stop(
     runId: RunId,
     services: ServicesDep,
     force: bool = False,
-    _: Identity = require(Permission.job_run_abort),
+    who: Identity = require(Permission.job_run_abort),
 ) -> RunInfo:
     """Stop a run: ABORTED at once if not dispatched yet, else ABORTING until the backend stops."""
-    return RunInfo.of(await services.abort(runId, force))
+    return RunInfo.of(await services.abort(runId, force, who.name))
 
 
 @router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
@@ -109,10 +116,10 @@ async def resubmit(
     runId: RunId,
     services: ServicesDep,
     submitter: Annotated[str, Query(min_length=1)],
-    _: Identity = require(Permission.job_run_resubmit),
+    who: Identity = require(Permission.job_run_resubmit),
 ) -> SubmitResponse:
     """Run the same spec again for a new submitter; parentId is the root run."""
-    run = await asyncio.to_thread(services.resubmit, runId, submitter)
+    run = await asyncio.to_thread(services.resubmit, runId, submitter, who.name)
     assert run.id is not None
     return SubmitResponse(run_id=run.id)
 
@@ -150,7 +157,7 @@ async def upload(
     fileId: str,
     request: Request,
     services: ServicesDep,
-    _: Identity = require(Permission.job_run_upload_files),
+    who: Identity = require(Permission.job_run_upload_files),
 ) -> FileUploaded:
     """Attach an input file (raw body) to a run that is still DEFINED."""
     limit = services.settings.max_file_bytes
@@ -158,5 +165,29 @@ async def upload(
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"file is {declared} bytes; the limit is {limit}")
     content = await request.body()
-    await asyncio.to_thread(services.upload, runId, fileId, content)
+    await asyncio.to_thread(services.upload, runId, fileId, content, who.name)
     return FileUploaded(run_id=runId, file_id=fileId, size=len(content))
+
+
+@router.get("/{runId}/callbacks", response_model=CallbackList, response_model_by_alias=True)
+async def callbacks(
+    runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
+) -> CallbackList:
+    """The delivery of the run's callback: state, attempts, last answer or error."""
+    await asyncio.to_thread(services.repo.get_run, runId)
+    deliveries = await asyncio.to_thread(services.repo.callbacks_of, runId)
+    return CallbackList(
+        items=[
+            CallbackView(
+                url=d.url,
+                state=d.state,
+                attempts=d.attempts,
+                last_attempt_at=d.last_attempt_at,
+                last_status=d.last_status,
+                last_error=d.last_error,
+                next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+                delivered_at=d.delivered_at,
+            )
+            for d in deliveries
+        ]
+    )

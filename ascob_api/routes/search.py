@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter
 
 from ascob_api.deps import ServicesDep, require
-from ascob_api.models import RunInfo, SearchRunRequest, SearchRunResponse
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import RunInfo, SearchRunRequest, SearchRunResponse
 
 router = APIRouter(prefix="/api/search", tags=["search"])
 

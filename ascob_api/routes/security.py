@@ -9,13 +9,15 @@ from fastapi import APIRouter
 
 from ascob_api.deps import IdentityDep, ServicesDep, require
 from ascob_api.errors import BadRequest
-from ascob_api.models import (
+from ascob_api.security import Identity, Permission, parse_permissions
+from ascob_api.wire import (
     CreateTokenRequest,
     CreateTokenResponse,
     TokenDeleted,
+    TokenInfo,
+    TokenList,
     WhoAmIResponse,
 )
-from ascob_api.security import Identity, Permission, parse_permissions
 
 router = APIRouter(prefix="/api/security", tags=["security"])
 
@@ -24,8 +26,29 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 @router.get("/whoami", response_model=WhoAmIResponse)
 async def whoami(identity: IdentityDep) -> WhoAmIResponse:
-    """The permissions of the presented token."""
-    return WhoAmIResponse(authorities=sorted(p.value for p in identity.permissions))
+    """The presented token's identifier and permissions."""
+    return WhoAmIResponse(
+        authorities=sorted(p.value for p in identity.permissions), identifier=identity.name
+    )
+
+
+@router.get("/tokens", response_model=TokenList, response_model_by_alias=True)
+async def list_tokens(
+    services: ServicesDep, _: Identity = require(Permission.security_token_write)
+) -> TokenList:
+    """The tokens created through the API: identifier, permissions, expiry (never a secret)."""
+    tokens = await asyncio.to_thread(services.repo.list_tokens)
+    return TokenList(
+        items=[
+            TokenInfo(
+                identifier=t.identifier,
+                permissions=list(t.permissions),
+                created_at=t.created_at,
+                expires_at=t.expires_at,
+            )
+            for t in tokens
+        ]
+    )
 
 
 @router.post("/tokens/{identifier}", response_model=CreateTokenResponse)
@@ -33,7 +56,7 @@ async def create_token(
     identifier: str,
     body: CreateTokenRequest,
     services: ServicesDep,
-    _: Identity = require(Permission.security_token_write),
+    who: Identity = require(Permission.security_token_write),
 ) -> CreateTokenResponse:
     """Create (or replace) a token; its secret is shown this once and stored hashed."""
     if not _IDENTIFIER.fullmatch(identifier):
@@ -42,13 +65,22 @@ async def create_token(
     secret = await asyncio.to_thread(
         services.repo.create_token, identifier, permissions, body.expiry_seconds
     )
+    await asyncio.to_thread(
+        services.repo.audit,
+        who.name,
+        "token_create",
+        target=identifier,
+        permissions=permissions,
+        expiry_seconds=body.expiry_seconds,
+    )
     return CreateTokenResponse(secret=secret)
 
 
 @router.delete("/tokens/{identifier}", response_model=TokenDeleted)
 async def delete_token(
-    identifier: str, services: ServicesDep, _: Identity = require(Permission.security_token_write)
+    identifier: str, services: ServicesDep, who: Identity = require(Permission.security_token_write)
 ) -> TokenDeleted:
     """Revoke a token."""
     await asyncio.to_thread(services.repo.delete_token, identifier)
+    await asyncio.to_thread(services.repo.audit, who.name, "token_revoke", target=identifier)
     return TokenDeleted(identifier=identifier)

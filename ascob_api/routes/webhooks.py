@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ascob_api.deps import IdentityDep, ServicesDep, require
-from ascob_api.models import RunInfo, WebhookUpdate
 from ascob_api.security import Identity, Permission
+from ascob_api.wire import RunInfo, WebhookUpdate
 
 router = APIRouter(prefix="/api/webhooks/runs", tags=["webhooks"])
 
@@ -26,7 +26,7 @@ async def update_run(
     if body.status is None and not body.identification_keys:
         identity.require(Permission.webhook_update_status)
     run = await asyncio.to_thread(
-        services.webhook_update, webhookId, body.status, body.identification_keys
+        services.webhook_update, webhookId, body.status, body.identification_keys, identity.name
     )
     return RunInfo.of(run)
 

@@ -8,7 +8,10 @@ Labels:
 - ``fail``: ``"true"`` makes the submission fail (the run ends FAILED);
 - ``output``: the text of output.txt (default ``Dummy output``);
 - ``submit_delay``: seconds the submission itself takes (a slow backend trigger; default 0);
-- ``lost``: ``"true"`` makes the backend forget the job once submitted (status: job not found).
+- ``lost``: ``"true"`` makes the backend forget the job once submitted (status: job not found);
+- ``doubt``: ``"true"`` loses the submission's answer (the run ends IN_DOUBT);
+- ``progressive``: ``"true"`` prints the output a line at a time over ``duration`` (a job that
+  prints while it runs), instead of all at once.
 
 What it reports is computed from the identification keys and the clock, plus the stops it
 recorded in a small SQLite file in its data folder, so it does not change when ASCOB restarts.
@@ -89,6 +92,10 @@ class DummyBackend(Backend):
         delay = float(labels.get("submit_delay", "0"))
         if delay:
             await asyncio.sleep(delay)
+        if labels.get("doubt", "").lower() == "true":
+            raise ConnectionError(
+                "dummyBackend: the submission's answer was lost (label doubt=true)"
+            )
         status = labels.get("status", "SUCCEEDED").upper().replace("SUCCEDED", "SUCCEEDED")
         return {
             "dummyJobId": uuid.uuid4().hex,
@@ -97,6 +104,7 @@ class DummyBackend(Backend):
             "duration": labels.get("duration", "0"),
             "output": labels.get("output", "Dummy output"),
             **({"lost": "true"} if labels.get("lost", "").lower() == "true" else {}),
+            **({"progressive": "true"} if labels.get("progressive", "") == "true" else {}),
         }
 
     def _job_id(self, keys: Mapping[str, str]) -> str:
@@ -138,5 +146,14 @@ class DummyBackend(Backend):
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         data = keys.get("output", "Dummy output").encode()
         report = await self.status(keys)
+        if keys.get("progressive") == "true" and not report.status.is_final:
+            # the lines printed so far: line i of n appears at (i + 1) / (n + 1) of the duration
+            lines = data.splitlines(keepends=True)
+            duration = float(keys.get("duration", "0")) or 1.0
+            elapsed = time.time() - float(keys.get("startedAt", "0"))
+            shown = min(len(lines), int(elapsed / duration * (len(lines) + 1)))
+            data = b"".join(lines[:shown])
         chunk = data[offset:].decode(errors="replace")
-        return OutputChunk(text=chunk, next_offset=len(data), more=not report.status.is_final)
+        return OutputChunk(
+            text=chunk, next_offset=max(offset, len(data)), more=not report.status.is_final
+        )

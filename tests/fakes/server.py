@@ -80,8 +80,8 @@ async def apply_faults(plan: FaultPlan, request: Request, handler: Handler) -> R
 class ServerThread:
     """uvicorn serving ``app`` on loopback from a daemon thread."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
-        self.port = free_port()
+    def __init__(self, app: Callable[..., Awaitable[None]], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"

@@ -1,0 +1,411 @@
+"""``airflowBackend``: runs an Apache Airflow DAG (Airflow 2 or 3) through its REST API.
+
+Configuration (section ``[airflow.<instance>]`` of the ``ASCOB_CONFIG`` TOML file)::
+
+    [airflow.etl]
+    url = "https://airflow.example"   # the webserver / api-server, without /api/...
+    api = "v2"                        # "v2": Airflow 3 (/api/v2); "v1": Airflow 2 (/api/v1)
+    username = "ascob"                # v2: exchanged at POST /auth/token for a JWT; v1: basic auth
+    password_env = "AIRFLOW_ETL_PASSWORD"
+    # token_env = "AIRFLOW_ETL_TOKEN" # instead of username/password: a ready bearer token
+    # timeout = 30                    # seconds per HTTP call
+    # trigger_attempts = 5            # tries of one trigger before its outcome is unknown
+
+Labels: ``airflow_instance`` (may be left out when one instance is configured) and
+``airflow_dag_id``. Job parameters become the dag run's ``conf``.
+
+Submission reads the DAG first: an unknown DAG, bad credentials or a paused DAG (whose run would
+wait in the queue until someone unpauses it) are refused, nothing started. The trigger names its
+own dag run, ``ascob-<runId>-<nonce>``, so a trigger whose answer was lost is simply sent again
+with the same name: Airflow creates at most one run of that name and answers the repeat with 409,
+and a run of that name carrying our conf is ours. Only when Airflow gives no clear answer for
+``trigger_attempts`` tries does the outcome stay unknown (IN_DOUBT).
+
+Identification keys: ``airflowInstance``, ``airflowDagId``, ``airflowDagRunId``; nothing else is
+needed after a restart. A stop marks the dag run ``failed`` and sets its note to
+``Stopped through ASCOB …``: that note, read back from Airflow, is how a failed run is known to be
+ABORTED, also by another process.
+
+Output: the task instances' logs, ordered by start date (see :mod:`backends.airflow.logs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends.airflow.client import (
+    API_VERSIONS,
+    AirflowClient,
+    AirflowHTTPError,
+    AirflowProtocolError,
+)
+from backends.airflow.logs import TaskLogs
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+
+__all__ = ["STATES", "AirflowBackend", "AirflowClient"]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "airflow_instance"
+DAG_LABEL = "airflow_dag_id"
+STOP_NOTE = "Stopped through ASCOB"
+
+# DagRunState -> ASCOB (``failed`` is ABORTED when ASCOB stopped the run). Any other value is
+# not an answer yet: polling goes on.
+STATES = {
+    "queued": BackendStatus.QUEUED,
+    "running": BackendStatus.RUNNING,
+    "success": BackendStatus.SUCCEEDED,
+    "failed": BackendStatus.FAILED,
+}
+_RUN_FINAL = ("success", "failed")
+_ASCOB_RUN = re.compile(r"^ascob-(\d+)-")
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    url: str
+    api: str
+    username: str | None
+    password_env: str | None
+    token_env: str | None
+    timeout: float
+    trigger_attempts: int
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
+        if not isinstance(raw, Mapping) or not raw.get("url"):
+            raise ValueError(f"[airflow.{name}] needs a url")
+        api = str(raw.get("api", "v2"))
+        if api not in API_VERSIONS:
+            raise ValueError(
+                f'[airflow.{name}] api = "{api}": use "v1" (Airflow 2) or "v2" (Airflow 3)'
+            )
+        username = str(raw["username"]) if raw.get("username") else None
+        password_env = str(raw["password_env"]) if raw.get("password_env") else None
+        if username and not password_env:
+            raise ValueError(f"[airflow.{name}] username needs password_env")
+        return cls(
+            name=name,
+            url=str(raw["url"]).rstrip("/"),
+            api=api,
+            username=username,
+            password_env=password_env,
+            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            timeout=float(raw.get("timeout", 30.0)),
+            trigger_attempts=max(1, int(raw.get("trigger_attempts", 5))),
+        )
+
+    def password(self) -> str | None:
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise SubmitRefused(
+                f"airflow instance {self.name!r}: environment variable {self.password_env} "
+                f"(the password of {self.username}) is not set"
+            )
+        return value
+
+    def web_url(self, dag_id: str, run_id: str) -> str:
+        if self.api == "v1":
+            return f"{self.url}/dags/{quote(dag_id)}/grid?dag_run_id={quote(run_id, safe='')}"
+        return f"{self.url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def _unclear(exc: Exception) -> bool:
+    """Whether a failed trigger may have reached Airflow (a refused connection did not)."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+class AirflowBackend(Backend):
+    id: ClassVar[str] = "airflowBackend"
+    config_section: ClassVar[str] = "airflow"
+    can_stop: ClassVar[bool] = True
+
+    def __init__(
+        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        super().__init__(context)
+        self.instances = {
+            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
+        }
+        self._transport = transport
+        self._clients: ClientsPerLoop[AirflowClient] = ClientsPerLoop()
+        self._logs = TaskLogs()
+        self._stopped: set[tuple[str, str, str]] = set()  # stops sent by this process
+        self.retry_delay = 0.5  # first pause between trigger attempts (doubles, up to 5 s)
+
+    # ------------------------------------------------------------------ spec
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return DAG_LABEL in labels
+
+    def _instance_name(self, labels: Mapping[str, str]) -> str:
+        name = labels.get(INSTANCE_LABEL)
+        configured = ", ".join(sorted(self.instances)) or "none"
+        if not name:
+            if len(self.instances) == 1:
+                return next(iter(self.instances))
+            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
+        if name not in self.instances:
+            raise SpecRejected(
+                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
+                "see [airflow.<name>] in the ASCOB_CONFIG file)"
+            )
+        return name
+
+    def validate(self, labels: Mapping[str, str]) -> None:
+        self._instance_name(labels)
+        if not labels.get(DAG_LABEL, "").strip():
+            raise SpecRejected(f"label {DAG_LABEL} is required (the DAG to trigger)")
+
+    def _client(self, name: str) -> AirflowClient:
+        inst = self.instances[name]
+
+        def make() -> AirflowClient:
+            token = secret_from_env("airflow", inst.name, inst.token_env)
+            return AirflowClient(
+                inst.url,
+                inst.api,
+                username=None if token else inst.username,
+                password=None if token else inst.password(),
+                token=token,
+                timeout=inst.timeout,
+                transport=self._transport,
+            )
+
+        return self._clients.get(name, make)
+
+    def _known(self, keys: Mapping[str, str]) -> tuple[Instance, AirflowClient, str, str]:
+        try:
+            name, dag_id, run_id = (
+                keys["airflowInstance"],
+                keys["airflowDagId"],
+                keys["airflowDagRunId"],
+            )
+        except KeyError:
+            raise JobNotFound("identification keys name no airflow instance and dag run") from None
+        if name not in self.instances:
+            raise BackendUnavailable(f"airflow instance {name!r} is no longer configured")
+        try:
+            client = self._client(name)
+        except SubmitRefused as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        return self.instances[name], client, dag_id, run_id
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.validate(job.labels)
+        name = self._instance_name(job.labels)
+        inst = self.instances[name]
+        dag_id = job.labels[DAG_LABEL].strip()
+        where = f"airflow {name!r} DAG {dag_id!r}"
+        client = self._client(name)
+        # Before the trigger nothing has run: every failure here is a refusal.
+        try:
+            dag = await client.get_dag(dag_id)
+        except AirflowHTTPError as exc:
+            raise SubmitRefused(f"{where}: {exc}") from exc
+        except (httpx.HTTPError, AirflowProtocolError) as exc:
+            raise SubmitRefused(f"{where}: cannot read the DAG ({describe(exc)})") from exc
+        if dag.get("is_paused"):
+            raise SubmitRefused(
+                f"{where}: DAG is paused; its run would wait in the queue until someone unpauses "
+                "it, so ASCOB did not trigger it (unpause the DAG in Airflow)"
+            )
+        run_id = f"ascob-{job.run_id}-{uuid.uuid4().hex[:12]}"
+        conf = dict(job.parameters)
+        body: dict[str, Any] = {"dag_run_id": run_id, "conf": conf}
+        if inst.api == "v2":
+            body["logical_date"] = None  # required by Airflow 3; null lets runs share a date
+            body["note"] = f"ASCOB run {job.run_id}" + (
+                f" for {job.submitter}" if job.submitter else ""
+            )
+        await self._trigger(inst, client, dag_id, body, where)
+        log.info("run %s: %s triggered as dag run %s", job.run_id, where, run_id)
+        return {"airflowInstance": name, "airflowDagId": dag_id, "airflowDagRunId": run_id}
+
+    async def _trigger(
+        self, inst: Instance, client: AirflowClient, dag_id: str, body: dict[str, Any], where: str
+    ) -> None:
+        """Create the dag run, sending the same trigger again while the answer is unclear."""
+        run_id, conf = body["dag_run_id"], body["conf"]
+        maybe_sent = False  # whether an earlier attempt may have created the run
+        last: Exception | None = None
+        delay = self.retry_delay
+        for attempt in range(1, inst.trigger_attempts + 1):
+            try:
+                await client.trigger(dag_id, body)
+                return
+            except AirflowHTTPError as exc:
+                if exc.status_code == 409:
+                    ours = await self._look_for(client, dag_id, run_id, conf, where)
+                    if ours:
+                        log.info("%s: dag run %s exists already (a lost answer)", where, run_id)
+                        return
+                    if ours is False and not maybe_sent:
+                        raise SubmitRefused(f"{where}: {exc}") from exc
+                elif exc.status_code < 500 and not maybe_sent:
+                    raise SubmitRefused(f"{where}: {exc}") from exc
+                elif exc.status_code >= 500:
+                    maybe_sent = True
+                last = exc
+            except (httpx.HTTPError, AirflowProtocolError) as exc:
+                maybe_sent = maybe_sent or _unclear(exc)
+                last = exc
+            if attempt < inst.trigger_attempts:
+                log.warning(
+                    "%s: trigger of %s unclear (%s); sending it again in %.1f s",
+                    where,
+                    run_id,
+                    describe(last) if last else "?",
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if not maybe_sent:
+            raise SubmitRefused(
+                f"{where}: cannot reach Airflow ({describe(last) if last else '?'})"
+            )
+        if await self._look_for(client, dag_id, run_id, conf, where):
+            return  # a last look: the run exists although no answer said so
+        raise RuntimeError(
+            f"{where}: trigger of dag run {run_id} got no clear answer in "
+            f"{inst.trigger_attempts} attempts ({describe(last) if last else '?'}); outcome unknown"
+        )
+
+    async def _look_for(
+        self, client: AirflowClient, dag_id: str, run_id: str, conf: dict[str, str], where: str
+    ) -> bool | None:
+        """Whether a dag run of our name exists with our conf: True, False (404), or None when
+        Airflow gives no clear answer."""
+        try:
+            run = await client.get_dag_run(dag_id, run_id)
+        except AirflowHTTPError as exc:
+            if exc.status_code == 404:
+                return False
+            log.warning("%s: cannot look for dag run %s: %s", where, run_id, exc)
+            return None
+        except (httpx.HTTPError, AirflowProtocolError) as exc:
+            log.warning("%s: cannot look for dag run %s: %s", where, run_id, describe(exc))
+            return None
+        if (run.get("conf") or {}) != conf:
+            raise SubmitRefused(
+                f"{where}: a dag run named {run_id} exists with another conf; it is not "
+                "ASCOB's and ASCOB started nothing"
+            )
+        return True
+
+    # ------------------------------------------------------------------ follow
+
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+        inst, client, dag_id, run_id = self._known(keys)
+        try:
+            run = await client.get_dag_run(dag_id, run_id)
+        except AirflowHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"airflow: {exc}") from exc
+            raise BackendUnavailable(f"airflow: {exc}") from exc
+        except (httpx.HTTPError, AirflowProtocolError) as exc:
+            raise BackendUnavailable(f"airflow: {describe(exc)}") from exc
+        url = inst.web_url(dag_id, run_id)
+        state = run.get("state")
+        mapped = STATES.get(str(state))
+        if mapped is None:
+            raise BackendUnavailable(
+                f"airflow: dag run {run_id} is in state {state!r}, which ASCOB does not map; "
+                "asking again later"
+            )
+        if mapped is BackendStatus.FAILED:
+            note = str(run.get("note") or "")
+            if note.startswith(STOP_NOTE) or (inst.name, dag_id, run_id) in self._stopped:
+                return StatusReport(BackendStatus.ABORTED, note or STOP_NOTE, url)
+            return StatusReport(mapped, await self._failure(client, dag_id, run_id), url)
+        if mapped is BackendStatus.SUCCEEDED:
+            return StatusReport(mapped, None, url)
+        return StatusReport(mapped, f"dag run {run_id}: {state}", url)
+
+    async def _failure(self, client: AirflowClient, dag_id: str, run_id: str) -> str:
+        message = f"dag run {run_id} failed"
+        try:
+            tis = await client.task_instances(dag_id, run_id)
+        except Exception as exc:  # only the message is lost
+            log.debug("airflow: cannot list task instances of %s: %s", run_id, describe(exc))
+            return message
+        failed = sorted({str(t.get("task_id")) for t in tis if t.get("state") == "failed"})
+        return f"{message} (failed tasks: {', '.join(failed)})" if failed else message
+
+    async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
+        """Mark the dag run failed (Airflow then stops its running tasks) with a note naming the
+        ASCOB run; a forced stop does the same, Airflow has nothing stronger."""
+        inst, client, dag_id, run_id = self._known(keys)
+        match = _ASCOB_RUN.match(run_id)
+        note = f"{STOP_NOTE} (run {match.group(1) if match else run_id})"
+        try:
+            run = await client.get_dag_run(dag_id, run_id)
+            if run.get("state") in _RUN_FINAL:
+                return  # over already: marking it would rewrite its outcome
+            self._stopped.add((inst.name, dag_id, run_id))
+            if inst.api == "v2":
+                await client.patch_dag_run(dag_id, run_id, {"state": "failed", "note": note})
+                return
+            try:
+                await client.set_note(dag_id, run_id, note)
+            except AirflowHTTPError as exc:  # Airflow < 2.5 has no notes
+                if exc.status_code not in (404, 405):
+                    raise
+                log.warning("airflow %s: cannot set the note of %s: %s", inst.name, run_id, exc)
+            await client.patch_dag_run(dag_id, run_id, {"state": "failed"})
+        except AirflowHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"airflow stop: {exc}") from exc
+            raise BackendUnavailable(f"airflow stop: {exc}") from exc
+        except (httpx.HTTPError, AirflowProtocolError) as exc:
+            raise BackendUnavailable(f"airflow stop: {describe(exc)}") from exc
+
+    # ------------------------------------------------------------------ output
+
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+        inst, client, dag_id, run_id = self._known(keys)
+        try:
+            run = await client.get_dag_run(dag_id, run_id)  # first: then the tasks are as final
+            tis = await client.task_instances(dag_id, run_id)
+            text, complete = await self._logs.text(client, inst.name, dag_id, run_id, tis)
+        except AirflowHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"airflow: {exc}") from exc
+            raise BackendUnavailable(f"airflow: {exc}") from exc
+        except (httpx.HTTPError, AirflowProtocolError) as exc:
+            raise BackendUnavailable(f"airflow: {describe(exc)}") from exc
+        data = text.encode()
+        more = run.get("state") not in _RUN_FINAL or not complete
+        piece = data[offset:].decode("utf-8", errors="replace")
+        return OutputChunk(piece, max(offset, len(data)), more)
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
