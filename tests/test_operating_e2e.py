@@ -42,6 +42,23 @@ def _installation(app: Ascob) -> str:
         return "(none)"
 
 
+def _create_flow_run(prefect: httpx.Client, deployment_id: str, job_spec: dict[str, Any]) -> str:
+    """Start the deployment with a job_spec, as the Prefect UI does (a SQLite-backed Prefect
+    server may answer 503 "database is locked" to a write: try again)."""
+
+    def create() -> str | None:
+        r = prefect.post(
+            f"/deployments/{deployment_id}/create_flow_run",
+            json={"parameters": {"job_spec": job_spec}},
+        )
+        if r.status_code == 503:
+            return None
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["id"])
+
+    return str(wait_until(create, 60, "Prefect to create the flow run", interval=1.0))
+
+
 def _own_prefect(workdir: Path, port: int) -> Ascob:
     """``ascob serve`` that starts its own Prefect server on ``port``."""
     app = Ascob(workdir, "", env={"ASCOB_PREFECT_PORT": str(port)})
@@ -94,9 +111,7 @@ def test_clean_stop_hands_runs_back_quietly(workdir: Path) -> None:
         prefect = httpx.Client(base_url=f"{prefect_url}/api", timeout=30)
         dep = prefect.get(f"/deployments/name/ascob-job/{app.env['ASCOB_DEPLOYMENT']}").json()
         spec = {"description": "from prefect", "labels": {**DUMMY, "duration": "25"}}
-        spec_fr = prefect.post(
-            f"/deployments/{dep['id']}/create_flow_run", json={"parameters": {"job_spec": spec}}
-        ).json()["id"]
+        spec_fr = _create_flow_run(prefect, dep["id"], spec)
         spec_run = int(
             wait_until(
                 lambda: _sql(app, "select id from runs where flow_run_id = ?", spec_fr),
@@ -175,18 +190,8 @@ def test_installations_sharing_a_deployment_never_touch_each_others_flow_runs(
 
         # a job_spec flow run started from Prefect gets the tags of every ASCOB flow run
         dep = prefect.get(f"/deployments/name/ascob-job/{shared['ASCOB_DEPLOYMENT']}").json()
-        fr = prefect.post(
-            f"/deployments/{dep['id']}/create_flow_run",
-            json={
-                "parameters": {
-                    "job_spec": {
-                        "description": "from prefect",
-                        "submitter": "alice",
-                        "labels": DUMMY,
-                    }
-                }
-            },
-        ).json()["id"]
+        spec = {"description": "from prefect", "submitter": "alice", "labels": DUMMY}
+        fr = _create_flow_run(prefect, dep["id"], spec)
         done = wait_until(
             lambda: (
                 (s := prefect.get(f"/flow_runs/{fr}").json())["state_type"] == "COMPLETED" and s
