@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -43,14 +44,46 @@ def _prepare(settings: Settings, start_local_prefect: bool) -> object | None:
         return None
     if not start_local_prefect:
         raise typer.BadParameter("PREFECT_API_URL must name the shared Prefect server")
-    server = LocalPrefectServer(settings.home, port=settings.prefect_port)
-    os.environ["PREFECT_API_URL"] = server.start()
+    server = LocalPrefectServer(
+        settings.home, port=settings.prefect_port, public_url=settings.public_prefect_url
+    )
+    try:
+        os.environ["PREFECT_API_URL"] = server.start()
+    except RuntimeError as exc:  # a foreign server on the port, or ours did not start
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     return server
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts (a local Prefect server,
+    the executor) and before anything is logged as listening: a busy port is a clear error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        raise SystemExit(1) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        log.error(
+            "cannot listen on %s:%d (%s): another process has this port; stop it or choose "
+            "another one with --port",
+            host,
+            port,
+            exc.strerror or exc,
+        )
+        raise SystemExit(1) from None
+    return sock
 
 
 def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
+    sock = _listen(host, port) if with_api else None
     settings.home.mkdir(parents=True, exist_ok=True)
     token_note = (  # where a generated root token is, never the token itself
         "" if settings.root_token else f"; root token generated in {settings.home / 'root_token'}"
@@ -67,16 +100,41 @@ def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
         executor = make_executor(parts) if with_executor else None
         if executor is not None:
             executor.start_in_thread()
-        if with_api:
-            _serve_api(parts, host, port, executor, token_note)
+        if sock is not None:
+            _serve_api(parts, sock, executor, token_note)
         else:
             _wait_for_signal(executor)
     finally:
+        drained = _flush_prefect_logs()
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
+        if not drained:
+            # Prefect's exit hook would wait for the rest, retrying for minutes: leave now
+            failed = sys.exc_info()[0] not in (None, SystemExit)
+            logging.shutdown()
+            os._exit(1 if failed else 0)
 
 
-def _serve_api(parts: object, host: str, port: int, executor: object, token_note: str) -> None:
+def _flush_prefect_logs(timeout: float = 5.0) -> bool:
+    """Send the flow runs' last log lines to Prefect now, for a few seconds at most, while the
+    local Prefect server still runs (left to the exit, Prefect's log queue would retry towards a
+    stopped server for a minute or more). False when some could not be sent in time."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return True
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        result = APILogWorker.drain_all(timeout=timeout)
+    except Exception as exc:
+        log.warning("sending the last log lines to Prefect failed (%r)", exc)
+        return True
+    late = result[1] if isinstance(result, tuple) else set()
+    if late:
+        log.warning("Prefect did not take the last log lines within %.0f s; dropped", timeout)
+    return not late
+
+
+def _serve_api(parts: object, sock: socket.socket, executor: object, token_note: str) -> None:
     import uvicorn
 
     from ascob_api.main import create_app
@@ -87,17 +145,17 @@ def _serve_api(parts: object, host: str, port: int, executor: object, token_note
     if executor is None:
         lifespan = _launcher_lifespan(parts)
     application = create_app(parts.services, lifespan=lifespan)
-    log.info("ASCOB API on http://%s:%d (docs at /docs)%s", host, port, token_note)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("ASCOB API on http://%s:%d (docs at /docs)%s", shown, port, token_note)
     log.info("Prefect API %s", os.environ.get("PREFECT_API_URL"))
-    config = uvicorn.Config(
-        application, host=host, port=port, log_config=None, access_log=False, lifespan="on"
-    )
+    config = uvicorn.Config(application, log_config=None, access_log=False, lifespan="on")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
     # found: with Python's default one the process would die there, before the executor and the
     # local Prefect server are stopped (the server was left running). Exit through Python.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         if executor is not None:
             executor.stop()  # type: ignore[attr-defined]
@@ -123,7 +181,7 @@ def _launcher_lifespan(parts: object) -> Any:
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         runtime = Runtime(repo=parts.repo, backends=parts.backends, locks=parts.locks)
-        launcher = Launcher(runtime)
+        launcher = Launcher(runtime, installation=parts.installation)
         parts.services.on_launch.append(launcher.kick)
 
         async def run() -> None:
@@ -135,7 +193,8 @@ def _launcher_lifespan(parts: object) -> Any:
                     except Exception as exc:
                         log.warning("Prefect server not ready (%r); retrying", exc)
                         await asyncio.sleep(2)
-                await launcher.run(client, deployment_id)
+                launcher.deployment_id = deployment_id
+                await launcher.run(client)
 
         task = asyncio.create_task(run())
         try:

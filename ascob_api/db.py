@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel, create_engine
 
@@ -29,10 +30,21 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{READ_ONLY: True})
 
 
+def _create_private(url: str) -> None:
+    """Create a SQLite database file readable by its owner only (it holds token hashes, run
+    specs and input files), like the root token file. SQLite gives its -wal and -shm files the
+    database file's permissions."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     url = _normalise(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
+        _create_private(url)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
         kwargs["pool_size"] = 20
         kwargs["max_overflow"] = 20

@@ -120,3 +120,17 @@ class Executor(SQLModel, table=True):
     id: str = Field(primary_key=True)
     heartbeat: datetime = Field(default_factory=utcnow)
     expires_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- installation
+
+
+class Installation(SQLModel, table=True):
+    """The identity of the installation this repository is (one row, created once): its flow
+    runs carry it, so no executor touches another installation's flow runs."""
+
+    __tablename__ = "installation"
+
+    id: int = Field(default=1, primary_key=True)
+    installation_id: str
+    created: datetime = Field(default_factory=utcnow)

@@ -1,4 +1,11 @@
-"""The local Prefect server that ``ascob serve`` starts when PREFECT_API_URL is not set."""
+"""The local Prefect server that ``ascob serve`` starts when PREFECT_API_URL is not set.
+
+It belongs to its installation: its files are in ``$ASCOB_HOME/prefect``, and its UI reads from
+this very server (``PREFECT_UI_API_URL``; behind a proxy, ``ASCOB_PUBLIC_PREFECT_URL`` names
+the address browsers use). A Prefect server that already answers on the port is used only if it
+is this installation's own (left running by a previous life: same Prefect home); a server of
+anyone else is never used by accident: sharing one is said with PREFECT_API_URL.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ def prefect_env(home: Path) -> dict[str, str]:
     }
 
 
+class ForeignPrefectServer(RuntimeError):
+    """Another Prefect server (not this installation's) answers on the local server's port."""
+
+
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(api_url.rstrip("/") + "/health", timeout=timeout).status_code == 200
@@ -34,22 +45,51 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
 class LocalPrefectServer:
     """``prefect server start`` as a child process, stopped with ASCOB."""
 
-    def __init__(self, home: Path, host: str = "127.0.0.1", port: int = 4200) -> None:
+    def __init__(
+        self,
+        home: Path,
+        host: str = "127.0.0.1",
+        port: int = 4200,
+        public_url: str | None = None,
+    ) -> None:
         self.home = home
         self.host = host
         self.port = port
         self.api_url = f"http://{host}:{port}/api"
-        self.ui_url = f"http://{host}:{port}"
+        # what browsers open: the UI, and the API the UI reads its data from
+        self.ui_url = (public_url or f"http://{host}:{port}").rstrip("/")
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _owner_home(self) -> str | None:
+        """The Prefect home of the server that answers on the port (None: cannot tell)."""
+        try:
+            r = httpx.get(self.api_url + "/admin/settings", timeout=5.0)
+            r.raise_for_status()
+            home = r.json().get("home")
+        except (httpx.HTTPError, ValueError):
+            return None
+        return str(home) if home else None
 
     def start(self, timeout: float = 120.0) -> str:
         if healthy(self.api_url):
-            log.info("a Prefect server already answers at %s; using it", self.api_url)
-            return self.api_url
+            ours = str((self.home / "prefect").resolve())
+            owner = self._owner_home()
+            if owner is not None and str(Path(owner).expanduser().resolve()) == ours:
+                log.info("this installation's Prefect server still answers at %s", self.api_url)
+                return self.api_url
+            raise ForeignPrefectServer(
+                f"a Prefect server that is not this installation's ({ours}) already answers "
+                f"on {self.host}:{self.port} (its home: {owner or 'unknown'}). Set "
+                "ASCOB_PREFECT_PORT to a free port to start this installation's own server, "
+                f"or PREFECT_API_URL={self.api_url} to share that server on purpose"
+            )
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
         logfile = (self.home / "prefect-server.log").open("ab")
         env = {**os.environ, **prefect_env(self.home)}
         env.pop("PREFECT_API_URL", None)
+        # the UI asks /ui-settings where its API is: this server, not Prefect's default port
+        env["PREFECT_UI_API_URL"] = self.ui_url + "/api"
+        env["PREFECT_UI_URL"] = self.ui_url
         self.proc = subprocess.Popen(
             [
                 sys.executable,

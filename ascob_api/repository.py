@@ -492,6 +492,27 @@ class Repository:
             rows = s.exec(select(Run.id).where(or_(col(Run.status).not_in(_FINAL)))).all()
         return [r for r in rows if r is not None]
 
+    def installation_id(self) -> str:
+        """This installation's identity, created once (the first process to ask wins)."""
+        from sqlalchemy.exc import IntegrityError
+
+        from ascob_api.models import Installation
+
+        with self.reading() as s:
+            row = s.get(Installation, 1)
+        if row is not None:
+            return row.installation_id
+        try:
+            with self.session() as s:
+                s.add(Installation(id=1, installation_id=secrets.token_hex(6)))
+                s.commit()
+        except IntegrityError:
+            pass  # another process created it meanwhile
+        with self.reading() as s:
+            row = s.get(Installation, 1)
+        assert row is not None
+        return row.installation_id
+
 
 def to_record(run: Run) -> RunRecord:
     assert run.id is not None

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     etcd_api: Literal["v3", "v2"] = "v3"
     config: Path | None = None
     prefect_port: int = 4200
+    # the local Prefect server's address as browsers reach it (behind a proxy); default its own
+    public_prefect_url: str | None = None
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
 
     max_file_bytes: int = 10 * 1024 * 1024

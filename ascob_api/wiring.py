@@ -6,13 +6,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 from ascob_api.db import create_schema, make_engine
 from ascob_api.repository import Repository
 from ascob_api.service import Services
 from ascob_api.settings import Settings
 from ascob_flows.executor import Executor
+from ascob_flows.executor.queries import installation_tag
 from ascob_flows.locks import LockStore
 from ascob_flows.locks.sql import SqlLockStore
 from ascob_flows.runtime import Runtime
@@ -28,6 +32,7 @@ class Parts:
     backends: BackendRegistry
     locks: LockStore
     services: Services
+    installation: str = ""  # the identity kept in the repository
 
 
 def make_lock_store(settings: Settings, repo: Repository) -> LockStore:
@@ -56,7 +61,50 @@ def build(settings: Settings) -> Parts:
             log.error("backend %s is not available: %s", state.id, state.error)
     locks = make_lock_store(settings, repo)
     services = Services(settings=settings, repo=repo, backends=backends, locks=locks)
-    return Parts(settings, repo, backends, locks, services)
+    installation = repo.installation_id()
+    log.info("installation %s (repository %s)", installation, _shown_url(settings.db_url))
+    return Parts(settings, repo, backends, locks, services, installation)
+
+
+def _shown_url(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def tagging_registration(parts: Parts) -> Callable[[dict[str, Any], str], int]:
+    """Registration of a flow run started from Prefect with a ``job_spec``: the run is recorded,
+    then the flow run gets the tags a launcher gives the flow runs it creates (installation,
+    owner, backend), so it looks like every other run in the Prefect UI and stays this
+    installation's. A resumed flow run carries on with the run it registered before."""
+
+    def register(job_spec: dict[str, Any], flow_run_id: str) -> int:
+        known = parts.repo.run_for_flow_run(flow_run_id) if flow_run_id else None
+        if known is not None:
+            return known  # a resumed flow run (handed back, or of a dead executor): its run
+        run_id = parts.services.register_from_flow(job_spec, flow_run_id)
+        if flow_run_id:
+            rec = parts.repo.get_record(run_id)
+            tags = [installation_tag(parts.installation), f"backend:{rec.backend_id}"]
+            if rec.submitter:
+                tags.append(f"owner:{rec.submitter}")
+            try:
+                _add_tags(UUID(flow_run_id), tags)
+            except Exception as exc:  # cosmetic for the run; logged for operators
+                log.warning("run %s: could not tag flow run %s (%r)", run_id, flow_run_id, exc)
+        return run_id
+
+    return register
+
+
+def _add_tags(flow_run_id: UUID, tags: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        wanted = [*flow_run.tags, *(t for t in tags if t not in flow_run.tags)]
+        client.update_flow_run(flow_run_id, tags=wanted)
 
 
 def default_executor_id(settings: Settings) -> str:
@@ -71,12 +119,13 @@ def make_executor(parts: Parts, executor_id: str | None = None) -> Executor:
         backends=parts.backends,
         locks=parts.locks,
         poll_interval=settings.poll_interval,
-        register_spec=parts.services.register_from_flow,
+        register_spec=tagging_registration(parts),
         public_url=settings.public_url,
     )
     executor = Executor(
         runtime,
         executor_id or settings.executor_id or default_executor_id(settings),
+        installation=parts.installation,
         max_concurrent=settings.executor_concurrency,
         start_rate=settings.executor_start_rate,
         deployment_name=settings.deployment,

@@ -18,13 +18,22 @@ Found by profiling one executor holding hundreds of live runs (see docs/benchmar
 ``tune_flow_engine()`` applies 2 and 3 (module attributes of Prefect, checked by
 ``tests/test_engine_compat.py`` so an upgrade that moves them fails loudly);
 ``engine_settings()`` gives the settings for 1.
+
+4. A stopping executor cancels its flow runs' asyncio tasks; Prefect's engine takes any
+   cancellation for a crash: it logs ``Crash detected!`` at error level, sets the flow run and
+   its running task run Crashed, and logs ``Finished in state …`` at error level. Inside
+   :func:`handing_back` (the executor's clean stop) a cancelled flow run is instead handed
+   back: Scheduled, named "Resuming", so the next executor claims it and carries on from the
+   repository's state; its interrupted task run ends Cancelled ("Interrupted"). No error log,
+   no Crashed state; each write is bounded (``HAND_BACK_LIMIT``), whatever the Prefect server
+   does. A crash outside a clean stop is still a crash.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -32,7 +41,82 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _RESULT_STORAGE_TTL = 60.0
+HAND_BACK_LIMIT = 3.0  # seconds for one hand-back write to the Prefect server
 _applied = False
+_handing_back: str | None = None  # the executor id while it stops cleanly
+
+
+@contextmanager
+def handing_back(executor_id: str) -> Generator[None, None, None]:
+    """While inside, a cancelled flow run of this process is handed back, not crashed."""
+    global _handing_back
+    _handing_back = executor_id
+    try:
+        yield
+    finally:
+        _handing_back = None
+
+
+def _is_hand_back(exc: BaseException) -> bool:
+    import asyncio
+
+    return _handing_back is not None and isinstance(exc, asyncio.CancelledError)
+
+
+async def _bounded(write: Awaitable[Any], what: str) -> None:
+    """One write of the hand-back: shielded from the cancellation it handles, bounded."""
+    import anyio
+
+    with anyio.CancelScope(shield=True, deadline=anyio.current_time() + HAND_BACK_LIMIT) as scope:
+        try:
+            await write
+        except Exception as exc:
+            log.warning("handing back: %s failed (%r)", what, exc)
+    if scope.cancelled_caught:
+        log.warning("handing back: %s took over %.0f s; left as it is", what, HAND_BACK_LIMIT)
+
+
+def _patch_crash_handlers() -> None:
+    from prefect.flow_engine import AsyncFlowRunEngine
+    from prefect.states import Cancelled, Scheduled
+    from prefect.task_engine import AsyncTaskRunEngine
+
+    flow_crash = AsyncFlowRunEngine.handle_crash
+    task_crash = AsyncTaskRunEngine.handle_crash
+
+    async def handle_flow_crash(self: Any, exc: BaseException) -> None:
+        if not _is_hand_back(exc) or self.flow_run is None:
+            await flow_crash(self, exc)
+            return
+        state: Any = Scheduled(name="Resuming", message=f"handed back by executor {_handing_back}")
+        await _bounded(
+            self.client.set_flow_run_state(self.flow_run.id, state, force=True),
+            f"flow run {self.flow_run.id}",
+        )
+        self._raised = exc
+
+    async def handle_task_crash(self: Any, exc: BaseException) -> None:
+        if not _is_hand_back(exc) or self.task_run is None:
+            await task_crash(self, exc)
+            return
+        state: Any = Cancelled(name="Interrupted", message="executor stopped; the flow run resumes")
+        await _bounded(
+            self.client.set_task_run_state(self.task_run.id, state, force=True),
+            f"task run {self.task_run.id}",
+        )
+        self._raised = exc
+
+    AsyncFlowRunEngine.handle_crash = handle_flow_crash  # type: ignore[method-assign]
+    AsyncTaskRunEngine.handle_crash = handle_task_crash  # type: ignore[method-assign]
+
+
+class _HandBackNoise(logging.Filter):
+    """Drops the engine's "Finished in state …" error of a flow run being handed back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _handing_back is None or record.levelno < logging.ERROR:
+            return True
+        return not str(record.msg).startswith(("Finished in state", "Crash detected"))
 
 
 @contextmanager
@@ -82,6 +166,9 @@ def tune_flow_engine() -> None:
     results._aread_server_default_result_storage_block_id = _acached(
         results._aread_server_default_result_storage_block_id, _RESULT_STORAGE_TTL
     )
+    _patch_crash_handlers()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_HandBackNoise())
     _applied = True
 
 

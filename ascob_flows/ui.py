@@ -4,8 +4,9 @@
   flow run is created) and ends in a state named after the ASCOB status (:func:`final_state`).
 - While the run is live, the flow run's state name mirrors the ASCOB status (Running
   "WaitingLocks", "Submitted", ...).
-- One markdown artifact per run links the backend's job page and the ASCOB run; when the run is
-  over it also shows the end of the job's output.
+- One markdown artifact per run links the backend's job page and names the ASCOB run's REST
+  requests (they need the ``X-Api-Token`` header, so the browser link is the API's docs page);
+  when the run is over it also shows the end of the job's output.
 
 A :class:`RunView` per flow run writes the live part in the background, at most once per
 ``settle`` seconds and only the latest state name: every write is a write on the Prefect server,
@@ -14,6 +15,10 @@ settle time needs none of them. So a short run costs one artifact and its final 
 shows each status it stays in. The flow closes the view before its final state: a pending name
 is dropped (the final state replaces it), a write in flight is waited for (so it cannot land
 after the final state), and the artifact is created, or updated with the output.
+
+A resumed flow run (handed back by a stopping executor, or taken over from a dead one: its run
+count is above 1) keeps its one artifact: the view looks for the artifact of the earlier run
+and updates it instead of adding a second one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.states import Cancelled, Completed, Failed, Running, State
 
 from ascob_flows.ports import RunRecord
@@ -67,8 +73,16 @@ def link_markdown(rec: RunRecord, job_url: str | None, public_url: str | None) -
     if job_url:
         lines.append(f"* backend job: [{job_url}]({job_url})")
     if public_url:
-        api = f"{public_url.rstrip('/')}/api/runs/{rec.id}"
-        lines.append(f"* ASCOB run: [{api}]({api}) (output: [{api}/output.txt]({api}/output.txt))")
+        # the REST API answers only requests with a token header, which a browser link does
+        # not send: show the requests as text, and link the API's docs page, which opens in a
+        # browser and sends them once a token is entered under "Authorize"
+        base = public_url.rstrip("/")
+        api = f"{base}/api/runs/{rec.id}"
+        lines.append(
+            f"* ASCOB run: `GET {api}` (output: `GET {api}/output.txt`), with the header "
+            f"`X-Api-Token`; in a browser: [{base}/docs]({base}/docs), Authorize, then "
+            "`GET /api/runs/{runId}`"
+        )
     keys = ", ".join(f"`{k}={v}`" for k, v in rec.identification_keys.items() if k != "output")
     lines.append(f"* identification keys: {keys}")
     return "\n".join(lines)
@@ -85,8 +99,11 @@ class RunView:
     settle = 1.0  # seconds between two writes, and before the first
     flush_limit = 30.0  # seconds :meth:`close` waits for a write in flight
 
-    def __init__(self, client: PrefectClient, flow_run_id: UUID, run_id: int) -> None:
+    def __init__(
+        self, client: PrefectClient, flow_run_id: UUID, run_id: int, resumed: bool = False
+    ) -> None:
         self.client, self.flow_run_id, self.run_id = client, flow_run_id, run_id
+        self.resumed = resumed  # an earlier run of this flow run may have made the artifact
         self._name: str | None = None  # the latest state name asked for
         self._shown: str | None = "Running"  # the last one shown: the engine's, at first
         self._link: str | None = None
@@ -161,6 +178,21 @@ class RunView:
             await self._quietly("the artifact", self.client.update_artifact(self._artifact, update))
 
     async def _create(self, markdown: str) -> None:
+        if self.resumed and self._artifact is None:
+            self.resumed = False
+            earlier = await self.client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[self.flow_run_id])
+                ),
+                limit=1,
+            )
+            if earlier:
+                self._artifact = earlier[0].id
+                if self._link is None:  # the links were shown by the earlier run: keep them
+                    links = str(earlier[0].data or "").split("\n\n## Output of ")[0]
+                    markdown = "\n\n".join(part for part in (links, markdown) if part)
+                await self.client.update_artifact(self._artifact, ArtifactUpdate(data=markdown))
+                return
         artifact = await self.client.create_artifact(
             ArtifactCreate(
                 type="markdown",
@@ -185,7 +217,12 @@ def open_view(client: Any, flow_run_id: UUID | None, run_id: int) -> RunView | N
     """The view of the current flow run (None outside a Prefect flow run)."""
     if not isinstance(client, PrefectClient) or flow_run_id is None:
         return None
-    view = RunView(client, flow_run_id, run_id)
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx is not None else None
+    resumed = flow_run is not None and flow_run.id == flow_run_id and flow_run.run_count > 1
+    view = RunView(client, flow_run_id, run_id, resumed=resumed)
     _view.set(view)
     return view
 

@@ -15,6 +15,14 @@ def test_targets_exist_in_this_prefect() -> None:
     assert callable(engine.observe_flow_run_suspension)
     assert callable(results._read_server_default_result_storage_block_id)
     assert callable(results._aread_server_default_result_storage_block_id)
+    # the clean stop's hand-back replaces the crash handlers of the async engines
+    import inspect
+
+    import prefect.task_engine as task_engine
+
+    for cls in (engine.AsyncFlowRunEngine, task_engine.AsyncTaskRunEngine):
+        assert inspect.iscoroutinefunction(cls.handle_crash)
+        assert list(inspect.signature(cls.handle_crash).parameters) == ["self", "exc"]
 
 
 def test_engine_settings_turn_heartbeats_off() -> None:

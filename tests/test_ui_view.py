@@ -97,3 +97,22 @@ async def test_a_run_never_dispatched_has_no_artifact() -> None:
     await asyncio.sleep(0.2)
     await view.close(None)
     assert client.calls == [("state", "WaitingLocks")]
+
+
+async def test_a_resumed_flow_run_keeps_its_one_artifact_and_its_links() -> None:
+    """Handed back and resumed, the flow run's view updates the artifact the earlier run made
+    (its links kept, the output added) instead of adding a second one."""
+    earlier = uuid4()
+
+    class Resumed(RecordingClient):
+        async def read_artifacts(self, **_filters: Any) -> list[Any]:
+            self.calls.append(("read", None))
+            data = "# ASCOB run 7\n\n* backend job: [j](j)"
+            return [type("Artifact", (), {"id": earlier, "data": data})()]
+
+    client = Resumed()
+    view = RunView(cast(Any, client), uuid4(), 7, resumed=True)
+    await view.close("## Output of ASCOB run 7 (SUCCEDED)\n\nall good")
+    assert [c[0] for c in client.calls] == ["read", "update"]
+    text = client.calls[-1][1]
+    assert text.startswith("# ASCOB run 7") and "all good" in text, text

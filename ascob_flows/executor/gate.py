@@ -1,0 +1,125 @@
+"""The start gate: every flow run this executor runs goes through it.
+
+It bounds how many flow runs run at once (``max_concurrent``, counting the creates the launcher
+has reserved) and how fast they start (``start_rate`` per second), records the claim of a run in
+the repository before starting it, and runs the flow run as an asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from prefect.client.schemas.objects import FlowRun
+from prefect.flow_engine import run_flow_async
+from prefect.states import Pending, State
+
+from ascob_flows.engine_compat import handing_back
+from ascob_flows.executor.support import Stats, log
+from ascob_flows.flow import ascob_job
+from ascob_flows.runtime import Runtime
+
+
+class StartGate:
+    """Admits, records and runs the flow runs this executor claimed."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        executor_id: str,
+        *,
+        max_concurrent: int,
+        start_rate: float,
+        on_room: Callable[[], None],
+    ) -> None:
+        self.runtime = runtime
+        self.executor_id = executor_id
+        self.max_concurrent = max_concurrent
+        self.start_rate = start_rate
+        self.on_room = on_room  # called when a full executor has room again
+        self.active: dict[UUID, asyncio.Task[Any]] = {}
+        self.active_runs = runtime.active_runs
+        self.stats = Stats()
+        self._reserved = 0  # flow runs the launcher is creating claimed for this executor
+        self._next_start = 0.0
+
+    def free(self) -> int:
+        """How many more flow runs the claimer may start now."""
+        return self.max_concurrent - len(self.active)
+
+    async def pace(self) -> None:
+        """Start no more than ``start_rate`` flow runs per second."""
+        if self.start_rate <= 0:
+            return
+        now = time.monotonic()
+        wait = self._next_start - now
+        self._next_start = max(now, self._next_start) + 1.0 / self.start_rate
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def reserve(self) -> State[Any] | None:
+        """For this process's launcher (same event loop): the Pending state that claims the flow
+        run it is about to create, or None when this executor is full. Paced like every start;
+        :meth:`unreserve` afterwards, whatever happened."""
+        if len(self.active) + self._reserved >= self.max_concurrent:
+            return None
+        self._reserved += 1
+        await self.pace()
+        return Pending(message=f"claimed at creation by {self.executor_id} ({uuid.uuid4().hex})")
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+
+    async def start(self, flow_run: FlowRun, run_id: int | None, known: str | None) -> None:
+        """Run a flow run this executor claimed in Prefect."""
+        if run_id is not None:
+            # recorded only if no reaper took the run over meanwhile (it judges a claim that
+            # stays unrecorded for an executor's TTL a dead executor's)
+            if not await asyncio.to_thread(
+                self.runtime.repo.claim_for_executor, run_id, self.executor_id, known
+            ):
+                log.warning("run %s: taken over while being claimed; not starting it", run_id)
+                return
+            self.active_runs.add(run_id)
+        task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
+        self.active[flow_run.id] = task
+
+    async def _execute(self, flow_run: Any, run_id: int | None) -> None:
+        try:
+            await run_flow_async(
+                ascob_job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("flow run %s ended with an error", flow_run.id)
+        finally:
+            self.stats.finished += 1
+            full = len(self.active) >= self.max_concurrent
+            self.active.pop(flow_run.id, None)
+            if run_id is not None:
+                self.active_runs.discard(int(run_id))
+            if full:  # there is room again: look for Scheduled flow runs now
+                self.on_room()
+
+    async def stop_all(self, limit: float = 10.0) -> None:
+        """Hand every live flow run back to Prefect (Scheduled, "Resuming"; see
+        ``engine_compat``): the next executor claims it at once and carries on from the
+        repository's state; the run keeps its locks meanwhile. Bounded by ``limit`` seconds."""
+        tasks = list(self.active.values())
+        if not tasks:
+            return
+        with handing_back(self.executor_id):
+            for task in tasks:
+                task.cancel()
+            _, late = await asyncio.wait(tasks, timeout=limit)
+        log.info(
+            "executor %s: handed %d flow runs back%s",
+            self.executor_id,
+            len(tasks) - len(late),
+            f" ({len(late)} did not stop within {limit:.0f} s)" if late else "",
+        )

@@ -1,0 +1,72 @@
+"""Small helpers shared by the executor's parts: backoff, supervision, the stats line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("ascob_flows.executor")
+
+
+def transient(exc: BaseException) -> bool:
+    """An error that a retry may cure (Prefect busy or unreachable), not worth a traceback."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (408, 429, 500, 502, 503, 504)
+    return isinstance(exc, httpx.TransportError | OSError | TimeoutError)
+
+
+class Backoff:
+    """Exponential backoff between attempts against the Prefect server."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.delay = first, cap, 0.0
+
+    async def failed(self) -> None:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+        await asyncio.sleep(self.delay)
+
+    def ok(self) -> None:
+        self.delay = 0.0
+
+
+class Stats:
+    """Counters for the executor's periodic log line."""
+
+    def __init__(self) -> None:
+        self.created = 0  # flow runs created already claimed by this executor's launcher
+        self.claims = 0
+        self.lost = 0
+        self.claim_seconds = 0.0
+        self.finished = 0
+
+    def claim(self, seconds: float, won: bool) -> None:
+        self.claims += 1
+        self.lost += not won
+        self.claim_seconds += seconds
+
+    def report(self) -> str:
+        mean = self.claim_seconds / self.claims * 1000 if self.claims else 0.0
+        text = (
+            f"{self.created + self.claims - self.lost} started ({self.created} created claimed, "
+            f"{self.claims} claims of {mean:.0f} ms on average, {self.lost} lost to other "
+            f"executors), {self.finished} finished"
+        )
+        self.created, self.claims, self.lost, self.claim_seconds, self.finished = 0, 0, 0, 0.0, 0
+        return text
+
+
+async def supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Keep a background loop alive: log its crash and start it again."""
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("executor loop %s crashed; restarting it", name)
+            await asyncio.sleep(1.0)
