@@ -70,7 +70,6 @@ from backends.command.jobdir import (
     STOPPED,
     process_alive,
     read_json,
-    start_time,
     write_json,
 )
 

@@ -2,11 +2,12 @@
 
     python -m backends.command.runner <job-dir>
 
-It forks into a session of its own (see :func:`daemonize`) and may outlive the ASCOB process that started it, which then
-cannot ``waitpid`` the command any more. The runner can: it starts the command (``argv``,
-``workdir``, ``env`` and ``timeout_seconds`` from ``job.json``) in a session of its own, with
-stdout and stderr appended to ``output.log``, waits for it, and writes the exit code or the signal
-to ``result.json`` atomically. Anyone reading the job directory later knows how the job ended.
+It forks into a session of its own (see :func:`daemonize`) and may outlive the ASCOB process
+that started it, which then cannot ``waitpid`` the command any more. The runner can: it starts
+the command (``argv``, ``workdir``, ``env`` and ``timeout_seconds`` from ``job.json``) in a
+session of its own, with stdout and stderr appended to ``output.log``, waits for it, and writes
+the exit code or the signal to ``result.json`` atomically. Anyone reading the job directory later
+knows how the job ended.
 
 The command gets a session (and process group) of its own, whose id is its pid, recorded in
 ``command.json``: ASCOB stops the job by signalling that group, which never reaches the runner,
