@@ -210,6 +210,18 @@ async def test_a_missing_workdir_is_refused(backend: CommandBackend, tmp_path: P
         await backend.submit(job("nowhere"))
 
 
+async def test_a_program_the_runner_cannot_start_fails_with_the_reason(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.sh"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)  # passes the check at submission, but exec fails
+    backend = load(tmp_path, {"command": {"broken": {"argv": [str(broken)]}}})
+    keys = await backend.submit(job("broken"))
+    report = await wait_final(backend, keys)
+    assert report.status is BackendStatus.FAILED
+    assert report.message is not None and report.message.startswith("cannot start")
+    assert "[ascob] cannot start" in (await backend.output(keys, 0)).text
+
+
 async def test_timeout_kills_the_command_and_fails(backend: CommandBackend) -> None:
     keys = await backend.submit(job("short"))
     pgid = command_pid(backend, keys)
