@@ -72,6 +72,17 @@ def app(workdir: Path, prefect_server: PrefectServer, marker: Path) -> Iterator[
     server = Ascob(workdir, prefect_server.api_url, env=write_config(workdir, marker)).start()
     yield server
     server.stop()
+    kill_leftovers(server)
+
+
+def kill_leftovers(server: Ascob) -> None:
+    """No command outlives the tests, whatever they asserted."""
+    for command in (server.home / "backends" / "commandBackend").glob("jobs/*/command.json"):
+        if not (command.parent / "result.json").exists():
+            try:
+                os.killpg(int((read_json(command) or {})["pid"]), 9)
+            except (ProcessLookupError, KeyError):
+                pass
 
 
 def test_command_succeeds_with_its_output(app: Ascob, marker: Path) -> None:
@@ -132,3 +143,4 @@ def test_kill_and_restart_mid_command_reattaches(
         assert text.endswith("".join(f"step {i}\n" for i in range(20)))
     finally:
         server.stop()
+        kill_leftovers(server)
