@@ -121,8 +121,9 @@ def test_an_invalid_parameter_name_fails_the_run(app: Ascob, marker: Path) -> No
 
 
 def test_kill_and_restart_mid_command_reattaches(
-    workdir: Path, prefect_server: PrefectServer, marker: Path
+    workdir: Path, prefect_server: PrefectServer
 ) -> None:
+    marker = workdir / f"command-starts-{uuid.uuid4().hex[:6]}.txt"  # run ids start at 1 again
     server = Ascob(workdir, prefect_server.api_url, env=write_config(workdir, marker)).start()
     try:
         run_id = server.submit(spec("long"))
