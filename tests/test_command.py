@@ -274,7 +274,10 @@ async def test_stop_terminates_the_whole_process_group(
     keys = await backend.submit(job("hang"))
     pgid = command_pid(backend, keys)
     job_dir = backend.context.data_dir / keys["commandJobDir"]
-    child = int(wait_until(lambda: (job_dir / "child.pid").read_text(), 10, "the child"))
+    pid_file = job_dir / "child.pid"
+    child = int(
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the child")
+    )
     await wait_output(backend, keys, "third line")
     await backend.stop(keys)
     report = await wait_final(backend, keys)
