@@ -106,9 +106,9 @@ def test_identical_runs_get_their_own_builds(app: Ascob, jenkins: FakeJenkins) -
     left_at = jenkins.item(first.item_id).left_at
     assert left_at is not None and triggers[2].at >= left_at
     assert len(jenkins.builds[job.path]) == 2
-    texts = [output(app, run_id) for run_id in runs]
-    noted = [t for t in texts if t.startswith("[ascob] build #") and "own build:" in t]
-    assert len(noted) == 1 and f"queue item {first.item_id}" in noted[0]
+    messages = [app.run(run_id)["message"] or "" for run_id in runs]
+    noted = [m for m in messages if "own build:" in m]  # RunInfo.message says it
+    assert len(noted) == 1 and f"queue item {first.item_id}" in noted[0], messages
     assert "triggered again" in noted[0]
     assert f"merged the trigger into queue item {first.item_id}" in app.proc.tail(400)
 
