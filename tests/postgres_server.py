@@ -16,6 +16,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,15 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def find_bindir() -> Path | None:
@@ -111,6 +121,12 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
+        self._mkdir(self.sockdir)
+        self._launch()
+        self.create_database(self.database)
+        return self
+
+    def _launch(self) -> None:
         options = " ".join(
             [
                 "-c listen_addresses=127.0.0.1",
@@ -123,7 +139,6 @@ class PostgresServer:
                 "-c timezone=UTC",
             ]
         )
-        self._mkdir(self.sockdir)
         self._run(
             self.bindir / "pg_ctl",
             "-D",
@@ -138,7 +153,33 @@ class PostgresServer:
             "start",
         )
         self._wait_ready()
-        self.create_database(self.database)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every one of its processes at once (a crash, as the kernel's
+        OOM killer or a lost container would do); the data folder stays for :meth:`restart`.
+        Its committed transactions survive: a process crash loses no write the OS has (fsync is
+        off here, so an OS crash would)."""
+        pidfile = self.datadir / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        postmaster = int(pidfile.read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True
+        ).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            _alive(pid) for pid in [postmaster, *map(int, children)]
+        ):
+            time.sleep(0.05)
+
+    def restart(self) -> PostgresServer:
+        """Start again on the same data and port (after :meth:`kill`: crash recovery runs)."""
+        self._launch()
         return self
 
     def create_database(self, name: str) -> str:

@@ -14,18 +14,27 @@ Labels:
   prints while it runs), instead of all at once.
 
 What it reports is computed from the identification keys and the clock, plus the stops it
-recorded in a small SQLite file in its data folder, so it does not change when ASCOB restarts.
-For compatibility it also takes specs without a backend id whose description contains "dummy".
+recorded in a small SQLite file, so it does not change when ASCOB restarts. That file is its
+"world": in its data folder by default, or in ``ASCOB_DUMMY_DIR`` when set, so that several ASCOB
+processes (API replicas, executors, each with its own ASCOB_HOME) share one world, as they would
+share one real backend: a stop recorded by one executor is seen by the one that takes the run
+over. The world also records every job it started (``jobs``: job id, ASCOB run id, start time,
+duration, final status, parameters), which the soak (bench/soak) reads as the backend's own
+evidence. For compatibility it also takes specs without a backend id whose description contains
+"dummy".
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
 from contextlib import closing
+from pathlib import Path
 from typing import ClassVar
 
 from backends.base import (
@@ -51,10 +60,15 @@ class DummyBackend(Backend):
 
     def __init__(self, context: BackendContext) -> None:
         super().__init__(context)
-        context.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db_path = context.data_dir / "dummy.sqlite"
+        world = Path(os.environ.get("ASCOB_DUMMY_DIR") or context.data_dir)
+        world.mkdir(parents=True, exist_ok=True)
+        self._db_path = world / "dummy.sqlite"
         with closing(self._connect()) as db, db:
             db.execute("create table if not exists stopped (job_id text primary key, at real)")
+            db.execute(
+                "create table if not exists jobs (job_id text primary key, run_id integer,"
+                " started_at real, duration real, status text, parameters text)"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._db_path, timeout=30)
@@ -97,11 +111,23 @@ class DummyBackend(Backend):
                 "dummyBackend: the submission's answer was lost (label doubt=true)"
             )
         status = labels.get("status", "SUCCEEDED").upper().replace("SUCCEDED", "SUCCEEDED")
+        job_id, started = uuid.uuid4().hex, time.time()
+        duration = labels.get("duration", "0")
+
+        def record() -> None:
+            with closing(self._connect()) as db, db:
+                db.execute(
+                    "insert into jobs values (?, ?, ?, ?, ?, ?)",
+                    (job_id, job.run_id, started, float(duration), status,
+                     json.dumps(dict(job.parameters))),
+                )  # fmt: skip
+
+        await asyncio.to_thread(record)
         return {
-            "dummyJobId": uuid.uuid4().hex,
-            "startedAt": repr(time.time()),
+            "dummyJobId": job_id,
+            "startedAt": repr(started),
             "status": status,
-            "duration": labels.get("duration", "0"),
+            "duration": duration,
             "output": labels.get("output", "Dummy output"),
             **({"lost": "true"} if labels.get("lost", "").lower() == "true" else {}),
             **({"progressive": "true"} if labels.get("progressive", "") == "true" else {}),
