@@ -3,6 +3,11 @@
 It bounds how many flow runs run at once (``max_concurrent``, counting the creates the launcher
 has reserved) and how fast they start (``start_rate`` per second), records the claim of a run in
 the repository before starting it, and runs the flow run as an asyncio task.
+
+A flow run whose engine fails (the Prefect server was unreachable when it wrote a state: the
+engine gives up and leaves the flow run Running) is *settled* once Prefect answers again: it gets
+its run's final state if the run ended meanwhile, otherwise it is handed back as Scheduled
+("Resuming") and an executor carries on from the repository's state, as after a crash.
 """
 
 from __future__ import annotations
@@ -14,14 +19,19 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow_async
-from prefect.states import Pending, State
+from prefect.states import Pending, Scheduled, State
 
 from ascob_flows.engine_compat import handing_back
-from ascob_flows.executor.support import Stats, log
+from ascob_flows.executor.support import Backoff, Stats, log, transient
 from ascob_flows.flow import ascob_job
 from ascob_flows.runtime import Runtime
+from ascob_flows.ui import final_state
+
+# a run whose flow run keeps failing for a reason other than Prefect is not handed back forever
+MAX_HAND_BACKS = 5
 
 
 class StartGate:
@@ -46,6 +56,8 @@ class StartGate:
         self.stats = Stats()
         self._reserved = 0  # flow runs the launcher is creating claimed for this executor
         self._next_start = 0.0
+        self._settling: set[asyncio.Task[None]] = set()
+        self._hand_backs: dict[int, int] = {}
 
     def free(self) -> int:
         """How many more flow runs the claimer may start now."""
@@ -95,8 +107,15 @@ class StartGate:
             )
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            log.exception("flow run %s ended with an error", flow_run.id)
+        except BaseException as exc:
+            if transient(exc):
+                log.warning("flow run %s: the engine lost Prefect (%r)", flow_run.id, exc)
+            else:
+                log.exception("flow run %s ended with an error", flow_run.id)
+            if run_id is not None:
+                task = asyncio.create_task(self._settle(flow_run.id, int(run_id)))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
         finally:
             self.stats.finished += 1
             full = len(self.active) >= self.max_concurrent
@@ -106,10 +125,51 @@ class StartGate:
             if full:  # there is room again: look for Scheduled flow runs now
                 self.on_room()
 
+    async def _settle(self, flow_run_id: UUID, run_id: int) -> None:
+        """Give a flow run whose engine failed the state its run calls for, retrying until the
+        repository and Prefect both answer; nothing if another executor took the run over."""
+        backoff = Backoff(first=1.0, cap=30.0)
+        while True:
+            try:
+                rec = await self.runtime.record(run_id)
+                if rec.flow_run_id != str(flow_run_id) or rec.executor_id not in (
+                    None,
+                    self.executor_id,
+                ):
+                    return  # another executor carries it on: its flow run is its business
+                async with get_client() as client:
+                    if rec.status.is_final:
+                        await client.set_flow_run_state(
+                            flow_run_id, final_state(rec, rec.message), force=True
+                        )
+                        log.info("run %s: flow run settled as %s", run_id, rec.status.value)
+                        return
+                    if self._hand_backs.get(run_id, 0) >= MAX_HAND_BACKS:
+                        log.error("run %s: its flow run failed %d times; left as it is", run_id,
+                                  MAX_HAND_BACKS)  # fmt: skip
+                        return
+                    self._hand_backs[run_id] = self._hand_backs.get(run_id, 0) + 1
+                    await client.set_flow_run_state(
+                        flow_run_id, Scheduled(name="Resuming"), force=True
+                    )
+                log.warning(
+                    "run %s: resuming (its flow run failed)", run_id, extra={"runId": run_id}
+                )
+                self.on_room()  # the claimer looks for Scheduled flow runs now
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not transient(exc):
+                    log.warning("run %s: settling its flow run failed", run_id, exc_info=True)
+                await backoff.failed()
+
     async def stop_all(self, limit: float = 10.0) -> None:
         """Hand every live flow run back to Prefect (Scheduled, "Resuming"; see
         ``engine_compat``): the next executor claims it at once and carries on from the
         repository's state; the run keeps its locks meanwhile. Bounded by ``limit`` seconds."""
+        for settling in list(self._settling):
+            settling.cancel()  # a restarted executor's reaper resumes those runs
         tasks = list(self.active.values())
         if not tasks:
             return
