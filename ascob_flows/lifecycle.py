@@ -43,6 +43,7 @@ from backends import (
     JobNotFound,
     SpecRejected,
     SubmitRefused,
+    SubmitUnknown,
 )
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,18 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
         logger.error("run %s: %s refused the job: %s", run_id, backend.id, exc)
         await _apply(rt, run_id, DISPATCH_REFUSED, message=f"{backend.id} refused the job: {exc}")
         return True
+    except SubmitUnknown as exc:
+        if await _find_lost_submission(rt, backend, run_id, exc, logger):
+            return True
+        logger.error("run %s: dispatch outcome unknown: %s (the job is not found)", run_id, exc)
+        await _apply(
+            rt,
+            run_id,
+            DISPATCH_UNKNOWN,
+            message=f"dispatch to {backend.id} failed with an unknown outcome: {exc}; the job "
+            f"was not found with {exc.keys}",
+        )
+        return True
     except Exception as exc:
         logger.error("run %s: dispatch outcome unknown: %r", run_id, exc)
         await _apply(
@@ -241,6 +254,36 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
         submission_time=utcnow(),
     )
     logger.info("run %s: submitted to %s as %s", run_id, backend.id, keys)
+    return True
+
+
+async def _find_lost_submission(
+    rt: Runtime, backend: Backend, run_id: int, lost: SubmitUnknown, logger: Logger
+) -> bool:
+    """The trigger's answer was lost, but the backend can look for the job: ask it (a job may
+    take a moment to show up, so "not found" is asked again too) and, if it is there, record the
+    submission with the keys that found it. False: not found, the outcome stays unknown."""
+    try:
+        await retry(
+            lambda: backend.status(lost.keys),
+            on=(Exception,),
+            attempts=REATTACH_TRIES + 2,
+            backoff=Backoff(max(rt.poll_interval, 0.5), BACKEND.cap),
+            what=f"run {run_id}: looking for the job whose trigger answer was lost",
+        )
+    except Exception as exc:
+        logger.warning("run %s: %s does not find the job (%r)", run_id, backend.id, exc)
+        return False
+    message = f"the backend's answer to the submission was lost ({lost}); the job was found"
+    await asyncio.to_thread(
+        rt.repo.apply,
+        run_id,
+        RECORD_SUBMISSION,
+        keys=lambda stored: {**stored, **lost.keys},
+        submission_time=utcnow(),
+        message=message,
+    )
+    logger.warning("run %s: %s: re-attached as %s", run_id, message, lost.keys)
     return True
 
 

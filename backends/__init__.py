@@ -13,6 +13,7 @@ from backends.base import (
     SpecRejected,
     StatusReport,
     SubmitRefused,
+    SubmitUnknown,
 )
 from backends.registry import BackendRegistry, UnknownBackend
 
@@ -30,5 +31,6 @@ __all__ = [
     "SpecRejected",
     "StatusReport",
     "SubmitRefused",
+    "SubmitUnknown",
     "UnknownBackend",
 ]

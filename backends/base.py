@@ -54,6 +54,17 @@ class SubmitRefused(BackendError):
     """The backend refused the job: it certainly did not start it."""
 
 
+class SubmitUnknown(BackendError):
+    """The submission's answer was lost (a timeout, a 5xx), but the job, if it was started, can
+    be found with ``keys`` (the trigger carried a value unique to this submission). ASCOB asks the
+    backend's ``status`` with them for a while: it re-attaches if the job is there, and ends the
+    run IN_DOUBT otherwise. Raise a plain exception when the job cannot be looked for."""
+
+    def __init__(self, message: str, keys: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.keys = dict(keys)
+
+
 class BackendUnavailable(BackendError):
     """A transient failure (network, 5xx): the same call may succeed later."""
 

@@ -20,8 +20,10 @@ from backends import (
     BackendStatus,
     BackendUnavailable,
     Job,
+    JobNotFound,
     SpecRejected,
     SubmitRefused,
+    SubmitUnknown,
 )
 from backends.jenkins import JenkinsBackend
 from backends.jenkins.claims import QueueClaims
@@ -440,25 +442,40 @@ async def test_transient_errors_while_polling_are_unavailable_not_final(
     assert (await backend.status(keys)).status is BackendStatus.SUCCEEDED  # fault gone
 
 
-async def test_a_trigger_that_times_out_has_an_unknown_outcome(
+async def test_a_trigger_that_times_out_is_found_by_its_run_value(
     fake: FakeJenkins, backend: JenkinsBackend
 ) -> None:
+    """Found by the soak: a lost trigger answer ended the run IN_DOUBT although the build that
+    carries the run's unique ASCOB_RUN value can be looked for."""
     path = new_job(fake)
     fake.faults.add("POST", r"/buildWithParameters$", "hang", seconds=3)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(SubmitUnknown) as info:
         await backend.submit(job_for(path))
-    assert not isinstance(info.value, BackendError)  # neither refused nor transient: IN_DOUBT
-    # and indeed Jenkins queued it
-    assert any(item.job.path == path for item in fake.queue.values())
+    keys = info.value.keys
+    assert "jenkinsQueueId" not in keys and keys["jenkinsRunValue"].startswith("1-")
+    # Jenkins queued it: the keys find it, in the queue or as a build, then to its end
+    assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    assert len(fake.triggers_of(path)) == 1 and len(fake.builds[path]) == 1
 
 
-async def test_a_5xx_trigger_has_an_unknown_outcome(
+async def test_a_queued_build_whose_trigger_answer_was_lost_is_found_in_the_queue(
+    fake: FakeJenkins, backend: JenkinsBackend
+) -> None:
+    path = new_job(fake, queue_delay=30)
+    fake.faults.add("POST", r"/buildWithParameters$", "hang", seconds=3)
+    with pytest.raises(SubmitUnknown) as info:
+        await backend.submit(job_for(path))
+    assert (await backend.status(info.value.keys)).status is BackendStatus.QUEUED
+
+
+async def test_a_5xx_trigger_is_looked_for_and_not_found(
     fake: FakeJenkins, backend: JenkinsBackend
 ) -> None:
     fake.faults.add("POST", r"/buildWithParameters$", "503")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(SubmitUnknown) as info:
         await backend.submit(job_for(new_job(fake)))
-    assert not isinstance(info.value, BackendError)
+    with pytest.raises(JobNotFound):
+        await backend.status(info.value.keys)  # nothing was queued: the run ends IN_DOUBT
 
 
 def test_queue_claims_remember_who_got_an_item_until_it_has_left() -> None:

@@ -127,6 +127,21 @@ def test_a_lost_trigger_answer_ends_in_doubt_with_one_build(
     assert len(jenkins.triggers_of(job.path)) == 1 and len(jenkins.builds[job.path]) == 1
 
 
+def test_a_lost_trigger_answer_with_the_run_parameter_is_found(
+    app: Ascob, jenkins: FakeJenkins
+) -> None:
+    """Found by the soak: the build carries the run's unique ASCOB_RUN value, so a lost answer
+    is looked for instead of ending the run IN_DOUBT."""
+    job = add_job(jenkins, {"ASCOB_RUN": "", "GREETING": "none"})
+    name = job.path.rsplit("/", 1)[1]
+    jenkins.faults.add("POST", rf"/{name}/buildWithParameters$", "hang", seconds=4)
+    run_id = app.submit(spec(job, {"GREETING": "hello"}))
+    info = app.wait_status(run_id, "SUCCEDED", "IN_DOUBT", "FAILED", timeout=120)
+    assert info["status"] == "SUCCEDED", info
+    assert f"run {run_id}: the backend's answer to the submission was lost" in app.proc.tail(400)
+    assert len(jenkins.triggers_of(job.path)) == 1 and len(jenkins.builds[job.path]) == 1
+
+
 def test_a_restarted_ascob_reattaches_to_the_build(app: Ascob, jenkins: FakeJenkins) -> None:
     job = add_job(jenkins, {}, lines=[f"line {i}" for i in range(40)], line_interval=0.5)
     run_id = app.submit(spec(job))

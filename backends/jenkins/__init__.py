@@ -56,6 +56,7 @@ from backends.base import (
     SpecRejected,
     StatusReport,
     SubmitRefused,
+    SubmitUnknown,
 )
 from backends.jenkins.claims import CLAIMS, QueueClaims
 from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
@@ -228,14 +229,17 @@ class JenkinsBackend(Backend):
         """The strong path: a unique value in the run parameter; Jenkins never merges it."""
         run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
         parameters = {**dict(job.parameters), inst.run_parameter: run_value}
-        queue_id = await trigger(client, project, where, parameters)
+        keys = {"jenkinsInstance": inst.name, "jenkinsProject": project}
+        keys["jenkinsRunValue"] = run_value
+        try:
+            queue_id = await trigger(client, project, where, parameters)
+        except SubmitRefused:
+            raise
+        except Exception as exc:
+            # Jenkins may have queued it: the build that carries run_value is ours
+            raise SubmitUnknown(f"{where}: {describe(exc)}", keys) from exc
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
-        return {
-            "jenkinsInstance": inst.name,
-            "jenkinsProject": project,
-            "jenkinsQueueId": str(queue_id),
-            "jenkinsRunValue": run_value,
-        }
+        return {**keys, "jenkinsQueueId": str(queue_id)}
 
     async def _submit_as_is(
         self,
@@ -281,9 +285,18 @@ class JenkinsBackend(Backend):
         if keys.get("jenkinsBuildNumber", "").isdigit():
             return int(keys["jenkinsBuildNumber"])
         queue_id = keys.get("jenkinsQueueId", "")
-        cached = self._builds.get((inst.name, queue_id))
+        value = keys.get("jenkinsRunValue")
+        # the cache's key: the queue item, or the run value when the trigger's answer was lost
+        cache_key = (inst.name, queue_id or f"value:{value}")
+        cached = self._builds.get(cache_key)
         if cached is not None:
             return cached
+        if not queue_id and value is not None:
+            wanted = f"\n{inst.run_parameter}={value}"
+            for waiting in await client.queue_items():
+                if wanted in f"{waiting.get('params') or ''}\n":
+                    why = str(waiting.get("why") or "queued")
+                    return StatusReport(BackendStatus.QUEUED, with_note(why, keys))
         item = await client.queue_item(int(queue_id)) if queue_id.isdigit() else None
         if queue_id.isdigit() and (item is None or has_left_queue(item)):
             self._claims.release(inst.url, int(queue_id))  # it can absorb no more triggers
@@ -293,14 +306,14 @@ class JenkinsBackend(Backend):
             executable = item.get("executable")
             if isinstance(executable, dict) and executable.get("number") is not None:
                 number = int(executable["number"])
-                self._builds[(inst.name, queue_id)] = number
+                self._builds[cache_key] = number
                 return number
             return StatusReport(
                 BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
             )
-        # Jenkins forgets left queue items after a few minutes: find the build by our value,
-        # or (a job triggered as it is) by the queue item it came from.
-        value = keys.get("jenkinsRunValue")
+        # Jenkins forgets left queue items after a few minutes (and a trigger whose answer was
+        # lost has none): find the build by our value, or (a job triggered as it is) by the
+        # queue item it came from.
         for build in await client.recent_builds(project):
             if value is None:
                 mine = str(build.get("queueId")) == queue_id
@@ -312,7 +325,7 @@ class JenkinsBackend(Backend):
                 )
             if mine:
                 number = int(build["number"])
-                self._builds[(inst.name, queue_id)] = number
+                self._builds[cache_key] = number
                 return number
         wanted = f"carries {value}" if value else f"came from it (queueId {queue_id})"
         raise JobNotFound(

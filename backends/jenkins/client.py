@@ -170,7 +170,7 @@ class JenkinsClient:
 
     async def queue_items(self) -> list[dict[str, Any]]:
         """The items in the queue (waiting, blocked or buildable), each with its ``task``."""
-        data = await self._get_json("queue/api/json", {"tree": "items[id,task[url]]"})
+        data = await self._get_json("queue/api/json", {"tree": "items[id,params,why,task[url]]"})
         items = data.get("items") or []
         if not isinstance(items, list):
             raise JenkinsProtocolError("queue items: expected a list")

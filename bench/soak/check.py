@@ -288,23 +288,35 @@ def check_prefect(stack: Stack, findings: Findings) -> None:
         else:
             findings.prefect_mismatches.append(f"run {rid}: {info['status']}, no flow run")
     ids = sorted(flow_runs)
-    states: dict[str, str] = {}
-    with httpx.Client(base_url=stack.prefect.api_url, timeout=60) as client:
-        for i in range(0, len(ids), 200):
-            r = client.post(
-                "/flow_runs/filter",
-                json={"flow_runs": {"id": {"any_": ids[i : i + 200]}}, "limit": 200},
-            )
-            r.raise_for_status()
-            for fr in r.json():
-                states[fr["id"]] = (fr.get("state") or {}).get("type", "?")
-    for fr, rid in flow_runs.items():
-        want = PREFECT_STATE.get(findings.infos[rid]["status"])
-        got = states.get(fr, "missing")
-        if got != want:
-            findings.prefect_mismatches.append(
-                f"run {rid}: {findings.infos[rid]['status']} but flow run {fr} is {got}"
-            )
+
+    def states() -> dict[str, str]:
+        found: dict[str, str] = {}
+        with httpx.Client(base_url=stack.prefect.api_url, timeout=60) as client:  # type: ignore[union-attr]
+            for i in range(0, len(ids), 200):
+                r = client.post(
+                    "/flow_runs/filter",
+                    json={"flow_runs": {"id": {"any_": ids[i : i + 200]}}, "limit": 200},
+                )
+                r.raise_for_status()
+                for fr in r.json():
+                    found[fr["id"]] = (fr.get("state") or {}).get("type", "?")
+        return found
+
+    def wrong(found: dict[str, str]) -> list[str]:
+        return [
+            f"run {rid}: {findings.infos[rid]['status']} but flow run {fr} is "
+            f"{found.get(fr, 'missing')}"
+            for fr, rid in flow_runs.items()
+            if found.get(fr, "missing") != PREFECT_STATE.get(findings.infos[rid]["status"])
+        ]
+
+    # a flow run's final state is written just after the run's: give the last ones a minute
+    deadline = time.monotonic() + 60
+    bad = wrong(states())
+    while bad and time.monotonic() < deadline:
+        time.sleep(2)
+        bad = wrong(states())
+    findings.prefect_mismatches += bad
 
 
 def check_leftovers(stack: Stack, findings: Findings, wait: float) -> None:
