@@ -3,6 +3,7 @@ one member (:class:`EtcdServer`), or a cluster of several (:class:`EtcdCluster`)
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -142,3 +143,22 @@ class EtcdCluster:
 
     def tail(self, n: int = 20) -> str:
         return "\n".join(f"--- {m.name} ---\n{m.tail(n)}" for m in self.members)
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, read from a live member (v3 JSON gateway)."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = {
+            "key": base64.b64encode(prefix.encode()).decode(),
+            "range_end": base64.b64encode(end.encode()).decode(),
+            "keys_only": True,
+        }
+        for member in self.members:
+            if member.proc is None:
+                continue
+            try:
+                r = httpx.post(member.url + "/v3/kv/range", json=body, timeout=5)
+            except httpx.HTTPError:
+                continue
+            r.raise_for_status()
+            return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
+        raise AssertionError("no etcd member answers")

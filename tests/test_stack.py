@@ -15,7 +15,6 @@ one, and nothing is left in etcd or in ``GET /api/locks`` afterwards.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import time
@@ -29,7 +28,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.etcd_server import EtcdCluster, etcd_binary
@@ -98,23 +96,7 @@ def stack(workdir: Path) -> Iterator[Stack]:
 
 
 def etcd_lock_keys(etcd: EtcdCluster) -> list[str]:
-    """Every key under ASCOB's lock prefix, read from a live member (v3 JSON gateway)."""
-    end = LOCK_PREFIX[:-1] + chr(ord(LOCK_PREFIX[-1]) + 1)
-    body = {
-        "key": base64.b64encode(LOCK_PREFIX.encode()).decode(),
-        "range_end": base64.b64encode(end.encode()).decode(),
-        "keys_only": True,
-    }
-    for member in etcd.members:
-        if member.proc is None:
-            continue
-        try:
-            r = httpx.post(member.url + "/v3/kv/range", json=body, timeout=5)
-        except httpx.HTTPError:
-            continue
-        r.raise_for_status()
-        return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
-    raise AssertionError("no etcd member answers")
+    return etcd.keys(LOCK_PREFIX)
 
 
 def test_stack_survives_an_etcd_member_and_an_executor(stack: Stack) -> None:

@@ -14,7 +14,6 @@ again on the same port and data; executors can also be paused (SIGSTOP) and resu
 
 from __future__ import annotations
 
-import base64
 import signal
 import subprocess
 import uuid
@@ -176,24 +175,9 @@ class Stack:
             return conn.execute(sql, args).fetchall()
 
     def etcd_lock_keys(self) -> list[str]:
-        """Every key under ASCOB's lock prefix, read from a live member (v3 JSON gateway)."""
+        """Every key under ASCOB's lock prefix."""
         assert self.etcd is not None
-        end = LOCK_PREFIX[:-1] + chr(ord(LOCK_PREFIX[-1]) + 1)
-        body = {
-            "key": base64.b64encode(LOCK_PREFIX.encode()).decode(),
-            "range_end": base64.b64encode(end.encode()).decode(),
-            "keys_only": True,
-        }
-        for member in self.etcd.members:
-            if member.proc is None:
-                continue
-            try:
-                r = httpx.post(member.url + "/v3/kv/range", json=body, timeout=5)
-            except httpx.HTTPError:
-                continue
-            r.raise_for_status()
-            return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
-        raise RuntimeError("no etcd member answers")
+        return self.etcd.keys(LOCK_PREFIX)
 
     def logs(self, n: int = 40) -> str:
         return "\n".join(
