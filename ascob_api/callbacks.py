@@ -41,6 +41,7 @@ from ascob_api.repository import Repository
 from ascob_api.settings import Settings
 from ascob_api.wire import RunInfo
 from ascob_flows.clock import utcnow
+from ascob_flows.executor.support import transient
 from ascob_flows.retry import Backoff
 
 log = logging.getLogger("ascob.callbacks")
@@ -193,8 +194,8 @@ class CallbackSender:
             while True:
                 try:
                     await self.send_due(client)
-                except Exception:
-                    log.warning("callback round failed", exc_info=True)
+                except Exception as exc:
+                    log.warning("callback round failed: %r", exc, exc_info=not transient(exc))
                 await asyncio.sleep(self.interval)
 
     async def send_due(self, client: httpx.AsyncClient) -> None:

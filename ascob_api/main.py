@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -117,6 +118,19 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
         if exc.status_code == 405:  # every method of the path, not only the first route's
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return _error(exc.status_code, str(exc.detail), headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        # PostgreSQL restarting, a failover, a lost connection: the caller should retry
+        log.warning(
+            "%s %s: the repository's database does not answer: %s",
+            request.method,
+            request.url.path,
+            str(exc.orig).splitlines()[0] if exc.orig else exc,
+        )
+        return _error(
+            503, "the repository's database does not answer; retry shortly", {"Retry-After": "2"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -29,7 +29,7 @@ _WHY = {
     415: "The body is not sent as application/json",
     500: "Unexpected error (logged on the server, without secrets)",
     502: "The backend did not answer a request made on the caller's behalf",
-    503: "The lock store does not answer",
+    503: "The repository's database or the lock store does not answer: retry (Retry-After)",
 }
 
 # (method, path regex) -> the errors beyond those every authenticated route can give
@@ -44,12 +44,12 @@ _ROUTE_ERRORS: list[tuple[str, str, tuple[int, ...]]] = [
     ("GET", r"^/api/runs/\{runId\}$", (503,)),
 ]
 _BODY_ERRORS = (413, 415)
-_COMMON = (400, 401, 403, 500)
+_COMMON = (400, 401, 403, 500, 503)
 
 
 def _errors_of(method: str, path: str, has_body: bool) -> list[int]:
     if path == "/api/health":
-        return [500]
+        return [500, 503]
     codes = set(_COMMON)
     if has_body:
         codes.update(_BODY_ERRORS)

@@ -134,7 +134,6 @@ class PostgresServer:
                 f"-c unix_socket_directories={self.sockdir}",
                 "-c max_connections=300",
                 "-c fsync=off",
-                "-c synchronous_commit=off",
                 "-c full_page_writes=off",
                 "-c timezone=UTC",
             ]
@@ -157,7 +156,8 @@ class PostgresServer:
     def kill(self) -> None:
         """SIGKILL the server and every one of its processes at once (a crash, as the kernel's
         OOM killer or a lost container would do); the data folder stays for :meth:`restart`.
-        Its committed transactions survive: a process crash loses no write the OS has (fsync is
+        Its committed transactions survive: a commit waits for its WAL to reach the OS
+        (synchronous_commit stays on), and a process crash loses no write the OS has (fsync is
         off here, so an OS crash would)."""
         pidfile = self.datadir / "postmaster.pid"
         if not pidfile.exists():
@@ -176,6 +176,11 @@ class PostgresServer:
             _alive(pid) for pid in [postmaster, *map(int, children)]
         ):
             time.sleep(0.05)
+        # a killed postmaster may stay a zombie (its parent, often PID 1 here, does not reap
+        # it), which PostgreSQL would take for a live server holding its lock files
+        pidfile.unlink(missing_ok=True)
+        for stale in self.sockdir.glob(f".s.PGSQL.{self.port}*"):
+            stale.unlink(missing_ok=True)
 
     def restart(self) -> PostgresServer:
         """Start again on the same data and port (after :meth:`kill`: crash recovery runs)."""

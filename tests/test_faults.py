@@ -4,6 +4,9 @@
    must not leave their flow runs Running for ever (the engine could not write the final state
    and gave up), and a run that got its locks meanwhile must not stop half-way (its task's state
    could not be written, the engine gave up, and nobody carried the run on).
+2. PostgreSQL dies under a running service: the API answered 500 "internal error" with a
+   traceback in the log for every call; it is a 503 with Retry-After that a portal retries, and
+   the service carries on once the database is back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import httpx
 
 from tests.harness import Ascob, PrefectServer, Proc, wait_until
+from tests.postgres_server import PostgresServer, require_bindir
 
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 
@@ -86,3 +90,31 @@ def test_prefect_server_restart_with_runs_in_flight(workdir: Path) -> None:
     finally:
         app.stop()
         prefect.stop()
+
+
+def test_postgres_restart_answers_503_then_recovers(
+    workdir: Path, prefect_server: PrefectServer
+) -> None:
+    postgres = PostgresServer(require_bindir()).start()
+    app = Ascob(workdir, prefect_server.api_url, env={"ASCOB_DATABASE_URL": postgres.url})
+    try:
+        app.start()
+        before = app.submit({"description": "before", "labels": DUMMY})
+        app.wait_status(before, "SUCCEDED", timeout=120)
+
+        postgres.kill()
+        down = app.http.get(f"/api/runs/{before}")
+        assert down.status_code == 503, down.text
+        assert down.headers["Retry-After"] == "2"
+        assert "database" in down.json()["error"]
+        refused = app.http.post("/api/runs", json={"jobSpec": {"labels": DUMMY}})
+        assert refused.status_code == 503, refused.text
+        assert "Traceback" not in app.proc.tail(40)
+
+        postgres.restart()
+        after = app.submit({"description": "after", "labels": DUMMY})
+        assert app.wait_status(after, "SUCCEDED", timeout=120)["status"] == "SUCCEDED"
+        assert app.run(before)["status"] == "SUCCEDED"
+    finally:
+        app.stop()
+        postgres.stop()

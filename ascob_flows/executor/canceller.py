@@ -12,7 +12,7 @@ from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.control import AlreadyFinal, request_stop
 from ascob_flows.executor.queries import Queries
-from ascob_flows.executor.support import log
+from ascob_flows.executor.support import log, transient
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
 
@@ -33,8 +33,8 @@ class Canceller:
             await asyncio.sleep(self.interval)
             try:
                 await self.honour_cancellations(client)
-            except Exception:
-                log.warning("reading cancelled flow runs failed", exc_info=True)
+            except Exception as exc:
+                log.warning("reading cancelled flow runs failed", exc_info=not transient(exc))
 
     async def honour_cancellations(self, client: PrefectClient) -> None:
         repo, rt = self.runtime.repo, self.runtime

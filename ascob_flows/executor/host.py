@@ -23,7 +23,7 @@ from ascob_flows.executor.gate import StartGate
 from ascob_flows.executor.launcher import Launcher
 from ascob_flows.executor.queries import Queries, ensure_deployment
 from ascob_flows.executor.reaper import Reaper
-from ascob_flows.executor.support import Backoff, log, supervise
+from ascob_flows.executor.support import Backoff, log, supervise, transient
 from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME
 from ascob_flows.runtime import Runtime, install_runtime
 
@@ -189,6 +189,6 @@ class Executor:
                     self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
                 )
                 await self.runtime.locks.keepalive(list(self.gate.active_runs))
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                log.warning("heartbeat failed", exc_info=not transient(exc))
             await asyncio.sleep(self.heartbeat_interval)

@@ -18,7 +18,7 @@ from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.executor.gate import StartGate
 from ascob_flows.executor.queries import Queries
-from ascob_flows.executor.support import log
+from ascob_flows.executor.support import log, transient
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
 
@@ -49,8 +49,8 @@ class Reaper:
         while True:
             try:
                 await self.reap(client)
-            except Exception:
-                log.warning("reaping orphaned runs failed", exc_info=True)
+            except Exception as exc:
+                log.warning("reaping orphaned runs failed", exc_info=not transient(exc))
             await asyncio.sleep(self.interval)
 
     async def reap(self, client: PrefectClient) -> None:

@@ -8,15 +8,22 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import OperationalError
+
+from ascob_flows.locks import LockStoreUnavailable
 
 log = logging.getLogger("ascob_flows.executor")
 
 
 def transient(exc: BaseException) -> bool:
-    """An error that a retry may cure (Prefect busy or unreachable), not worth a traceback."""
+    """An error that a retry may cure (Prefect busy or unreachable, the repository's database
+    restarting, the lock store without quorum), not worth a traceback."""
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code in (408, 429, 500, 502, 503, 504)
-    return isinstance(exc, httpx.TransportError | OSError | TimeoutError)
+    return isinstance(
+        exc,
+        httpx.TransportError | OSError | TimeoutError | OperationalError | LockStoreUnavailable,
+    )
 
 
 class Backoff:
@@ -67,6 +74,9 @@ async def supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> 
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("executor loop %s crashed; restarting it", name)
+        except Exception as exc:
+            if transient(exc):
+                log.warning("executor loop %s: %r; restarting it", name, exc)
+            else:
+                log.exception("executor loop %s crashed; restarting it", name)
             await asyncio.sleep(1.0)

@@ -97,6 +97,7 @@ def report(findings: Findings, faults: list[Injected], extra: dict[str, Any]) ->
         "faults": dict(Counter(f.kind for f in faults)),
         "fault_errors": [f"{f.kind}: {f.error}" for f in faults if f.error],
         "unrecovered": [f"{f.kind} ({f.target})" for f in faults if f.recovered_at is None],
+        "probe_seconds_before_faults": extra.pop("baseline", None),
         "recovery_seconds": {
             k: {"median": statistics.median(v), "max": max(v), "n": len(v)}
             for k, v in sorted(recovery.items())
@@ -127,6 +128,8 @@ def show(rep: dict[str, Any]) -> None:
 
     print(f"statuses: {rep['statuses']}")
     print(f"faults: {rep['faults']}")
+    if rep["probe_seconds_before_faults"] is not None:
+        print(f"  a probe run took {rep['probe_seconds_before_faults']:.1f} s before any fault")
     for kind, rec in rep["recovery_seconds"].items():
         print(f"  {kind}: recovered in {rec['median']:.1f} s median, {rec['max']:.1f} s max")
     for name in (
@@ -198,6 +201,7 @@ def main() -> int:
                 "seed": args.seed,
                 "wall_seconds": time.monotonic() - t0,
                 "calls_retried": driver.calls_retried,
+                "baseline": schedule.baseline,
             },
         )
         show(rep)

@@ -67,11 +67,15 @@ class Schedule:
     probe: Callable[[], str]  # submits a probe run and waits for its final status
     done: list[Injected] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    baseline: float | None = None  # a probe's time before any fault: what "recovered" compares to
 
     def run(self, warmup: float) -> None:
         """Inject faults until :meth:`stop`; meant for a thread of its own."""
         if self.stop_event.wait(warmup):
             return
+        started = time.time()
+        if self.probe() == "SUCCEDED":
+            self.baseline = time.time() - started
         cycle: list[str] = []
         while not self.stop_event.is_set():
             if not cycle:
