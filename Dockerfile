@@ -3,7 +3,8 @@
 #   docker build -t ascob . && docker run -d --rm -p8081:8081 ascob
 #
 # runs `ascob serve` (REST API on 0.0.0.0:8081, executor, and a local Prefect server inside the
-# container) with its data in the volume /data. Without ASCOB_ROOT_TOKEN a root token is
+# container) with its data in the volume /data; add -p4200:4200 for the Prefect UI (on
+# 0.0.0.0:4200 in the container). Without ASCOB_ROOT_TOKEN a root token is
 # generated once and kept in /data/root_token (`docker exec <container> cat /data/root_token`).
 # For the scale-out picture (ascob api / ascob executor, PostgreSQL, a Prefect server, etcd) see
 # deploy/compose.yaml and docs/deployment.md.
@@ -42,14 +43,19 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
  && mkdir -p /data \
  && chown ascob:ascob /data
 COPY --from=build /opt/ascob /opt/ascob
+# the local Prefect server's UI listens on all interfaces too (-p4200:4200); its pages read
+# from http://localhost:4200 unless ASCOB_PUBLIC_PREFECT_URL names the address browsers use
 ENV PATH=/opt/ascob/bin:$PATH \
     ASCOB_HOME=/data \
+    ASCOB_PREFECT_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 VOLUME ["/data"]
 WORKDIR /data
 USER ascob
 EXPOSE 8081
+# the Prefect UI of `ascob serve` (ASCOB_PREFECT_PORT)
+EXPOSE 4200
 # /api/health answers without a token. `ascob executor` has no HTTP port: compose files give
 # it its own healthcheck (or disable this one).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \

@@ -45,7 +45,10 @@ def _prepare(settings: Settings, start_local_prefect: bool) -> object | None:
     if not start_local_prefect:
         raise typer.BadParameter("PREFECT_API_URL must name the shared Prefect server")
     server = LocalPrefectServer(
-        settings.home, port=settings.prefect_port, public_url=settings.public_prefect_url
+        settings.home,
+        host=settings.prefect_host,
+        port=settings.prefect_port,
+        public_url=settings.public_prefect_url,
     )
     try:
         os.environ["PREFECT_API_URL"] = server.start()

@@ -2,9 +2,14 @@
 
 It belongs to its installation: its files are in ``$ASCOB_HOME/prefect``, and its UI reads from
 this very server (``PREFECT_UI_API_URL``; behind a proxy, ``ASCOB_PUBLIC_PREFECT_URL`` names
-the address browsers use). A Prefect server that already answers on the port is used only if it
-is this installation's own (left running by a previous life: same Prefect home); a server of
-anyone else is never used by accident: sharing one is said with PREFECT_API_URL.
+the address browsers use). It listens on ``ASCOB_PREFECT_HOST`` (127.0.0.1; the container image
+says 0.0.0.0 so that its UI is reachable through a published port). ASCOB itself always talks
+to it over loopback; a browser cannot open a wildcard address, so without a public URL the UI
+of a server on 0.0.0.0 reads from ``http://localhost:PORT``, which is said in the log.
+
+A Prefect server that already answers on the port is used only if it is this installation's
+own (left running by a previous life: same Prefect home); a server of anyone else is never used
+by accident: sharing one is said with PREFECT_API_URL.
 """
 
 from __future__ import annotations
@@ -31,6 +36,29 @@ def prefect_env(home: Path) -> dict[str, str]:
     }
 
 
+WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def local_api_url(host: str, port: int) -> str:
+    """The server's API as ASCOB reaches it on this machine (loopback for a wildcard bind)."""
+    if host in WILDCARDS:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://{_url_host(host)}:{port}/api"
+
+
+def ui_url(host: str, port: int, public_url: str | None) -> str:
+    """The address browsers open for the UI (and, + ``/api``, the one the UI reads from)."""
+    if public_url:
+        return public_url.rstrip("/")
+    if host in WILDCARDS:
+        return f"http://localhost:{port}"
+    return f"http://{_url_host(host)}:{port}"
+
+
 class ForeignPrefectServer(RuntimeError):
     """Another Prefect server (not this installation's) answers on the local server's port."""
 
@@ -55,9 +83,10 @@ class LocalPrefectServer:
         self.home = home
         self.host = host
         self.port = port
-        self.api_url = f"http://{host}:{port}/api"
+        self.api_url = local_api_url(host, port)
         # what browsers open: the UI, and the API the UI reads its data from
-        self.ui_url = (public_url or f"http://{host}:{port}").rstrip("/")
+        self.ui_url = ui_url(host, port, public_url)
+        self.ui_url_guessed = host in WILDCARDS and not public_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _owner_home(self) -> str | None:
@@ -82,6 +111,19 @@ class LocalPrefectServer:
                 f"on {self.host}:{self.port} (its home: {owner or 'unknown'}). Set "
                 "ASCOB_PREFECT_PORT to a free port to start this installation's own server, "
                 f"or PREFECT_API_URL={self.api_url} to share that server on purpose"
+            )
+        if self.ui_url_guessed:
+            log.warning(
+                "the Prefect UI listens on all interfaces (ASCOB_PREFECT_HOST=%s) and its pages "
+                "read their data from %s/api: right for a browser on this machine or through a "
+                "published port (docker run -p %d:%d). Browsers that reach this server by "
+                "another address need ASCOB_PUBLIC_PREFECT_URL set to it (e.g. "
+                "http://ascob.example.com:%d)",
+                self.host,
+                self.ui_url,
+                self.port,
+                self.port,
+                self.port,
             )
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
         logfile = (self.home / "prefect-server.log").open("ab")

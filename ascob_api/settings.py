@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     etcd_api: Literal["v3", "v2"] = "v3"
     config: Path | None = None
     prefect_port: int = 4200
+    # where the local Prefect server (and its UI) listens; the container image says 0.0.0.0
+    prefect_host: str = "127.0.0.1"
     # the local Prefect server's address as browsers reach it (behind a proxy); default its own
     public_prefect_url: str | None = None
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")

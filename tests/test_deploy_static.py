@@ -334,6 +334,11 @@ def test_dockerfile_promises() -> None:
     assert "ASCOB_HOME=/data" in env
     assert [rest for w, rest in final if w == "VOLUME"] == ['["/data"]']
     assert ("EXPOSE", "8081") in final
+    # the Prefect UI of `ascob serve` is reachable through a published port
+    assert "ASCOB_PREFECT_HOST=0.0.0.0" in env and "ASCOB_PREFECT_HOST" in ascob_setting_names()
+    assert ("EXPOSE", str(Settings.model_fields["prefect_port"].default)) in final
+    # no executor id in the image: every container of it would have the same one
+    assert "ASCOB_EXECUTOR_ID" not in env
     health = [rest for w, rest in final if w == "HEALTHCHECK"]
     assert len(health) == 1 and "/api/health" in health[0]
 

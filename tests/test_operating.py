@@ -269,3 +269,55 @@ async def test_a_cancelled_flow_run_is_handed_back_only_during_a_clean_stop(
         "prefect.flow_runs", logging.ERROR, __file__, 1, "Finished in state Running()", None, None
     )
     assert all(f.filter(record) for f in engine_log.filters)
+
+
+@pytest.mark.parametrize(
+    ("host", "public_url", "api_url", "ui_url"),
+    [
+        ("127.0.0.1", None, "http://127.0.0.1:4200/api", "http://127.0.0.1:4200"),
+        # the image: ASCOB talks over loopback, browsers get an address they can open
+        ("0.0.0.0", None, "http://127.0.0.1:4200/api", "http://localhost:4200"),
+        ("0.0.0.0", "https://prefect.example.com/", "http://127.0.0.1:4200/api",
+         "https://prefect.example.com"),
+        ("::", None, "http://[::1]:4200/api", "http://localhost:4200"),
+        ("10.1.2.3", None, "http://10.1.2.3:4200/api", "http://10.1.2.3:4200"),
+    ],
+)  # fmt: skip
+def test_local_prefect_server_addresses(
+    tmp_path: Path, host: str, public_url: str | None, api_url: str, ui_url: str
+) -> None:
+    from ascob_api.prefect_server import LocalPrefectServer
+
+    server = LocalPrefectServer(tmp_path, host=host, port=4200, public_url=public_url)
+    assert (server.api_url, server.ui_url) == (api_url, ui_url)
+
+
+def test_prefect_host_setting_reaches_the_local_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ascob serve`` builds its local Prefect server from ASCOB_PREFECT_HOST (the server's
+    start is replaced: the end-to-end test starts a real one)."""
+    import ascob_api.prefect_server as prefect_server
+    from ascob_api.cli import _prepare
+    from ascob_api.settings import Settings
+
+    started: list[tuple[str, str, str]] = []
+
+    def start(self: prefect_server.LocalPrefectServer, timeout: float = 0) -> str:
+        started.append((self.host, self.api_url, self.ui_url))
+        return self.api_url
+
+    monkeypatch.setattr(prefect_server.LocalPrefectServer, "start", start)
+    # _prepare sets these in os.environ: set-then-delete makes monkeypatch restore them
+    for name in [
+        "PREFECT_API_URL",
+        "ASCOB_PUBLIC_PREFECT_URL",
+        *prefect_server.prefect_env(tmp_path),
+    ]:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ASCOB_PREFECT_HOST", "0.0.0.0")
+    monkeypatch.setenv("ASCOB_PREFECT_PORT", "14200")
+    _prepare(Settings(home=tmp_path), start_local_prefect=True)
+    assert started == [("0.0.0.0", "http://127.0.0.1:14200/api", "http://localhost:14200")]
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"

@@ -1,4 +1,5 @@
-"""Operating ASCOB (issue 15), end to end: the local Prefect server's UI reads from itself, a
+"""Operating ASCOB (issue 15), end to end: the local Prefect server's UI reads from itself (and
+listens on all interfaces when told, as in the container image), a
 Prefect server of another installation is never used by accident, a clean stop hands the runs
 back quietly, and installations that share a Prefect server and a deployment name never touch
 each other's flow runs."""
@@ -59,9 +60,9 @@ def _create_flow_run(prefect: httpx.Client, deployment_id: str, job_spec: dict[s
     return str(wait_until(create, 60, "Prefect to create the flow run", interval=1.0))
 
 
-def _own_prefect(workdir: Path, port: int) -> Ascob:
+def _own_prefect(workdir: Path, port: int, **env: str) -> Ascob:
     """``ascob serve`` that starts its own Prefect server on ``port``."""
-    app = Ascob(workdir, "", env={"ASCOB_PREFECT_PORT": str(port)})
+    app = Ascob(workdir, "", env={"ASCOB_PREFECT_PORT": str(port), **env})
     app.env.pop("PREFECT_API_URL")
     app.proc.env.pop("PREFECT_API_URL")
     return app
@@ -79,6 +80,9 @@ def test_local_prefect_server_is_this_installations(workdir: Path) -> None:
         ui = httpx.get(f"{prefect_url}/ui-settings", timeout=10).json()
         if ui["api_url"] != f"{prefect_url}/api":
             problems.append(f"the UI reads from {ui['api_url']}")
+        # by default the server is for this machine's loopback alone (see the next test)
+        if _healthy(f"http://127.0.0.2:{port}/api/health"):
+            problems.append("the local Prefect server listens beyond 127.0.0.1 by default")
         # another installation (another ASCOB_HOME) on the same port does not use that server
         other.proc.start()
         assert other.proc.proc is not None
@@ -93,6 +97,33 @@ def test_local_prefect_server_is_this_installations(workdir: Path) -> None:
             problems.append(f"the refusal does not say what to do:\n{said}")
     finally:
         other.stop()
+        app.stop()
+    assert not problems, "\n".join(problems)
+
+
+def test_prefect_ui_listens_on_all_interfaces_when_told(workdir: Path) -> None:
+    """The container image's ASCOB_PREFECT_HOST=0.0.0.0: the UI answers on another address than
+    127.0.0.1, its pages read from an address a browser can open (not 0.0.0.0), the log says
+    which and how to change it, and ASCOB itself still runs its jobs on that server."""
+    port = free_port()
+    app = _own_prefect(workdir, port, ASCOB_PREFECT_HOST="0.0.0.0")
+    # 127.0.0.2 is this machine too, but a server bound to 127.0.0.1 alone refuses it
+    elsewhere = f"http://127.0.0.2:{port}"
+    problems: list[str] = []
+    try:
+        app.start(timeout=180)
+        if not _healthy(f"{elsewhere}/api/health"):
+            problems.append(f"the Prefect server does not answer on {elsewhere}")
+        else:
+            ui = httpx.get(f"{elsewhere}/ui-settings", timeout=10).json()
+            if ui["api_url"] != f"http://localhost:{port}/api":
+                problems.append(f"the UI reads from {ui['api_url']}")
+        said = app.proc.log.read_text(errors="replace")
+        if f"http://localhost:{port}/api" not in said or "ASCOB_PUBLIC_PREFECT_URL" not in said:
+            problems.append(f"the log does not say where the UI reads from:\n{app.proc.tail()}")
+        run_id = app.submit({"description": "dummy", "labels": DUMMY})
+        app.wait_status(run_id, "SUCCEDED", timeout=90)
+    finally:
         app.stop()
     assert not problems, "\n".join(problems)
 

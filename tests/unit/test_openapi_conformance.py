@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.core.parameters import ParameterLocation
@@ -27,9 +29,22 @@ from tests.unit.conftest import ROOT
 EXAMPLES = int(os.environ.get("ASCOB_CONFORMANCE_EXAMPLES", "30"))
 
 
+# schemathesis reads the document when this module is imported, so the app (and its home) is
+# made then; the home is removed when the module's tests are done, or when the interpreter
+# exits if they never ran (a deselected module): TemporaryDirectory's own finalizer
+_HOME = tempfile.TemporaryDirectory(prefix="ascob-conformance-")
+_ENGINE = make_engine(f"sqlite:///{Path(_HOME.name) / 'ascob.db'}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_home() -> Iterator[None]:
+    yield
+    _ENGINE.dispose()
+    _HOME.cleanup()
+
+
 def _app() -> object:
-    home = Path(tempfile.mkdtemp(prefix="ascob-conformance-"))
-    engine = make_engine(f"sqlite:///{home / 'ascob.db'}")
+    home, engine = Path(_HOME.name), _ENGINE
     create_schema(engine)
     services = Services(
         # bodies over the limit are 413 (tested in test_api_input.py); here every generated body
