@@ -43,6 +43,9 @@ class Run(SQLModel, table=True):
     message: str | None = None
     waiting_since: datetime | None = None
     backend_url: str | None = None
+    # the run ended and its flow run may not show it yet: set with the final status, cleared
+    # once the flow run's final state is written (a reaper writes it if its executor died first)
+    flow_unsettled: bool = Field(default=False, index=True)
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -286,6 +286,8 @@ class Repository:
                 values["dispatch_started"] = True
             if target.status.is_final and end_time is None and "end_time" not in values:
                 values["end_time"] = utcnow()
+            if target.status.is_final and not RunStatus(status).is_final:
+                values["flow_unsettled"] = True
             if keys is not None:
                 values["identification_keys"] = keys(dict(current_keys or {}))
             s.exec(update(Run).where(col(Run.id) == run_id).values(**values))
@@ -433,6 +435,22 @@ class Repository:
             .where(col(Run.flow_run_id).is_not(None))
             .where(col(Run.executor_id).is_not(None))
             .where(col(Run.status).not_in(_FINAL))
+        )
+        if alive:
+            query = query.where(col(Run.executor_id).not_in(alive))
+        with self.reading() as s:
+            return [i for i in s.exec(query.order_by(col(Run.id)).limit(limit)).all() if i]
+
+    def unsettled_runs(self, executor_id: str, alive: Iterable[str], limit: int) -> list[int]:
+        """Ended runs whose flow run may not show it: their executor (another one, gone, or
+        this one in a previous life) stopped between the run's end and its flow run's."""
+        alive = [a for a in alive if a != executor_id]
+        query = (
+            select(Run.id)
+            .where(Run.flow_unsettled == True)  # noqa: E712
+            .where(col(Run.flow_run_id).is_not(None))
+            .where(col(Run.executor_id).is_not(None))
+            .where(col(Run.status).in_(_FINAL))
         )
         if alive:
             query = query.where(col(Run.executor_id).not_in(alive))

@@ -19,6 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.states import State
 
 from ascob_flows import lifecycle
+from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
 from ascob_flows.status import RunStatus
@@ -136,7 +137,16 @@ async def ascob_job(
         rec = await rt.record(run_id)
         output = None
         if rec.status.is_final:
-            await release_locks(run_id)
+            try:
+                await release_locks(run_id)
+            except LockStoreUnavailable as exc:
+                # the job is over: the locks free themselves when their lease ends, since no
+                # executor renews the leases of an ended run
+                logger.warning(
+                    "run %s: releasing its locks failed (%s); they expire with their lease",
+                    run_id,
+                    exc,
+                )
             output = await _output_text(rt, rec)
         elif completed:
             logger.error("run %s: flow ended with the run still %s", run_id, rec.status.value)

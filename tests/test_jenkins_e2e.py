@@ -6,6 +6,7 @@ Run under the machine-wide lock: ``flock /tmp/ascob-heavy.lock pytest tests/test
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,3 +156,34 @@ def test_a_restarted_ascob_reattaches_to_the_build(app: Ascob, jenkins: FakeJenk
         jenkins.forget_after = 300.0
     assert output(app, run_id).endswith("line 39\nFinished: SUCCESS\n")
     assert len(jenkins.triggers_of(job.path)) == 1 and len(jenkins.builds[job.path]) == 1
+
+
+def test_a_cancel_in_prefect_that_the_job_ignores_leaves_the_flow_run_completed(
+    app: Ascob, jenkins: FakeJenkins, prefect_server: PrefectServer
+) -> None:
+    """Found by the soak: Prefect turns Cancelling into Cancelled at once for a flow run with no
+    infrastructure, so a run whose job ended anyway (SUCCEDED) kept a Cancelled flow run."""
+    job = add_job(jenkins, {"ASCOB_RUN": ""}, lines=[f"l{i}" for i in range(8)], line_interval=0.5)
+    job.stubborn = True  # ignores the stop: the build ends SUCCESS
+    run_id = app.submit(spec(job))
+    app.wait_status(run_id, "RUNNING", timeout=120)
+    with sqlite3.connect(app.home / "ascob.db", timeout=30) as db:
+        (flow_run_id,) = db.execute(
+            "select flow_run_id from runs where id = ?", (run_id,)
+        ).fetchone()
+    r = httpx.post(
+        f"{prefect_server.api_url}/flow_runs/{flow_run_id}/set_state",
+        json={"state": {"type": "CANCELLING", "name": "Cancelling"}},
+        timeout=30,
+    )
+    assert r.status_code < 300, r.text
+    assert app.wait_status(run_id, "SUCCEDED", "ABORTED", timeout=120)["status"] == "SUCCEDED"
+
+    def state() -> str:
+        got = httpx.get(f"{prefect_server.api_url}/flow_runs/{flow_run_id}", timeout=30)
+        return str(got.json()["state"]["type"])
+
+    try:
+        wait_until(lambda: state() == "COMPLETED", 60, "the flow run to end Completed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {state()}\n{app.proc.tail(60)}") from None

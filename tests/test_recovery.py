@@ -212,3 +212,39 @@ def test_flow_run_claimed_at_creation_by_a_dead_executor_is_taken_over(
         assert len(starts) == 1, names  # the engine started it once
     finally:
         app.stop()
+
+
+def test_run_that_ended_as_its_executor_died_gets_its_flow_run_settled(
+    installation: Installation,
+) -> None:
+    """Found by the soak: an executor killed after its run ended but before the flow run's final
+    state was written left the flow run Running for ever (the run was final, so no reaper took
+    it over). The moment is made here: the run's job runs, the executor is killed, and the run
+    is given the end it reached (SUCCEDED, the flag that the final step sets)."""
+    inst = installation
+    api = inst.api.start()
+    first = inst.executor("exec-a")
+    run_id = api.submit({"description": "dummy ends", "labels": {**DUMMY, "status": "RUNNING"}})
+    api.wait_status(run_id, "RUNNING")
+    first.kill()
+    db = sqlite3.connect(inst.api.home / "ascob.db", timeout=30)
+    try:
+        with db:
+            db.execute(
+                "update runs set status = 'SUCCEDED', end_time = submission_time,"
+                " flow_unsettled = 1 where id = ?",
+                (run_id,),
+            )
+    finally:
+        db.close()
+    (flow_run_id,) = inst.rows("select flow_run_id from runs where id = ?", run_id)[0]
+
+    def state() -> str:
+        r = httpx.get(f"{inst.prefect.api_url}/flow_runs/{flow_run_id}", timeout=30)
+        return str(r.json()["state"]["type"])
+
+    assert state() == "RUNNING"
+    inst.executor("exec-b")
+    wait_until(lambda: state() == "COMPLETED", 60, "the flow run to be settled")
+    assert inst.rows("select flow_unsettled from runs where id = ?", run_id)[0][0] == 0
+    assert api.run(run_id)["status"] == "SUCCEDED"

@@ -101,10 +101,13 @@ class StartGate:
         self.active[flow_run.id] = task
 
     async def _execute(self, flow_run: Any, run_id: int | None) -> None:
+        settle = False
         try:
-            await run_flow_async(
+            state = await run_flow_async(
                 ascob_job, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
             )
+            if run_id is not None:
+                settle = await self._disagrees(flow_run.id, state, int(run_id))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -112,11 +115,13 @@ class StartGate:
                 log.warning("flow run %s: the engine lost Prefect (%r)", flow_run.id, exc)
             else:
                 log.exception("flow run %s ended with an error", flow_run.id)
-            if run_id is not None:
+            settle = run_id is not None
+        finally:
+            if settle:
+                assert run_id is not None
                 task = asyncio.create_task(self._settle(flow_run.id, int(run_id)))
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
-        finally:
             self.stats.finished += 1
             full = len(self.active) >= self.max_concurrent
             self.active.pop(flow_run.id, None)
@@ -124,6 +129,25 @@ class StartGate:
                 self.active_runs.discard(int(run_id))
             if full:  # there is room again: look for Scheduled flow runs now
                 self.on_room()
+
+    async def _disagrees(self, flow_run_id: UUID, state: Any, run_id: int) -> bool:
+        """Whether a flow run that ended must be settled: its run is not final (the flow failed
+        half-way, e.g. the lock store without quorum), or its final state is not the run's (a
+        release that failed after the job ended; a Cancel in Prefect that came as the job
+        ended, which Prefect turns into Cancelled at once while the run ends SUCCEDED)."""
+        rec = await self.runtime.record(run_id)
+        got = getattr(state, "type", None)
+        if rec.status.is_final and got == final_state(rec).type:
+            await asyncio.to_thread(self.runtime.repo.update_fields, run_id, flow_unsettled=False)
+            return False
+        log.info(
+            "run %s: its flow run %s ended %s while the run is %s: settling it",
+            run_id,
+            flow_run_id,
+            getattr(got, "value", got),
+            rec.status.value,
+        )
+        return True
 
     async def _settle(self, flow_run_id: UUID, run_id: int) -> None:
         """Give a flow run whose engine failed the state its run calls for, retrying until the
@@ -141,6 +165,9 @@ class StartGate:
                     if rec.status.is_final:
                         await client.set_flow_run_state(
                             flow_run_id, final_state(rec, rec.message), force=True
+                        )
+                        await asyncio.to_thread(
+                            self.runtime.repo.update_fields, run_id, flow_unsettled=False
                         )
                         log.info("run %s: flow run settled as %s", run_id, rec.status.value)
                         return

@@ -21,6 +21,7 @@ from ascob_flows.executor.queries import Queries
 from ascob_flows.executor.support import log, transient
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
+from ascob_flows.ui import final_state
 
 
 class Reaper:
@@ -72,6 +73,28 @@ class Reaper:
         resumed += await self._reap_stuck_claims(client, alive)
         if resumed:
             self.on_resumed()
+        await self._settle_ended(client, alive)
+
+    async def _settle_ended(self, client: PrefectClient, alive: list[str]) -> None:
+        """Runs that ended while their executor stopped before writing their flow run's final
+        state (it was killed in between): write it now, so Prefect shows how they ended."""
+        repo = self.runtime.repo
+        for run_id in await asyncio.to_thread(repo.unsettled_runs, self.executor_id, alive, 200):
+            if run_id in self.gate.active_runs:
+                continue
+            rec = await self.runtime.record(run_id)
+            assert rec.flow_run_id is not None
+            await client.set_flow_run_state(
+                UUID(rec.flow_run_id), final_state(rec, rec.message), force=True
+            )
+            await asyncio.to_thread(repo.update_fields, run_id, flow_unsettled=False)
+            log.info(
+                "run %s: its flow run settled as %s (its executor %s stopped before)",
+                run_id,
+                rec.status.value,
+                rec.executor_id,
+                extra={"runId": run_id},
+            )
 
     async def _resume(self, client: PrefectClient, rec: RunRecord, why: str) -> bool:
         """Take the run over in the repository (one reaper wins) and hand its flow run back

@@ -257,7 +257,7 @@ class Driver:
                 if flow_run:
                     r = httpx.post(
                         f"{self.stack.prefect.api_url}/flow_runs/{flow_run}/set_state",
-                        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+                        json={"state": {"type": "CANCELLING", "name": "Cancelling"}},
                         timeout=20,
                     )
                     if r.status_code < 300:
