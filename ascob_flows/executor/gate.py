@@ -25,7 +25,7 @@ from prefect.flow_engine import run_flow_async
 from prefect.states import Pending, Scheduled, State
 
 from ascob_flows.engine_compat import handing_back
-from ascob_flows.executor.support import Backoff, Stats, log, transient
+from ascob_flows.executor.support import Backoff, Stats, log, transient, write_final_state
 from ascob_flows.flow import ascob_job
 from ascob_flows.runtime import Runtime
 from ascob_flows.ui import final_state
@@ -163,12 +163,7 @@ class StartGate:
                     return  # another executor carries it on: its flow run is its business
                 async with get_client() as client:
                     if rec.status.is_final:
-                        await client.set_flow_run_state(
-                            flow_run_id, final_state(rec, rec.message), force=True
-                        )
-                        await asyncio.to_thread(
-                            self.runtime.repo.update_fields, run_id, flow_unsettled=False
-                        )
+                        await write_final_state(client, self.runtime, rec)
                         log.info("run %s: flow run settled as %s", run_id, rec.status.value)
                         return
                     if self._hand_backs.get(run_id, 0) >= MAX_HAND_BACKS:

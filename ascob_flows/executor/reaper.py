@@ -18,10 +18,9 @@ from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.executor.gate import StartGate
 from ascob_flows.executor.queries import Queries
-from ascob_flows.executor.support import log, transient
+from ascob_flows.executor.support import log, transient, write_final_state
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
-from ascob_flows.ui import final_state
 
 
 class Reaper:
@@ -83,11 +82,7 @@ class Reaper:
             if run_id in self.gate.active_runs:
                 continue
             rec = await self.runtime.record(run_id)
-            assert rec.flow_run_id is not None
-            await client.set_flow_run_state(
-                UUID(rec.flow_run_id), final_state(rec, rec.message), force=True
-            )
-            await asyncio.to_thread(repo.update_fields, run_id, flow_unsettled=False)
+            await write_final_state(client, self.runtime, rec)
             log.info(
                 "run %s: its flow run settled as %s (its executor %s stopped before)",
                 run_id,

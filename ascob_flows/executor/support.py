@@ -80,3 +80,16 @@ async def supervise(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> 
             else:
                 log.exception("executor loop %s crashed; restarting it", name)
             await asyncio.sleep(1.0)
+
+
+async def write_final_state(client: Any, runtime: Any, rec: Any) -> None:
+    """Give an ended run's flow run the run's final state, then clear ``flow_unsettled``."""
+    from uuid import UUID
+
+    from ascob_flows.ui import final_state
+
+    assert rec.flow_run_id is not None
+    await client.set_flow_run_state(
+        UUID(rec.flow_run_id), final_state(rec, rec.message), force=True
+    )
+    await asyncio.to_thread(runtime.repo.update_fields, rec.id, flow_unsettled=False)
