@@ -54,6 +54,7 @@ token_env = "E2E_JENKINS_WRONG"
 url = "{rundeck.url}"
 token_env = "E2E_RUNDECK_TOKEN"
 api_version = 41
+timeout = 2
 """
     )
     env = {
@@ -158,10 +159,12 @@ def test_polling_outlives_a_backend_outage(app: Ascob, jenkins: FakeJenkins) -> 
     jenkins.faults.clear()
 
 
-def test_a_trigger_without_answer_ends_in_doubt(app: Ascob, jenkins: FakeJenkins) -> None:
-    spec = jenkins_spec(jenkins)
-    path = spec["labels"]["jenkins_project_name"]
-    jenkins.faults.add("POST", rf"{path.split('/')[-1]}/buildWithParameters$", "hang", seconds=4)
+def test_a_trigger_without_answer_ends_in_doubt(app: Ascob, rundeck: FakeRundeck) -> None:
+    """A Rundeck job carries nothing unique to the run, so a lost answer cannot be looked for
+    (a Jenkins job with the ASCOB_RUN parameter can: tests/test_jenkins_e2e.py)."""
+    spec = rundeck_spec(rundeck)
+    job = next(j for j in rundeck.jobs.values() if j.name == spec["labels"]["rundeck_job_name"])
+    rundeck.faults.add("POST", rf"/job/{job.id}/run$", "hang", seconds=4)
     run_id = app.submit(spec)
     app.wait_status(run_id, "IN_DOUBT")
     assert "outcome" in app.http.get(f"/api/runs/{run_id}/output.txt").text
