@@ -4,6 +4,7 @@ environment, against the fake servers on loopback; GET /api/backends; live outpu
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,12 @@ url = "{rundeck.url}"
 token_env = "E2E_RUNDECK_TOKEN"
 api_version = 41
 timeout = 2
+
+[rundeck.plain]
+url = "{rundeck.url}"
+token_env = "E2E_RUNDECK_TOKEN"
+timeout = 2
+run_option = ""
 """
     )
     env = {
@@ -80,14 +87,18 @@ def jenkins_spec(jenkins: FakeJenkins, instance: str = "ci", **job: Any) -> dict
     }
 
 
-def rundeck_spec(rundeck: FakeRundeck, **job: Any) -> dict[str, Any]:
+def rundeck_spec(rundeck: FakeRundeck, instance: str = "ops", **job: Any) -> dict[str, Any]:
     name = f"job-{uuid.uuid4().hex[:6]}"
     job.setdefault("lines", LINES)
     rundeck.add_job("e2e", name, **job)
     return {
         "description": "rundeck e2e",
         "submitter": "bob",
-        "labels": {"rundeck_project_name": "e2e", "rundeck_job_name": name},
+        "labels": {
+            "rundeck_instance": instance,
+            "rundeck_project_name": "e2e",
+            "rundeck_job_name": name,
+        },
         "parameters": {"env": "prod"},
     }
 
@@ -102,7 +113,7 @@ def test_backends_are_listed_with_their_instances(app: Ascob) -> None:
         "error": None,
         "instances": ["badcreds", "ci"],
     }
-    assert found["rundeckBackend"]["instances"] == ["ops"]
+    assert found["rundeckBackend"]["instances"] == ["ops", "plain"]
     assert found["dummyBackend"]["state"] == "loaded"
     refused = app.http.get("/api/backends", headers={"X-Api-Token": WEBHOOK_TOKEN})
     assert refused.status_code in (401, 403)
@@ -125,7 +136,8 @@ def test_rundeck_job_runs_to_succeded_with_its_output(app: Ascob, rundeck: FakeR
     run_id = app.submit(rundeck_spec(rundeck, scheduled_delay=0.3))
     app.wait_status(run_id, "SUCCEDED")
     text = app.http.get(f"/api/runs/{run_id}/output.txt").text
-    assert text == "option env=prod\ncompiling\ntesting\ndone\n"
+    expected = r"option env=prod\noption ASCOB_RUN=\d+-\w+\ncompiling\ntesting\ndone\n"
+    assert re.fullmatch(expected, text), text
 
 
 def test_rundeck_failure_is_failed(app: Ascob, rundeck: FakeRundeck) -> None:
@@ -159,12 +171,27 @@ def test_polling_outlives_a_backend_outage(app: Ascob, jenkins: FakeJenkins) -> 
     jenkins.faults.clear()
 
 
-def test_a_trigger_without_answer_ends_in_doubt(app: Ascob, rundeck: FakeRundeck) -> None:
-    """A Rundeck job carries nothing unique to the run, so a lost answer cannot be looked for
-    (a Jenkins job with the ASCOB_RUN parameter can: tests/test_jenkins_e2e.py)."""
-    spec = rundeck_spec(rundeck)
+def lose_the_answer(rundeck: FakeRundeck, spec: dict[str, Any]) -> None:
+    """Rundeck starts the job, but its answer comes after ASCOB's 2 s timeout."""
     job = next(j for j in rundeck.jobs.values() if j.name == spec["labels"]["rundeck_job_name"])
     rundeck.faults.add("POST", rf"/job/{job.id}/run$", "hang", seconds=4)
+
+
+def test_a_lost_answer_is_found_by_the_run_option(app: Ascob, rundeck: FakeRundeck) -> None:
+    spec = rundeck_spec(rundeck)
+    lose_the_answer(rundeck, spec)
+    run_id = app.submit(spec)
+    info = app.wait_status(run_id, "SUCCEDED", "IN_DOUBT", "FAILED")
+    assert info["status"] == "SUCCEDED", info
+    assert "answer to the submission was lost" in info["message"]
+    assert "ASCOB_RUN=" in app.http.get(f"/api/runs/{run_id}/output.txt").text
+
+
+def test_a_trigger_without_answer_ends_in_doubt(app: Ascob, rundeck: FakeRundeck) -> None:
+    """Without a run option (``run_option = ""``) the job carries nothing unique to the run, so
+    a lost answer cannot be looked for."""
+    spec = rundeck_spec(rundeck, instance="plain")
+    lose_the_answer(rundeck, spec)
     run_id = app.submit(spec)
     app.wait_status(run_id, "IN_DOUBT")
     assert "outcome" in app.http.get(f"/api/runs/{run_id}/output.txt").text
@@ -203,7 +230,9 @@ def test_events_stream_status_changes_and_output_lines(app: Ascob, rundeck: Fake
     statuses = [json.loads(d)["status"] for n, d in events if n == "status"]
     assert statuses[-1] == "SUCCEDED"
     assert "RUNNING" in statuses
-    assert [d for n, d in events if n == "output"] == ["option env=prod", *lines]
+    output = [d for n, d in events if n == "output"]
+    assert output[0] == "option env=prod" and output[1].startswith("option ASCOB_RUN=")
+    assert output[2:] == lines
     assert events[-1][0] == "end" and json.loads(events[-1][1])["status"] == "SUCCEDED"
     # live: output arrived while the run was still running, not all at the end
     first_output = next(i for i, (n, _) in enumerate(events) if n == "output")

@@ -18,8 +18,10 @@ from backends import (
     BackendStatus,
     BackendUnavailable,
     Job,
+    JobNotFound,
     SpecRejected,
     SubmitRefused,
+    SubmitUnknown,
 )
 from backends.rundeck import RundeckBackend
 from tests.fakes.fake_rundeck import FakeRundeck
@@ -217,7 +219,8 @@ async def test_output_comes_in_pieces_with_offsets(
             break
         await asyncio.sleep(0.05)
     assert len([p for p in pieces if p]) > 2
-    assert "".join(pieces) == "".join(f"line {i}\n" for i in range(10))
+    run_value = f"option ASCOB_RUN={keys['rundeckRunValue']}\n"
+    assert "".join(pieces) == run_value + "".join(f"line {i}\n" for i in range(10))
     assert (await backend.output(keys, offset)).text == ""
 
 
@@ -265,12 +268,67 @@ async def test_transient_errors_while_polling_are_unavailable_not_final(
     assert (await backend.status(keys)).status is BackendStatus.SUCCEEDED
 
 
-async def test_a_run_request_that_times_out_has_an_unknown_outcome(
+async def test_every_run_carries_a_unique_run_value(
     fake: FakeRundeck, backend: RundeckBackend
 ) -> None:
     job = fake.add_job("ops", unique())
+    first = await backend.submit(job_for({"rundeck_job_id": job.id}, {"env": "prod"}))
+    second = await backend.submit(job_for({"rundeck_job_id": job.id}, {"env": "prod"}))
+    assert first["rundeckRunValue"].startswith("1-")
+    assert first["rundeckRunValue"] != second["rundeckRunValue"]
+    execution = fake.executions[int(first["rundeckExecutionId"])]
+    assert execution.options == {"env": "prod", "ASCOB_RUN": first["rundeckRunValue"]}
+
+
+async def test_a_lost_answer_is_found_by_the_run_value(
+    fake: FakeRundeck, backend: RundeckBackend
+) -> None:
+    """Found by the soak: the answer to a run request is lost, but Rundeck started the job; the
+    execution that carries the run value is the run's (never a second one started)."""
+    job = fake.add_job("ops", unique())
     fake.faults.add("POST", r"/run$", "hang", seconds=3)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(SubmitUnknown) as info:
         await backend.submit(job_for({"rundeck_job_id": job.id}))
+    keys = info.value.keys
+    assert "rundeckExecutionId" not in keys and keys["rundeckJobId"] == job.id
+    for _ in range(3):  # other runs of the same job meanwhile
+        await backend.submit(job_for({"rundeck_job_id": job.id}))
+    assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED
+    started = [e for e in fake.executions.values() if e.job is job]
+    ours = [e for e in started if e.options.get("ASCOB_RUN") == keys["rundeckRunValue"]]
+    assert len(started) == 4 and len(ours) == 1
+    assert f"ASCOB_RUN={keys['rundeckRunValue']}" in (await backend.output(keys, 0)).text
+
+
+async def test_a_lost_answer_is_looked_for_beyond_the_first_page(
+    fake: FakeRundeck, backend: RundeckBackend
+) -> None:
+    job = fake.add_job("ops", unique())
+    fake.faults.add("POST", r"/run$", "503")
+    with pytest.raises(SubmitUnknown) as info:  # a 5xx: Rundeck may or may not have started it
+        await backend.submit(job_for({"rundeck_job_id": job.id}))
+    with pytest.raises(JobNotFound):  # this one did not
+        await backend.status(info.value.keys)
+    fake.faults.add("POST", r"/run$", "hang", seconds=3)
+    with pytest.raises(SubmitUnknown) as info:
+        await backend.submit(job_for({"rundeck_job_id": job.id}))
+    for _ in range(60):
+        await backend.submit(job_for({"rundeck_job_id": job.id}))
+    report = await final(backend, info.value.keys)
+    assert report.status is BackendStatus.SUCCEEDED
+
+
+async def test_without_a_run_option_a_lost_answer_is_unknown(
+    fake: FakeRundeck, tmp_path: Path
+) -> None:
+    backend = make_backend(fake, tmp_path, run_option="")
+    job = fake.add_job("ops", unique())
+    fake.faults.add("POST", r"/run$", "hang", seconds=3)
+    try:
+        with pytest.raises(Exception) as info:
+            await backend.submit(job_for({"rundeck_job_id": job.id}))
+    finally:
+        await backend.aclose()
     assert not isinstance(info.value, BackendError)  # IN_DOUBT, never retried
-    assert any(e.job is job for e in fake.executions.values())  # Rundeck did start it
+    started = [e for e in fake.executions.values() if e.job is job]
+    assert len(started) == 1 and started[0].options == {}  # Rundeck did start it

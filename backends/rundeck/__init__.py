@@ -7,20 +7,30 @@ Configuration (section ``[rundeck.<instance>]`` of the ``ASCOB_CONFIG`` TOML fil
     token_env = "RUNDECK_OPS_TOKEN"  # the API token is read from this environment variable
     # api_version = 41               # the API version in every path (/api/41/...)
     # timeout = 30                   # seconds per HTTP call
+    # run_option = "ASCOB_RUN"       # the option that carries a value unique to each run ("": none)
 
 Labels: ``rundeck_instance`` (may be left out when one instance is configured), and either
 ``rundeck_job_id`` or ``rundeck_project_name`` + ``rundeck_job_name`` (the exact name; a group
 may be given as ``group/sub/name``). Job parameters become job options.
 
-Identification keys: ``rundeckInstance``, ``rundeckJobId``, ``rundeckExecutionId``.
+Every run is sent with one more option, ``ASCOB_RUN=<runId>-<nonce>`` (``run_option``): Rundeck
+keeps options a job does not declare in the execution's ``argstring``, so when the answer to a
+run request is lost (a timeout, a 5xx) the execution that carries the value is looked for among
+the job's latest executions (``SubmitUnknown``) instead of the run ending IN_DOUBT.
+
+Identification keys: ``rundeckInstance``, ``rundeckJobId``, ``rundeckExecutionId``, and
+``rundeckRunValue`` (the value of ``run_option``; alone, without ``rundeckExecutionId``, when the
+execution was found after a lost answer).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from itertools import pairwise as pairs
+from typing import Any, ClassVar, NoReturn
 
 import httpx
 
@@ -36,6 +46,7 @@ from backends.base import (
     SpecRejected,
     StatusReport,
     SubmitRefused,
+    SubmitUnknown,
 )
 from backends.rundeck.client import (
     DEFAULT_API_VERSION,
@@ -67,6 +78,9 @@ STATUSES = {
     "missed": BackendStatus.FAILED,
 }
 _MAX_RETRIES_FOLLOWED = 20
+DEFAULT_RUN_OPTION = "ASCOB_RUN"
+# how far back a lost run request's execution is looked for: pages of the job's executions
+_SEARCH_PAGES, _SEARCH_PAGE_SIZE = 10, 50
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class Instance:
     token_env: str | None
     api_version: int
     timeout: float
+    run_option: str
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
@@ -87,6 +102,7 @@ class Instance:
             token_env=str(raw["token_env"]) if raw.get("token_env") else None,
             api_version=int(raw.get("api_version", DEFAULT_API_VERSION)),
             timeout=float(raw.get("timeout", 30.0)),
+            run_option=str(raw.get("run_option", DEFAULT_RUN_OPTION)),
         )
 
     def token(self) -> str | None:
@@ -107,6 +123,7 @@ class RundeckBackend(Backend):
         }
         self._transport = transport
         self._clients: ClientsPerLoop[RundeckClient] = ClientsPerLoop()
+        self._found: dict[tuple[str, str], str] = {}  # (instance, run value) -> execution id
 
     # ------------------------------------------------------------------ spec
 
@@ -146,17 +163,52 @@ class RundeckBackend(Backend):
             ),
         )
 
-    def _known(self, keys: Mapping[str, str]) -> tuple[RundeckClient, str]:
-        try:
-            name, execution_id = keys["rundeckInstance"], keys["rundeckExecutionId"]
-        except KeyError:
-            raise JobNotFound("identification keys carry no rundeckExecutionId") from None
+    def _instance_client(self, keys: Mapping[str, str]) -> tuple[Instance, RundeckClient]:
+        name = keys.get("rundeckInstance", "")
         if name not in self.instances:
             raise BackendUnavailable(f"rundeck instance {name!r} is no longer configured")
         try:
-            return self._client(name), execution_id
+            return self.instances[name], self._client(name)
         except SubmitRefused as exc:
             raise BackendUnavailable(str(exc)) from exc
+
+    async def _known(self, keys: Mapping[str, str]) -> tuple[RundeckClient, str]:
+        """The client and the execution id the keys name (looked for by the run value when the
+        answer to the run request was lost)."""
+        execution_id = keys.get("rundeckExecutionId")
+        value, job_id = keys.get("rundeckRunValue", ""), keys.get("rundeckJobId", "")
+        if not execution_id and not (value and job_id):
+            raise JobNotFound("identification keys carry no rundeckExecutionId")
+        inst, client = self._instance_client(keys)
+        if execution_id:
+            return client, execution_id
+        found = self._found.get((inst.name, value))
+        if found is None:
+            found = await self._search(inst, client, job_id, value)
+            self._found[(inst.name, value)] = found
+        return client, found
+
+    async def _search(self, inst: Instance, client: RundeckClient, job_id: str, value: str) -> str:
+        try:
+            for page in range(_SEARCH_PAGES):
+                executions = await client.job_executions(
+                    job_id, _SEARCH_PAGE_SIZE, page * _SEARCH_PAGE_SIZE
+                )
+                for execution in executions:
+                    if _carries(execution, inst.run_option, value):
+                        return str(execution["id"])
+                if len(executions) < _SEARCH_PAGE_SIZE:
+                    break
+        except RundeckHTTPError as exc:
+            if exc.status_code == 404:
+                raise JobNotFound(f"rundeck: {exc}") from exc
+            raise BackendUnavailable(f"rundeck: {exc}") from exc
+        except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
+            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
+        raise JobNotFound(
+            f"rundeck {inst.name!r}: no execution of job {job_id} among its latest "
+            f"{_SEARCH_PAGES * _SEARCH_PAGE_SIZE} carries {inst.run_option}={value}"
+        )
 
     # ------------------------------------------------------------------ submit
 
@@ -191,23 +243,25 @@ class RundeckBackend(Backend):
             raise SubmitRefused(f"{where}: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
             raise SubmitRefused(f"{where}: cannot find the job ({describe(exc)})") from exc
+        options = dict(job.parameters)
+        keys = {"rundeckInstance": name, "rundeckJobId": job_id}
+        run_option = self.instances[name].run_option
+        if run_option:
+            keys["rundeckRunValue"] = options[run_option] = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
         try:
-            execution = await client.run_job(job_id, dict(job.parameters))
+            execution = await client.run_job(job_id, options)
+            if execution.get("id") is None:
+                raise RundeckProtocolError("run answered without an execution id")
         except RundeckHTTPError as exc:
             if exc.status_code < 500:
                 raise SubmitRefused(f"{where} job {job_id}: {exc}") from exc
-            message = f"{where} job {job_id}: run answered {exc}; outcome unknown"
-            raise RuntimeError(message) from exc
+            _lost(f"{where} job {job_id}: run answered {exc}; outcome unknown", keys, exc)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-        if execution.get("id") is None:
-            raise RuntimeError(f"{where} job {job_id}: run answered without an execution id")
+        except (httpx.HTTPError, RundeckProtocolError) as exc:
+            _lost(f"{where} job {job_id}: {describe(exc)}; outcome unknown", keys, exc)
         log.info("run %s: %s job %s is execution %s", job.run_id, where, job_id, execution["id"])
-        return {
-            "rundeckInstance": name,
-            "rundeckJobId": job_id,
-            "rundeckExecutionId": str(execution["id"]),
-        }
+        return {**keys, "rundeckExecutionId": str(execution["id"])}
 
     # ------------------------------------------------------------------ follow
 
@@ -219,8 +273,8 @@ class RundeckBackend(Backend):
         return None
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
-        client, execution_id = self._known(keys)
         try:
+            client, execution_id = await self._known(keys)
             for _ in range(_MAX_RETRIES_FOLLOWED):
                 execution = await client.execution(execution_id)
                 state = str(execution.get("status", ""))
@@ -255,7 +309,7 @@ class RundeckBackend(Backend):
         return StatusReport(mapped, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
-        client, execution_id = self._known(keys)
+        client, execution_id = await self._known(keys)
         try:
             answer = await client.abort(execution_id, force)
         except RundeckHTTPError as exc:
@@ -267,7 +321,7 @@ class RundeckBackend(Backend):
             raise BackendUnavailable(f"rundeck abort failed: {abort.get('reason') or 'no reason'}")
 
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
-        client, execution_id = self._known(keys)
+        client, execution_id = await self._known(keys)
         try:
             data = await client.output(execution_id, offset)
             next_offset = int(data.get("offset", offset))
@@ -287,3 +341,21 @@ class RundeckBackend(Backend):
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+
+
+def _lost(message: str, keys: Mapping[str, str], cause: Exception) -> NoReturn:
+    """The run request's outcome is unknown: with a run value the execution can be looked for."""
+    if "rundeckRunValue" in keys:
+        raise SubmitUnknown(message, keys) from cause
+    raise RuntimeError(message) from cause
+
+
+def _carries(execution: Mapping[str, Any], option: str, value: str) -> bool:
+    """Whether a Rundeck execution was run with ``option=value`` (its job options, or its
+    argstring ``-option value``, the value quoted when it holds spaces)."""
+    job = execution.get("job")
+    options = job.get("options") if isinstance(job, Mapping) else None
+    if isinstance(options, Mapping) and str(options.get(option, "")) == value:
+        return True
+    words = str(execution.get("argstring") or "").split()
+    return any(flag == f"-{option}" and given.strip("\"'") == value for flag, given in pairs(words))

@@ -111,9 +111,14 @@ class RundeckClient:
     async def execution(self, execution_id: str) -> dict[str, Any]:
         return await self._object("GET", f"execution/{quote(execution_id, safe='')}")
 
-    async def job_executions(self, job_id: str) -> list[dict[str, Any]]:
+    async def job_executions(
+        self, job_id: str, limit: int = 50, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """The job's executions, newest first."""
         data = await self._object(
-            "GET", f"job/{quote(job_id, safe='')}/executions", params={"max": "50"}
+            "GET",
+            f"job/{quote(job_id, safe='')}/executions",
+            params={"max": str(limit), "offset": str(offset)},
         )
         executions = data.get("executions") or []
         if not isinstance(executions, list):

@@ -4,7 +4,9 @@
   ``api.error.api-version.unsupported``. ``X-Rundeck-Auth-Token`` is required (403 otherwise).
   Errors are JSON ``{"error": true, "errorCode": …, "message": …}``.
 - ``GET project/{p}/jobs?jobExactFilter=&groupPathExact=``; ``GET job/{id}/info``;
-  ``POST job/{id}/run`` with ``{"options": {…}}`` (a missing required option is a 400).
+  ``POST job/{id}/run`` with ``{"options": {…}}`` (a missing required option is a 400; options
+  the job does not declare are kept in the execution's ``argstring``, as Rundeck does);
+  ``GET job/{id}/executions?max=&offset=``, newest first.
 - An execution is ``scheduled`` for ``scheduled_delay`` s, ``running`` while it prints its lines
   (one every ``line_interval`` s), then ends with the job's ``final`` status: ``succeeded``,
   ``failed``, ``timedout``, ``other`` (with ``customStatus``), ``failed-with-retry`` (a retry
@@ -211,13 +213,13 @@ class FakeRundeck:
             if m.group(2) == "info":
                 return JSONResponse({"id": job.id, "name": job.name, "project": job.project})
             if m.group(2) == "executions":
-                mine = [e for e in self.executions.values() if e.job is job]
+                mine = [e for e in self.executions.values() if e.job is job][::-1]
+                offset = int(request.query_params.get("offset", 0))
+                page = mine[offset : offset + int(request.query_params.get("max", 20))]
                 return JSONResponse(
                     {
-                        "paging": {"count": len(mine), "total": len(mine)},
-                        "executions": [
-                            self._execution_json(request, e, now) for e in reversed(mine)
-                        ],
+                        "paging": {"count": len(page), "total": len(mine), "offset": offset},
+                        "executions": [self._execution_json(request, e, now) for e in page],
                     }
                 )
             if request.method != "POST":
