@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise as pairs
 from typing import Any, ClassVar, NoReturn
@@ -189,7 +190,7 @@ class RundeckBackend(Backend):
         return client, found
 
     async def _search(self, inst: Instance, client: RundeckClient, job_id: str, value: str) -> str:
-        try:
+        with _following():
             for page in range(_SEARCH_PAGES):
                 executions = await client.job_executions(
                     job_id, _SEARCH_PAGE_SIZE, page * _SEARCH_PAGE_SIZE
@@ -199,12 +200,6 @@ class RundeckBackend(Backend):
                         return str(execution["id"])
                 if len(executions) < _SEARCH_PAGE_SIZE:
                     break
-        except RundeckHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"rundeck: {exc}") from exc
-            raise BackendUnavailable(f"rundeck: {exc}") from exc
-        except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
-            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
         raise JobNotFound(
             f"rundeck {inst.name!r}: no execution of job {job_id} among its latest "
             f"{_SEARCH_PAGES * _SEARCH_PAGE_SIZE} carries {inst.run_option}={value}"
@@ -273,7 +268,7 @@ class RundeckBackend(Backend):
         return None
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
-        try:
+        with _following():
             client, execution_id = await self._known(keys)
             for _ in range(_MAX_RETRIES_FOLLOWED):
                 execution = await client.execution(execution_id)
@@ -286,12 +281,6 @@ class RundeckBackend(Backend):
                     pending = f"execution {execution_id} failed; retry pending"
                     return StatusReport(BackendStatus.RUNNING, pending, url)
                 execution_id = retry
-        except RundeckHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"rundeck: {exc}") from exc
-            raise BackendUnavailable(f"rundeck: {exc}") from exc
-        except (httpx.HTTPError, RundeckProtocolError) as exc:
-            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
         mapped = STATUSES.get(state)
         if mapped is BackendStatus.QUEUED and execution_id != keys.get("rundeckExecutionId"):
             mapped = BackendStatus.RUNNING  # a retry waiting to start: the run goes on
@@ -322,15 +311,9 @@ class RundeckBackend(Backend):
 
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         client, execution_id = await self._known(keys)
-        try:
+        with _following():
             data = await client.output(execution_id, offset)
             next_offset = int(data.get("offset", offset))
-        except RundeckHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"rundeck: {exc}") from exc
-            raise BackendUnavailable(f"rundeck: {exc}") from exc
-        except (httpx.HTTPError, RundeckProtocolError, ValueError, TypeError) as exc:
-            raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
         entries = data.get("entries") or []
         text = "".join(
             f"{e.get('log', '')}\n" for e in entries if isinstance(e, dict) and "log" in e
@@ -341,6 +324,20 @@ class RundeckBackend(Backend):
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+
+
+@contextmanager
+def _following() -> Iterator[None]:
+    """Rundeck's errors while following a job: a 404 means the job is not there; any other
+    failure may pass (``BackendUnavailable``)."""
+    try:
+        yield
+    except RundeckHTTPError as exc:
+        if exc.status_code == 404:
+            raise JobNotFound(f"rundeck: {exc}") from exc
+        raise BackendUnavailable(f"rundeck: {exc}") from exc
+    except (httpx.HTTPError, RundeckProtocolError, KeyError, ValueError, TypeError) as exc:
+        raise BackendUnavailable(f"rundeck: {describe(exc)}") from exc
 
 
 def _lost(message: str, keys: Mapping[str, str], cause: Exception) -> NoReturn:
