@@ -282,8 +282,8 @@ class Repository:
             if target is None:
                 return None
             values: dict[str, Any] = {"status": target.status.value, **fields}
-            if target is Stage.DISPATCHING:
-                values["dispatch_started"] = True
+            if target in (Stage.DISPATCHING, Stage.PENDING_SUBMIT):
+                values["dispatch_started"] = target is Stage.DISPATCHING
             if target.status.is_final and end_time is None and "end_time" not in values:
                 values["end_time"] = utcnow()
             if target.status.is_final and not RunStatus(status).is_final:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     callback_retry_seconds: float = 24 * 3600
     callback_timeout: float = 10.0
     poll_interval: float = 5.0
+    dispatch_retry_seconds: float = Field(default=120.0, ge=0)
     lock_lease_seconds: float = 30.0
     executor_id: str | None = None
     deployment: str = "ascob-job"

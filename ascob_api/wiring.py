@@ -119,6 +119,7 @@ def make_executor(parts: Parts, executor_id: str | None = None) -> Executor:
         backends=parts.backends,
         locks=parts.locks,
         poll_interval=settings.poll_interval,
+        dispatch_retry=settings.dispatch_retry_seconds,
         register_spec=tagging_registration(parts),
         public_url=settings.public_url,
     )

@@ -20,6 +20,7 @@ from ascob_flows.control import apply_backend_report
 from ascob_flows.locks import Grant, LockStoreUnavailable
 from ascob_flows.machine import (
     BEGIN_DISPATCH,
+    DISPATCH_DEFERRED,
     DISPATCH_REFUSED,
     DISPATCH_UNKNOWN,
     JOB_LOST,
@@ -33,7 +34,7 @@ from ascob_flows.machine import (
     Step,
 )
 from ascob_flows.ports import RunRecord
-from ascob_flows.retry import BACKEND, Backoff, retry
+from ascob_flows.retry import BACKEND, DISPATCH, Backoff, retry
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
 from backends import (
@@ -206,28 +207,82 @@ def job_for(rec: RunRecord, tokens: dict[str, int]) -> Job:
 
 
 async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Logger) -> bool:
-    """Send the job to its backend once. False if the run must wait for its locks again."""
+    """Send the job to its backend once; while the backend is unavailable and certainly did not
+    take it, again after a pause (for up to ``rt.dispatch_retry`` seconds). False if the run must
+    wait for its locks again."""
     rec = await rt.record(run_id)
     if rec.stage is Stage.DISPATCHING:
         await _resume_dispatch(rt, rec, logger)
         return True
-    if rec.stage is not Stage.PENDING_SUBMIT:
-        return True  # dispatched already (resumed) or stopped
-    if rec.lock_keys and not await rt.locks.holds(run_id, rec.lock_keys):
-        logger.warning("run %s: lock lease lost before dispatch; waiting again", run_id)
-        return await _apply(rt, run_id, LOCKS_LOST) is None
-    if await _apply(rt, run_id, BEGIN_DISPATCH) is None:
-        return True  # stopped meanwhile
     backend = rt.backends.get(rec.backend_id)
+    since, attempt = time.monotonic(), 0
+    while True:
+        if rec.stage is not Stage.PENDING_SUBMIT:
+            return True  # dispatched already (resumed) or stopped
+        if rec.lock_keys and not await rt.locks.holds(run_id, rec.lock_keys):
+            logger.warning("run %s: lock lease lost before dispatch; waiting again", run_id)
+            return await _apply(rt, run_id, LOCKS_LOST) is None
+        if await _apply(rt, run_id, BEGIN_DISPATCH) is None:
+            return True  # stopped meanwhile
+        try:
+            await _submit(rt, backend, rec, tokens, logger, deferred=attempt > 0)
+            return True
+        except BackendUnavailable as exc:
+            if not await _defer(rt, backend, rec, exc, time.monotonic() - since, attempt, logger):
+                return True
+        rec, attempt = await rt.record(run_id), attempt + 1
+
+
+async def _defer(
+    rt: Runtime,
+    backend: Backend,
+    rec: RunRecord,
+    exc: BackendUnavailable,
+    waited: float,
+    attempt: int,
+    logger: Logger,
+) -> bool:
+    """The backend is unavailable and did not take the job: back to PENDING_SUBMIT and wait before
+    sending it again (True), or, after ``rt.dispatch_retry`` seconds, refused (False; False too
+    when the run was stopped meanwhile)."""
+    if waited >= rt.dispatch_retry:
+        for_how_long = f" for {waited:.0f} s" if rt.dispatch_retry else ""
+        message = f"{backend.id} refused the job: unavailable{for_how_long} ({exc})"
+        logger.error("run %s: %s", rec.id, message)
+        await _apply(rt, rec.id, DISPATCH_REFUSED, message=message)
+        return False
+    delay = min(DISPATCH.delay(attempt), rt.dispatch_retry - waited)
+    message = f"{backend.id} is unavailable ({exc}); the job is sent again in {delay:.0f} s"
+    if await _apply(rt, rec.id, DISPATCH_DEFERRED, message=message) is not Stage.PENDING_SUBMIT:
+        return False  # stopped while the backend was being called: ABORTED
+    logger.warning("run %s: %s", rec.id, message)
+    await rt.wait_change(rec.id, rec.status, delay)  # a stop ends the wait
+    return True
+
+
+async def _submit(
+    rt: Runtime,
+    backend: Backend,
+    rec: RunRecord,
+    tokens: dict[str, int],
+    logger: Logger,
+    *,
+    deferred: bool,
+) -> None:
+    """One call of the backend's submit, its outcome recorded. BackendUnavailable passes up: the
+    backend did not take the job and may later."""
+    run_id = rec.id
     try:
         keys = await backend.submit(job_for(rec, tokens))
+    except BackendUnavailable:
+        raise
     except (SubmitRefused, SpecRejected) as exc:  # nothing was started
         logger.error("run %s: %s refused the job: %s", run_id, backend.id, exc)
         await _apply(rt, run_id, DISPATCH_REFUSED, message=f"{backend.id} refused the job: {exc}")
-        return True
+        return
     except SubmitUnknown as exc:
         if await _find_lost_submission(rt, backend, run_id, exc, logger):
-            return True
+            return
         logger.error("run %s: dispatch outcome unknown: %s (the job is not found)", run_id, exc)
         await _apply(
             rt,
@@ -236,7 +291,7 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
             message=f"dispatch to {backend.id} failed with an unknown outcome: {exc}; the job "
             f"was not found with {exc.keys}",
         )
-        return True
+        return
     except Exception as exc:
         logger.error("run %s: dispatch outcome unknown: %r", run_id, exc)
         await _apply(
@@ -245,16 +300,18 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
             DISPATCH_UNKNOWN,
             message=f"dispatch to {backend.id} failed with an unknown outcome: {exc!r}",
         )
-        return True
+        return
+    # a run that waited for its backend says so; otherwise the message is left as it is
+    note = {"message": f"sent once {backend.id} was available again"} if deferred else {}
     await asyncio.to_thread(
         rt.repo.apply,
         run_id,
         RECORD_SUBMISSION,
         keys=lambda stored: {**stored, **keys},
         submission_time=utcnow(),
+        **note,
     )
     logger.info("run %s: submitted to %s as %s", run_id, backend.id, keys)
-    return True
 
 
 async def _find_lost_submission(

@@ -117,6 +117,12 @@ DISPATCH_REFUSED = _step(
     _to(S.FAILED, S.DISPATCHING, S.ABORTING),
     "the backend certainly did not start the job",
 )
+DISPATCH_DEFERRED = _step(
+    "dispatch_deferred",
+    {S.DISPATCHING: S.PENDING_SUBMIT, S.ABORTING: S.ABORTED},
+    "the backend is unavailable and certainly did not start the job: sent again later (a run "
+    "stopped meanwhile ends ABORTED)",
+)
 DISPATCH_UNKNOWN = _step(
     "dispatch_unknown",
     _to(S.IN_DOUBT, S.DISPATCHING, S.ABORTING),
@@ -168,6 +174,7 @@ STEPS: tuple[Step, ...] = (
     RECORD_SUBMISSION,
     REATTACH,
     DISPATCH_REFUSED,
+    DISPATCH_DEFERRED,
     DISPATCH_UNKNOWN,
     REPORT_RUNNING,
     REPORT_SUCCEEDED,

@@ -30,6 +30,9 @@ class Backoff:
 LOCK_STORE = Backoff(first=0.2, cap=5.0)
 """A lock store that does not answer (etcd restarting, the database busy)."""
 
+DISPATCH = Backoff(first=2.0, cap=15.0)
+"""A backend that is unavailable before it got the job: the job is sent again after this."""
+
 BACKEND = Backoff(first=1.0, cap=60.0)
 """A backend that does not answer while a run is followed (scaled by the poll interval)."""
 

@@ -26,6 +26,7 @@ class Runtime:
     backends: BackendRegistry
     locks: LockStore
     poll_interval: float = 5.0
+    dispatch_retry: float = 120.0  # seconds a job is sent again while its backend is unavailable
     register_spec: Callable[[dict[str, Any], str], int] | None = None
     watch_interval: float = 1.0
     executor_id: str | None = None

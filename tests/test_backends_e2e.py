@@ -69,6 +69,7 @@ run_option = ""
         "E2E_JENKINS_TOKEN": "jenkins-secret",
         "E2E_JENKINS_WRONG": "not-the-token",
         "E2E_RUNDECK_TOKEN": "rundeck-secret",
+        "ASCOB_DISPATCH_RETRY_SECONDS": "10",
     }
     server = Ascob(workdir, prefect_server.api_url, env=env).start()
     yield server
@@ -195,6 +196,36 @@ def test_a_trigger_without_answer_ends_in_doubt(app: Ascob, rundeck: FakeRundeck
     run_id = app.submit(spec)
     app.wait_status(run_id, "IN_DOUBT")
     assert "outcome" in app.http.get(f"/api/runs/{run_id}/output.txt").text
+
+
+def test_a_job_waits_for_its_restarting_backend(app: Ascob, jenkins: FakeJenkins) -> None:
+    """Jenkins answers 503 before the trigger (restarting): the job is sent once it answers."""
+    spec = jenkins_spec(jenkins)
+    name = spec["labels"]["jenkins_project_name"].rsplit("/", 1)[1]
+    jenkins.faults.add("GET", rf"/{name}/api/json$", "503", times=2)
+    run_id = app.submit(spec)
+    info = app.wait_status(run_id, "SUCCEDED", "FAILED", "IN_DOUBT")
+    assert info["status"] == "SUCCEDED", info
+    log = app.proc.tail(400)
+    assert f"run {run_id}: jenkinsBackend is unavailable" in log, log
+    assert "the job is sent again in 2 s" in log and "again in 4 s" in log
+    assert len(jenkins.triggers_of(spec["labels"]["jenkins_project_name"])) == 1
+
+
+def test_a_backend_down_for_longer_than_the_retry_fails_the_run(
+    app: Ascob, rundeck: FakeRundeck
+) -> None:
+    spec = rundeck_spec(rundeck)
+    rundeck.faults.add("GET", r"/project/e2e/jobs$", "503", times=100)
+    try:
+        run_id = app.submit(spec)
+        info = app.wait_status(run_id, "SUCCEDED", "FAILED", "IN_DOUBT")
+    finally:
+        rundeck.faults.clear()
+    assert info["status"] == "FAILED", info
+    assert info["message"].startswith("rundeckBackend refused the job: unavailable for 10 s")
+    name = spec["labels"]["rundeck_job_name"]
+    assert not [e for e in rundeck.executions.values() if e.job.name == name]
 
 
 def test_abort_stops_the_jenkins_build(app: Ascob, jenkins: FakeJenkins) -> None:

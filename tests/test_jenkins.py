@@ -28,6 +28,7 @@ from backends import (
 from backends.jenkins import JenkinsBackend
 from backends.jenkins.claims import QueueClaims
 from tests.fakes.fake_jenkins import FakeJenkins
+from tests.fakes.server import free_port
 
 TOKEN_ENV = "TEST_JENKINS_TOKEN"
 
@@ -499,3 +500,24 @@ def test_config_is_checked(tmp_path: Path) -> None:
     bad = {"ci": {"url": "http://j", "require_run_parameter": "yes"}}
     with pytest.raises(ValueError, match="require_run_parameter must be true or false"):
         JenkinsBackend(BackendContext(tmp_path, bad))
+
+
+async def test_an_unavailable_jenkins_is_unavailable_before_the_trigger(
+    fake: FakeJenkins, backend: JenkinsBackend, tmp_path: Path
+) -> None:
+    """A 5xx or no answer before the trigger: nothing was queued, the job may be sent later
+    (ASCOB sends it again for ASCOB_DISPATCH_RETRY_SECONDS)."""
+    path = f"folder/job-{uuid.uuid4().hex[:6]}"
+    fake.add_job(path, parameters={"ASCOB_RUN": ""})
+    fake.faults.add("GET", rf"{path.rsplit('/', 1)[1]}/api/json$", "503")
+    with pytest.raises(BackendUnavailable, match="503"):
+        await backend.submit(job_for(path))
+    assert fake.triggers_of(path) == []
+    closed = make_backend(fake, tmp_path, url=f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(BackendUnavailable, match="cannot reach it"):
+            await closed.submit(job_for(path))
+    finally:
+        await closed.aclose()
+    keys = await backend.submit(job_for(path))  # and once it answers, the job goes
+    assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED

@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from backends import (
 )
 from backends.rundeck import RundeckBackend
 from tests.fakes.fake_rundeck import FakeRundeck
+from tests.fakes.server import free_port
 
 TOKEN_ENV = "TEST_RUNDECK_TOKEN"
 
@@ -332,3 +334,27 @@ async def test_without_a_run_option_a_lost_answer_is_unknown(
     assert not isinstance(info.value, BackendError)  # IN_DOUBT, never retried
     started = [e for e in fake.executions.values() if e.job is job]
     assert len(started) == 1 and started[0].options == {}  # Rundeck did start it
+
+
+async def test_an_unavailable_rundeck_is_unavailable_before_the_run_request(
+    fake: FakeRundeck, backend: RundeckBackend, tmp_path: Path
+) -> None:
+    """A 5xx or no answer before the run request: nothing was started, the job may be sent
+    later (ASCOB sends it again for ASCOB_DISPATCH_RETRY_SECONDS)."""
+    name = unique()
+    job = fake.add_job("ops", name)
+    fake.faults.add("GET", r"/project/ops/jobs$", "503")
+    with pytest.raises(BackendUnavailable, match="503"):
+        await backend.submit(job_for(by_name(name)))
+    closed = make_backend(fake, tmp_path)
+    closed.instances["ops"] = replace(
+        closed.instances["ops"], url=f"http://127.0.0.1:{free_port()}"
+    )
+    try:
+        with pytest.raises(BackendUnavailable, match="cannot"):
+            await closed.submit(job_for({"rundeck_job_id": job.id}))
+    finally:
+        await closed.aclose()
+    assert not [e for e in fake.executions.values() if e.job is job]
+    keys = await backend.submit(job_for(by_name(name)))
+    assert (await final(backend, keys)).status is BackendStatus.SUCCEEDED

@@ -230,12 +230,16 @@ class RundeckBackend(Backend):
         name = self._instance_name(job.labels)
         client = self._client(name)
         where = f"rundeck {name!r}"
-        try:
+        try:  # nothing is sent before the run request: a 5xx or no answer may pass
             job_id = await self._job_id(client, job.labels, where)
         except RundeckHTTPError as exc:
             if exc.status_code == 404:
                 raise SubmitRefused(f"{where}: no such job or project ({exc.message})") from exc
+            if exc.status_code >= 500:
+                raise BackendUnavailable(f"{where}: {exc}") from exc
             raise SubmitRefused(f"{where}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"{where}: cannot reach it ({describe(exc)})") from exc
         except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
             raise SubmitRefused(f"{where}: cannot find the job ({describe(exc)})") from exc
         options = dict(job.parameters)
@@ -251,8 +255,8 @@ class RundeckBackend(Backend):
             if exc.status_code < 500:
                 raise SubmitRefused(f"{where} job {job_id}: {exc}") from exc
             _lost(f"{where} job {job_id}: run answered {exc}; outcome unknown", keys, exc)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+            raise BackendUnavailable(f"{where}: cannot connect ({describe(exc)})") from exc
         except (httpx.HTTPError, RundeckProtocolError) as exc:
             _lost(f"{where} job {job_id}: {describe(exc)}; outcome unknown", keys, exc)
         log.info("run %s: %s job %s is execution %s", job.run_id, where, job_id, execution["id"])

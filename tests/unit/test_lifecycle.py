@@ -15,6 +15,7 @@ import pytest
 from ascob_api.service import Services
 from ascob_flows import lifecycle
 from ascob_flows.machine import BEGIN_DISPATCH, READY_TO_DISPATCH, RECORD_SUBMISSION
+from ascob_flows.retry import Backoff
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
 from backends import (
@@ -22,6 +23,7 @@ from backends import (
     BackendContext,
     BackendRegistry,
     BackendStatus,
+    BackendUnavailable,
     Job,
     JobNotFound,
     SpecRejected,
@@ -206,3 +208,108 @@ async def test_a_spec_refused_at_submission_fails_the_run_not_in_doubt(
     await lifecycle.dispatch(rt, run_id, {}, log)
     run = services.repo.get_run(run_id)
     assert run.status == "FAILED" and "A-B" in (run.message or "")
+
+
+# ---------------------------------------------------------------------- an unavailable backend
+
+
+class Unavailable(Recording):
+    """Unavailable (without taking the job) for its first ``times`` submissions."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+        self.calls = 0
+        self.called = asyncio.Event()
+
+    async def submit(self, job: Job) -> dict[str, str]:
+        self.calls += 1
+        self.called.set()
+        if self.calls <= self.times:
+            raise BackendUnavailable(f"HTTP 503 (call {self.calls})")
+        return await super().submit(job)
+
+
+def unavailable_runtime(
+    services: Services, backend: Recording, monkeypatch: pytest.MonkeyPatch, retry: float
+) -> Runtime:
+    monkeypatch.setattr(lifecycle, "DISPATCH", Backoff(first=0.05, cap=0.2))
+    services.backends = BackendRegistry({backend.id: backend}, [])
+    return Runtime(
+        repo=services.repo,
+        backends=services.backends,
+        locks=services.locks,
+        poll_interval=0.05,
+        dispatch_retry=retry,
+        watch_interval=0.05,
+    )
+
+
+async def test_an_unavailable_backend_gets_the_job_once_it_answers(
+    services: Services, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = Unavailable(times=3)
+    rt = unavailable_runtime(services, backend, monkeypatch, retry=30)
+    run_id = new_run(api, description="backend restarting")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    writes = Writes(services)
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    assert backend.calls == 4 and backend.submitted == [run_id]
+    assert writes.calls == ["begin_dispatch", "dispatch_deferred"] * 3 + [
+        "begin_dispatch",
+        "record_submission",
+    ]
+    run = services.repo.get_run(run_id)
+    assert run.status == "SUBMITTED"
+    assert run.message == "sent once recordingBackend was available again"
+
+
+async def test_a_backend_unavailable_for_longer_than_the_retry_fails_the_run(
+    services: Services, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = Unavailable(times=10**6)
+    rt = unavailable_runtime(services, backend, monkeypatch, retry=0.5)
+    run_id = new_run(api, description="backend down")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    run = services.repo.get_run(run_id)
+    assert run.status == "FAILED" and backend.submitted == [] and backend.calls > 2
+    assert run.message is not None
+    assert run.message.startswith("recordingBackend refused the job: unavailable for 1 s")
+    assert "HTTP 503" in run.message
+
+
+async def test_no_retry_refuses_at_once(
+    services: Services, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = Unavailable(times=1)
+    rt = unavailable_runtime(services, backend, monkeypatch, retry=0)
+    run_id = new_run(api, description="ASCOB_DISPATCH_RETRY_SECONDS=0")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    run = services.repo.get_run(run_id)
+    assert run.status == "FAILED" and backend.calls == 1
+    assert run.message == "recordingBackend refused the job: unavailable (HTTP 503 (call 1))"
+
+
+async def test_a_run_stopped_while_its_backend_is_unavailable_is_aborted_unsent(
+    services: Services, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = Unavailable(times=10**6)
+    rt = unavailable_runtime(services, backend, monkeypatch, retry=600)
+    monkeypatch.setattr(lifecycle, "DISPATCH", Backoff(first=30, cap=30))
+    run_id = new_run(api, description="stopped while waiting")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    watcher = asyncio.create_task(rt.watch_statuses())
+    try:
+        sending = asyncio.create_task(lifecycle.dispatch(rt, run_id, {}, log))
+        await asyncio.wait_for(backend.called.wait(), 5)
+        await asyncio.sleep(0.3)  # the run is back to PENDING_SUBMIT, waiting 30 s
+        assert "sent again in 30 s" in (services.repo.get_run(run_id).message or "")
+        stopped = await asyncio.to_thread(api.delete, f"/api/runs/{run_id}")
+        assert stopped.status_code == 200, stopped.text
+        assert await asyncio.wait_for(sending, 5)  # the stop ends the 30 s wait
+    finally:
+        watcher.cancel()
+    assert services.repo.get_run(run_id).status == "ABORTED"
+    assert backend.calls == 1 and backend.submitted == []
