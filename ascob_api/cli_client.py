@@ -318,8 +318,9 @@ def register(app: typer.Typer) -> None:
         with talking(ctx) as client:
             if follow:
                 _follow(client, run, timeout, as_json=False, statuses=False)
-            chunk = client.output(run)
-            sys.stdout.write(chunk.text)
+            text = client.output(run).text
+            # ends with a newline, as with -f (a job's last line may have none)
+            sys.stdout.write(text if not text or text.endswith("\n") else f"{text}\n")
 
     @command()
     def search(

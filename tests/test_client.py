@@ -267,6 +267,10 @@ def test_cli_spec_from_stdin_files_logs_follow(ascob: Ascob, tmp_path: Path) -> 
         f"line {i}" for i in range(1, 7)
     ]
     assert cli(ascob, "logs", str(started)).stdout.endswith("line 6\n")
+    client = Client(ascob.url, ROOT)
+    plain = client.submit(spec(output="a last line without newline"))
+    client.wait(plain, timeout=60)
+    assert cli(ascob, "logs", str(plain)).stdout == "a last line without newline\n"
 
 
 def test_cli_other_commands(ascob: Ascob, tmp_path: Path) -> None:
