@@ -8,7 +8,9 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-from backends.base import SubmitRefused
+import httpx
+
+from backends.base import BackendError, BackendUnavailable, SubmitRefused
 
 
 class _Closable(Protocol):
@@ -34,6 +36,16 @@ def secret_from_env(kind: str, instance: str, variable: str | None) -> str | Non
 def describe(exc: Exception) -> str:
     """An HTTP failure in a few words, also when the exception has no message."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def not_sent(exc: Exception, message: str) -> BackendError:
+    """A call before the job was sent failed: ``BackendUnavailable`` when it may pass (a 5xx, no
+    answer, no connection; ASCOB sends the job again for ASCOB_DISPATCH_RETRY_SECONDS),
+    ``SubmitRefused`` otherwise. Raise it ``from exc``."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, httpx.TransportError) or (isinstance(status, int) and status >= 500):
+        return BackendUnavailable(message)
+    return SubmitRefused(message)
 
 
 class ClientsPerLoop(Generic[C]):

@@ -167,10 +167,11 @@ async def test_missing_password_variable_refuses(fake: FakeAirflow, tmp_path: Pa
         await backend.submit(job_for(new_dag(fake)))
 
 
-async def test_an_unreachable_airflow_refuses(tmp_path: Path) -> None:
+async def test_an_unreachable_airflow_is_unavailable(tmp_path: Path) -> None:
+    """Nothing was sent: ASCOB sends the job again while ASCOB_DISPATCH_RETRY_SECONDS allow."""
     fake = FakeAirflow()  # never started: nothing listens on its port
     backend = make_backend(fake, tmp_path)
-    with pytest.raises(SubmitRefused, match="cannot read the DAG"):
+    with pytest.raises(BackendUnavailable, match="cannot read the DAG"):
         await backend.submit(job_for("any"))
     await backend.aclose()
 

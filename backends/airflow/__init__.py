@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.airflow.client import (
     API_VERSIONS,
     AirflowClient,
@@ -226,13 +226,13 @@ class AirflowBackend(Backend):
         dag_id = job.labels[DAG_LABEL].strip()
         where = f"airflow {name!r} DAG {dag_id!r}"
         client = self._client(name)
-        # Before the trigger nothing has run: every failure here is a refusal.
+        # Before the trigger nothing has run: a refusal, or an unavailable Airflow (not_sent)
         try:
             dag = await client.get_dag(dag_id)
         except AirflowHTTPError as exc:
-            raise SubmitRefused(f"{where}: {exc}") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, AirflowProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the DAG ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the DAG ({describe(exc)})") from exc
         if dag.get("is_paused"):
             raise SubmitRefused(
                 f"{where}: DAG is paused; its run would wait in the queue until someone unpauses "

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import httpx
 import yaml
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.awx.client import (
     DEFAULT_API_PREFIX,
     AwxClient,
@@ -264,16 +264,16 @@ class AwxBackend(Backend):
         client = self._client(name)
         where = f"awx {name!r}"
         word = _TEMPLATE_WORDS[kind]
-        # Before the launch nothing has run: every failure here is a refusal.
+        # Before the launch nothing has run: a refusal, or an unavailable AWX (not_sent)
         try:
             template = await self._find_template(client, kind, wanted, where)
             template_id = int(template["id"])
         except AwxHTTPError as exc:
             if exc.status_code == 404:
                 raise SubmitRefused(f"{where}: no {word} {wanted} ({exc.message})") from exc
-            raise SubmitRefused(f"{where}: {exc}") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, AwxProtocolError, KeyError, TypeError, ValueError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the {word} ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the {word} ({describe(exc)})") from exc
         where = f"awx {name!r} {word} {template_id} ({template.get('name', wanted)!r})"
         if template.get("ask_variables_on_launch") is False and not template.get("survey_enabled"):
             raise SubmitRefused(

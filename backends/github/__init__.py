@@ -49,7 +49,7 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -253,7 +253,7 @@ class GitHubActionsBackend(Backend):
                 f"{where}: the parameter {inst.run_input} is set by ASCOB itself; rename it"
             )
         started = time.monotonic()
-        # Before the dispatch nothing has run: every failure here is a refusal.
+        # Before the dispatch nothing has run: a refusal, or an unavailable GitHub (not_sent)
         try:
             repo = await self._patiently(
                 inst, where, lambda: client.repository(repository), started
@@ -264,9 +264,9 @@ class GitHubActionsBackend(Backend):
                     f"{where}: no repository {repository} (or the token cannot see it): "
                     f"{exc.message}"
                 ) from exc
-            raise SubmitRefused(f"{where}: {exc}") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the repository ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the repository ({describe(exc)})") from exc
         try:
             definition = await self._patiently(
                 inst, where, lambda: client.workflow(repository, workflow), started
@@ -276,9 +276,9 @@ class GitHubActionsBackend(Backend):
                 raise SubmitRefused(
                     f"{where}: no workflow {workflow!r} in {repository}: {exc.message}"
                 ) from exc
-            raise SubmitRefused(f"{where}: {exc}") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the workflow ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the workflow ({describe(exc)})") from exc
         ref = job.labels.get(REF_LABEL) or repo.get("default_branch")
         if not ref or definition.get("id") is None:
             raise SubmitRefused(f"{where}: GitHub did not name the default branch or workflow id")

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -201,12 +201,12 @@ class GitLabBackend(Backend):
         project = job.labels[PROJECT_LABEL].strip("/")
         client = self._client(name)
         where = f"gitlab {name!r} project {project!r}"
-        try:
+        try:  # nothing has run yet: a refusal, or an unavailable GitLab (not_sent)
             ref = await self._ref(client, project, job.labels)
         except GitLabHTTPError as exc:
-            raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
+            raise not_sent(exc, f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
         except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the project ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the project ({describe(exc)})") from exc
         where = f"{where} ref {ref!r}"
         if RUN_VARIABLE in job.parameters:
             log.warning("run %s: parameter %s is replaced by ASCOB's own", job.run_id, RUN_VARIABLE)

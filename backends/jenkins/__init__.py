@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -193,21 +193,16 @@ class JenkinsBackend(Backend):
         project = job.labels[PROJECT_LABEL].strip("/")
         client = self._client(name)
         where = f"jenkins {name!r} job {project!r}"
-        # Before the trigger nothing has run: a failure here is a refusal, or, for a 5xx or no
-        # answer, an unavailable Jenkins (the job is sent again later).
+        # Before the trigger nothing has run: a refusal, or an unavailable Jenkins (not_sent)
         try:
             definition = await client.get_job(project)
             await client.ensure_crumb()
         except JenkinsHTTPError as exc:
             if exc.status_code == 404:
                 raise SubmitRefused(f"{where}: no such job") from exc
-            if exc.status_code >= 500:
-                raise BackendUnavailable(f"{where}: {exc}") from exc
-            raise SubmitRefused(f"{where}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"{where}: cannot reach it ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise SubmitRefused(f"{where}: cannot read the job ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot read the job ({describe(exc)})") from exc
         if definition.get("buildable") is False:
             raise SubmitRefused(f"{where}: the job is disabled")
         parameterized, declared = declared_parameters(definition)

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, NoReturn
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
+from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
     Backend,
     BackendContext,
@@ -230,18 +230,15 @@ class RundeckBackend(Backend):
         name = self._instance_name(job.labels)
         client = self._client(name)
         where = f"rundeck {name!r}"
-        try:  # nothing is sent before the run request: a 5xx or no answer may pass
+        # Before the run request nothing has run: a refusal, or an unavailable Rundeck (not_sent)
+        try:
             job_id = await self._job_id(client, job.labels, where)
         except RundeckHTTPError as exc:
             if exc.status_code == 404:
                 raise SubmitRefused(f"{where}: no such job or project ({exc.message})") from exc
-            if exc.status_code >= 500:
-                raise BackendUnavailable(f"{where}: {exc}") from exc
-            raise SubmitRefused(f"{where}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"{where}: cannot reach it ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: {exc}") from exc
         except (httpx.HTTPError, RundeckProtocolError, KeyError) as exc:
-            raise SubmitRefused(f"{where}: cannot find the job ({describe(exc)})") from exc
+            raise not_sent(exc, f"{where}: cannot find the job ({describe(exc)})") from exc
         options = dict(job.parameters)
         keys = {"rundeckInstance": name, "rundeckJobId": job_id}
         run_option = self.instances[name].run_option
