@@ -407,9 +407,15 @@ async def follow(
             continue
         backend = rt.backends.get(rec.backend_id)
         try:
+            stop_failed: Exception | None = None
             if rec.status is RunStatus.ABORTING and not rec.stop_sent:
-                await _stop(rt, backend, rec)
+                try:
+                    await _stop(rt, backend, rec)
+                except Exception as exc:  # the job may have ended meanwhile: its status says
+                    stop_failed = exc
             report = await backend.status(rec.identification_keys)
+            if stop_failed is not None and not report.status.is_final:
+                raise stop_failed
         except JobNotFound as exc:
             not_found += 1
             if not_found >= NOT_FOUND_LIMIT:

@@ -23,7 +23,7 @@ from ascob_flows.executor.gate import StartGate
 from ascob_flows.executor.launcher import Launcher
 from ascob_flows.executor.queries import Queries, ensure_deployment
 from ascob_flows.executor.reaper import Reaper
-from ascob_flows.executor.support import Backoff, log, supervise, transient
+from ascob_flows.executor.support import Backoff, RepositoryTrust, log, supervise, transient
 from ascob_flows.flow import DEPLOYMENT_NAME, FLOW_NAME
 from ascob_flows.runtime import Runtime, install_runtime
 
@@ -49,6 +49,7 @@ class Executor:
         self.executor_id = executor_id
         self.heartbeat_interval = heartbeat_interval
         self.executor_ttl = executor_ttl
+        self.trust = RepositoryTrust(executor_ttl)  # the heartbeat tells, the reaper asks
         self.deployment_name = deployment_name
         self.stats_interval = 30.0
         runtime.executor_id = executor_id
@@ -138,6 +139,7 @@ class Executor:
                 executor_ttl=self.executor_ttl,
                 interval=max(self.heartbeat_interval * 2, 1.0),
                 on_resumed=self.kick,
+                trust=self.trust,
             )
             canceller = Canceller(self.runtime, queries)
             jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
@@ -185,9 +187,14 @@ class Executor:
                     self.gate.stats.report(),
                 )
             try:
-                await asyncio.to_thread(
-                    self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
-                )
+                try:
+                    await asyncio.to_thread(
+                        self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
+                    )
+                except Exception:
+                    self.trust.failed()
+                    raise
+                self.trust.succeeded()
                 await self.runtime.locks.keepalive(list(self.gate.active_runs))
             except Exception as exc:
                 log.warning("heartbeat failed", exc_info=not transient(exc))

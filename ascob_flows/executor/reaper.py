@@ -18,7 +18,12 @@ from prefect.types._datetime import now as prefect_now
 
 from ascob_flows.executor.gate import StartGate
 from ascob_flows.executor.queries import Queries
-from ascob_flows.executor.support import log, transient, write_final_state
+from ascob_flows.executor.support import (
+    RepositoryTrust,
+    log,
+    transient,
+    write_final_state,
+)
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
 
@@ -36,6 +41,7 @@ class Reaper:
         executor_ttl: float,
         interval: float,
         on_resumed: Callable[[], None],
+        trust: RepositoryTrust | None = None,
     ) -> None:
         self.runtime = runtime
         self.executor_id = executor_id
@@ -44,6 +50,7 @@ class Reaper:
         self.executor_ttl = executor_ttl
         self.interval = interval
         self.on_resumed = on_resumed
+        self.trust = trust or RepositoryTrust(executor_ttl)
 
     async def run(self, client: PrefectClient) -> None:
         while True:
@@ -54,6 +61,8 @@ class Reaper:
             await asyncio.sleep(self.interval)
 
     async def reap(self, client: PrefectClient) -> None:
+        if not self.trust.trusted():
+            return  # the repository was down: executors that look gone may be renewing their row
         repo = self.runtime.repo
         alive = await asyncio.to_thread(repo.live_executors)
         orphans = await asyncio.to_thread(repo.orphaned_runs, self.executor_id, alive, 500)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,6 +26,28 @@ def transient(exc: BaseException) -> bool:
         exc,
         httpx.TransportError | OSError | TimeoutError | OperationalError | LockStoreUnavailable,
     )
+
+
+class RepositoryTrust:
+    """Whether the repository's executor rows can be believed. While the repository is down no
+    executor can renew its row, so right after it is back every executor looks gone: found by
+    the soak, reapers then took over the runs of executors that were alive, and two executors
+    followed one run. After a failed heartbeat the rows are believed again only once every live
+    executor has had ``ttl`` seconds to renew its own."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self.distrust_until = 0.0
+
+    def failed(self) -> None:
+        self.distrust_until = math.inf
+
+    def succeeded(self) -> None:
+        if self.distrust_until == math.inf:
+            self.distrust_until = self.clock() + self.ttl
+
+    def trusted(self) -> bool:
+        return self.clock() >= self.distrust_until
 
 
 class Backoff:
