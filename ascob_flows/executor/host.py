@@ -186,16 +186,22 @@ class Executor:
                     len(self.gate.active),
                     self.gate.stats.report(),
                 )
-            try:
-                try:
-                    await asyncio.to_thread(
-                        self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
-                    )
-                except Exception:
-                    self.trust.failed()
-                    raise
-                self.trust.succeeded()
-                await self.runtime.locks.keepalive(list(self.gate.active_runs))
-            except Exception as exc:
-                log.warning("heartbeat failed", exc_info=not transient(exc))
+            await self.beat()
             await asyncio.sleep(self.heartbeat_interval)
+
+    async def beat(self) -> None:
+        """Renew this executor's row and, apart from it, its runs' lock leases: the leases must
+        not lapse because the repository is down (found by the soak: a PostgreSQL outage longer
+        than the lease let other runs take the locks of running jobs)."""
+        try:
+            await asyncio.to_thread(
+                self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
+            )
+            self.trust.succeeded()
+        except Exception as exc:
+            self.trust.failed()
+            log.warning("heartbeat failed", exc_info=not transient(exc))
+        try:
+            await self.runtime.locks.keepalive(list(self.gate.active_runs))
+        except Exception as exc:
+            log.warning("lock lease renewal failed", exc_info=not transient(exc))

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
+from ascob_flows.executor.host import Executor
 from ascob_flows.executor.reaper import Reaper
 from ascob_flows.executor.support import RepositoryTrust
+from ascob_flows.runtime import Runtime
 
 
 class Clock:
@@ -55,3 +59,28 @@ def test_a_distrusting_reaper_resumes_nothing() -> None:
         trust=trust,
     )
     asyncio.run(reaper.reap(Untouchable()))  # type: ignore[arg-type]
+
+
+class DownRepository:
+    def executor_heartbeat(self, executor_id: str, ttl: float) -> None:
+        raise OperationalError("UPDATE executors", {}, Exception("connection refused"))
+
+
+class RecordingLocks:
+    def __init__(self) -> None:
+        self.renewed: list[list[int]] = []
+
+    async def keepalive(self, run_ids: list[int]) -> None:
+        self.renewed.append(run_ids)
+
+
+def test_lock_leases_are_renewed_while_the_repository_is_down() -> None:
+    """Found by the soak: a failed heartbeat skipped the lock leases' renewal, so a PostgreSQL
+    outage longer than the lease let other runs take the locks of running jobs."""
+    locks = RecordingLocks()
+    runtime = Runtime(repo=DownRepository(), backends=None, locks=locks)  # type: ignore[arg-type]
+    executor = Executor(runtime, "x1", installation="test", with_launcher=False)
+    executor.gate.active_runs.add(7)
+    asyncio.run(executor.beat())
+    assert locks.renewed == [[7]]
+    assert not executor.trust.trusted()
