@@ -321,19 +321,27 @@ class EndedBeforeTheStop(Recording):
         raise BackendUnavailable("rundeck abort failed: Job is not running")
 
 
-async def test_a_stop_that_comes_after_the_job_ended_ends_the_run(
+async def dispatched_with_a_refused_stop(
     services: Services, api: Any
-) -> None:
-    """Found by the soak: the backend refused to stop a job that had just ended, and the run
-    stayed ABORTING for ever (holding its locks, so every run behind them waited too)."""
+) -> tuple[EndedBeforeTheStop, Runtime, int]:
+    """A run dispatched to a backend that refuses every stop."""
     backend = EndedBeforeTheStop()
     services.backends = BackendRegistry({backend.id: backend}, [])
     rt = Runtime(
         repo=services.repo, backends=services.backends, locks=services.locks, poll_interval=0.05
     )
-    run_id = new_run(api, description="stopped as it ended")
+    run_id = new_run(api, description="stop refused")
     assert await lifecycle.acquire(rt, run_id, log) == {}
     assert await lifecycle.dispatch(rt, run_id, {}, log)
+    return backend, rt, run_id
+
+
+async def test_a_stop_that_comes_after_the_job_ended_ends_the_run(
+    services: Services, api: Any
+) -> None:
+    """Found by the soak: the backend refused to stop a job that had just ended, and the run
+    stayed ABORTING for ever (holding its locks, so every run behind them waited too)."""
+    backend, rt, run_id = await dispatched_with_a_refused_stop(services, api)
     backend.status_of[f"job-{run_id}"] = BackendStatus.SUCCEEDED  # it ends ...
     stopped = await asyncio.to_thread(api.delete, f"/api/runs/{run_id}")  # ... as it is stopped
     assert stopped.status_code == 200, stopped.text
@@ -345,14 +353,7 @@ async def test_a_stop_that_comes_after_the_job_ended_ends_the_run(
 async def test_a_stop_that_fails_while_the_job_runs_is_tried_again(
     services: Services, api: Any
 ) -> None:
-    backend = EndedBeforeTheStop()
-    services.backends = BackendRegistry({backend.id: backend}, [])
-    rt = Runtime(
-        repo=services.repo, backends=services.backends, locks=services.locks, poll_interval=0.05
-    )
-    run_id = new_run(api, description="stop refused")
-    assert await lifecycle.acquire(rt, run_id, log) == {}
-    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    _, rt, run_id = await dispatched_with_a_refused_stop(services, api)
     assert (await asyncio.to_thread(api.delete, f"/api/runs/{run_id}")).status_code == 200
     with pytest.raises(TimeoutError):  # still running: the stop is asked again, the run waits
         await asyncio.wait_for(lifecycle.follow(rt, run_id, log), 1)
