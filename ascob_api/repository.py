@@ -258,11 +258,13 @@ class Repository:
         step: Step,
         *,
         keys: KeysUpdate | None = None,
+        owner: str | None = None,
         **fields: Any,
     ) -> Stage | None:
         """Apply one step of the run's state machine in one transaction: only if the run is in
-        one of the step's from-stages. ``keys`` computes the new identification keys from the
-        stored ones (under the same row lock). Returns the new stage, or None (nothing changed)."""
+        one of the step's from-stages (and, given ``owner``, no other executor owns it).
+        ``keys`` computes the new identification keys from the stored ones (under the same row
+        lock). Returns the new stage, or None (nothing changed)."""
         with self.session() as s:
             row = s.execute(
                 sa_select(
@@ -271,13 +273,16 @@ class Repository:
                     col(Run.identification_keys),
                     col(Run.end_time),
                     col(Run.effective_spec),
+                    col(Run.executor_id),
                 )
                 .where(col(Run.id) == run_id)
                 .with_for_update()
             ).first()
             if row is None:
                 raise RunNotFound(f"run {run_id} not found")
-            status, started, current_keys, end_time, spec = row
+            status, started, current_keys, end_time, spec, executor = row
+            if owner is not None and executor not in (None, owner):
+                return None  # taken over: the step is the new owner's to take
             target = step.target(Stage.of(RunStatus(status), started))
             if target is None:
                 return None
@@ -427,6 +432,19 @@ class Repository:
             result = s.exec(stmt.values(executor_id=executor_id))
             s.commit()
             return bool(result.rowcount)
+
+    def taken_over(self, executor_id: str, run_ids: Iterable[int]) -> list[int]:
+        ids = sorted(set(run_ids))
+        if not ids:
+            return []
+        query = (
+            select(Run.id)
+            .where(col(Run.id).in_(ids))
+            .where(col(Run.executor_id).is_not(None))
+            .where(col(Run.executor_id) != executor_id)
+        )
+        with self.reading() as s:
+            return [i for i in s.exec(query).all() if i]
 
     def orphaned_runs(self, executor_id: str, alive: Iterable[str], limit: int) -> list[int]:
         alive = [a for a in alive if a != executor_id]

@@ -27,6 +27,9 @@ Found by profiling one executor holding hundreds of live runs (see docs/benchmar
    repository's state; its interrupted task run ends Cancelled ("Interrupted"). No error log,
    no Crashed state; each write is bounded (``HAND_BACK_LIMIT``), whatever the Prefect server
    does. A crash outside a clean stop is still a crash.
+5. An executor that finds one of its runs taken over by another executor (it looked dead: a
+   pause, a stall) cancels that flow run's task after :func:`drop_quietly`: the other executor
+   runs the same flow run now, so this cancellation writes no state and logs no crash.
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ _RESULT_STORAGE_TTL = 60.0
 HAND_BACK_LIMIT = 3.0  # seconds for one hand-back write to the Prefect server
 _applied = False
 _handing_back: str | None = None  # the executor id while it stops cleanly
+_dropped: set[str] = set()  # flow runs another executor carries on: this process writes nothing
+
+
+def drop_quietly(flow_run_id: object) -> None:
+    """The flow run's task is about to be cancelled because another executor took its run
+    over (and runs the same flow run): its cancellation writes nothing to Prefect and logs no
+    crash; the new owner's engine owns the flow run's states now."""
+    _dropped.add(str(flow_run_id))
+
+
+def forget_dropped(flow_run_id: object) -> None:
+    _dropped.discard(str(flow_run_id))
+
+
+def is_dropped(flow_run_id: object) -> bool:
+    return str(flow_run_id) in _dropped
 
 
 @contextmanager
@@ -61,6 +80,12 @@ def _is_hand_back(exc: BaseException) -> bool:
     import asyncio
 
     return _handing_back is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def _is_drop(exc: BaseException, flow_run_id: object) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError) and is_dropped(flow_run_id)
 
 
 async def _bounded(write: Awaitable[Any], what: str) -> None:
@@ -85,6 +110,9 @@ def _patch_crash_handlers() -> None:
     task_crash = AsyncTaskRunEngine.handle_crash
 
     async def handle_flow_crash(self: Any, exc: BaseException) -> None:
+        if self.flow_run is not None and _is_drop(exc, self.flow_run.id):
+            self._raised = exc
+            return
         if not _is_hand_back(exc) or self.flow_run is None:
             await flow_crash(self, exc)
             return
@@ -96,6 +124,9 @@ def _patch_crash_handlers() -> None:
         self._raised = exc
 
     async def handle_task_crash(self: Any, exc: BaseException) -> None:
+        if self.task_run is not None and _is_drop(exc, self.task_run.flow_run_id):
+            self._raised = exc
+            return
         if not _is_hand_back(exc) or self.task_run is None:
             await task_crash(self, exc)
             return
@@ -114,6 +145,8 @@ class _HandBackNoise(logging.Filter):
     """Drops the engine's "Finished in state …" error of a flow run being handed back."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and is_dropped(getattr(record, "flow_run_id", None)):
+            return not str(record.msg).startswith(("Finished in state", "Crash detected"))
         if _handing_back is None or record.levelno < logging.ERROR:
             return True
         return not str(record.msg).startswith(("Finished in state", "Crash detected"))

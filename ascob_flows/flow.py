@@ -19,6 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.states import State
 
 from ascob_flows import lifecycle
+from ascob_flows.engine_compat import drop_quietly, is_dropped
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
@@ -93,6 +94,39 @@ async def release_locks(run_id: int) -> None:
 # ---------------------------------------------------------------------- the flow
 
 
+async def _unless_taken_over(rt: Runtime, run_id: int, flow_run: Any) -> None:
+    """A flow whose run another executor took over (this one had looked dead) ends here, as
+    if dropped by its executor: no state written, no lock released, no view closed - the new
+    owner runs the same flow run."""
+    rec = await rt.record(run_id)
+    if flow_run is None or rt.executor_id is None or rec.executor_id in (None, rt.executor_id):
+        return
+    log.warning("run %s: taken over by executor %s; this flow stops", run_id, rec.executor_id)
+    drop_quietly(flow_run.id)
+    raise asyncio.CancelledError()
+
+
+async def _wind_up(rt: Runtime, rec: RunRecord, completed: bool, view: Any, logger: Any) -> None:
+    """The end of a flow run: an ended run's locks given back, its output in the view."""
+    output = None
+    if rec.status.is_final:
+        try:
+            await release_locks(rec.id)
+        except LockStoreUnavailable as exc:
+            # the job is over: the locks free themselves when their lease ends, since no
+            # executor renews the leases of an ended run
+            logger.warning(
+                "run %s: releasing its locks failed (%s); they expire with their lease",
+                rec.id,
+                exc,
+            )
+        output = await _output_text(rt, rec)
+    elif completed:
+        logger.error("run %s: flow ended with the run still %s", rec.id, rec.status.value)
+    if view is not None:
+        await view.close(output)
+
+
 @flow(
     name=FLOW_NAME,
     persist_result=False,
@@ -131,25 +165,14 @@ async def ascob_job(
                 break
             if await dispatch(run_id, tokens):
                 break
+        await _unless_taken_over(rt, run_id, flow_run)
         await poll_to_completion(run_id)
+        await _unless_taken_over(rt, run_id, flow_run)
         completed = True
     finally:
         rec = await rt.record(run_id)
-        output = None
-        if rec.status.is_final:
-            try:
-                await release_locks(run_id)
-            except LockStoreUnavailable as exc:
-                # the job is over: the locks free themselves when their lease ends, since no
-                # executor renews the leases of an ended run
-                logger.warning(
-                    "run %s: releasing its locks failed (%s); they expire with their lease",
-                    run_id,
-                    exc,
-                )
-            output = await _output_text(rt, rec)
-        elif completed:
-            logger.error("run %s: flow ended with the run still %s", run_id, rec.status.value)
-        if view is not None:
-            await view.close(output)
+        # a flow run dropped because another executor took its run over leaves everything
+        # (locks, states, the view) to the new owner, which runs the same flow run
+        if flow_run is None or not is_dropped(flow_run.id):
+            await _wind_up(rt, rec, completed, view, logger)
     return final_state(rec, rec.message)

@@ -96,16 +96,29 @@ async def acquire(
     logger.info("run %s: waiting for locks %s", run_id, list(rec.lock_keys))
     grant = await _acquire_unless_stopped(rt, rec, logger)
     if grant is None:
-        await rt.locks.release(run_id)
+        await _release_unless_taken_over(rt, run_id, logger)
         return None
     moved = await _apply(rt, run_id, READY_TO_DISPATCH)
     if moved is None and (await rt.record(run_id)).stage is not Stage.PENDING_SUBMIT:
-        await rt.locks.release(run_id)
+        await _release_unless_taken_over(rt, run_id, logger)
         return None
     logger.info(
         "run %s: holds locks %s (fencing token %s)", run_id, grant.tokens, grant.fencing_token
     )
     return grant.tokens
+
+
+async def _release_unless_taken_over(rt: Runtime, run_id: int, logger: Logger) -> None:
+    """Give the run's locks back, unless another executor took the run over meanwhile: its
+    flow holds them now (found by the soak: the flow of an executor that had looked dead
+    released the locks of the run whose job the new owner had just started)."""
+    rec = await rt.record(run_id)
+    if rt.executor_id is not None and rec.executor_id not in (None, rt.executor_id):
+        logger.warning(
+            "run %s: taken over by executor %s; its locks are left to it", run_id, rec.executor_id
+        )
+        return
+    await rt.locks.release(run_id)
 
 
 async def _retake(rt: Runtime, rec: RunRecord, logger: Logger) -> dict[str, int]:
@@ -222,8 +235,10 @@ async def dispatch(rt: Runtime, run_id: int, tokens: dict[str, int], logger: Log
         if rec.lock_keys and not await rt.locks.holds(run_id, rec.lock_keys):
             logger.warning("run %s: lock lease lost before dispatch; waiting again", run_id)
             return await _apply(rt, run_id, LOCKS_LOST) is None
-        if await _apply(rt, run_id, BEGIN_DISPATCH) is None:
-            return True  # stopped meanwhile
+        # only while no other executor took the run over (a flow of an executor that had
+        # looked dead must not send the job its new owner sends)
+        if await _apply(rt, run_id, BEGIN_DISPATCH, owner=rt.executor_id) is None:
+            return True  # stopped or taken over meanwhile
         try:
             await _submit(rt, backend, rec, tokens, logger, deferred=attempt > 0)
             return True

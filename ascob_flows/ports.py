@@ -52,10 +52,17 @@ class RunRepository(Protocol):
     def get_record(self, run_id: int) -> RunRecord: ...
 
     def apply(
-        self, run_id: int, step: Step, *, keys: KeysUpdate | None = None, **fields: Any
+        self,
+        run_id: int,
+        step: Step,
+        *,
+        keys: KeysUpdate | None = None,
+        owner: str | None = None,
+        **fields: Any,
     ) -> Stage | None:
         """Apply a step of :mod:`ascob_flows.machine` as one conditional write: the new stage,
-        or None if the run was not in one of the step's from-stages (nothing changed)."""
+        or None if the run was not in one of the step's from-stages, or (given ``owner``)
+        another executor owns it (nothing changed)."""
         ...
 
     def update_fields(self, run_id: int, **fields: Any) -> None: ...
@@ -79,6 +86,10 @@ class RunRepository(Protocol):
     def set_flow_run(self, run_id: int, flow_run_id: str) -> None: ...
 
     def claim_for_executor(self, run_id: int, executor_id: str, expected: str | None) -> bool: ...
+
+    def taken_over(self, executor_id: str, run_ids: Iterable[int]) -> list[int]:
+        """Which of these runs another executor owns now (it took them over)."""
+        ...
 
     def orphaned_runs(self, executor_id: str, alive: Iterable[str], limit: int) -> list[int]:
         """Non-final runs with a flow run, owned by an executor that is not alive (or by us)."""

@@ -318,6 +318,46 @@ async def test_a_waiter_whose_place_expired_still_gets_the_lock(make_store: Stor
     await granted(waiter)
 
 
+async def test_a_run_taken_over_holds_its_keys_a_full_lease_from_the_takeover(
+    make_store: StoreFactory,
+) -> None:
+    """Found by the soak: executor A held run 1's keys and died; B took the run over late in
+    A's lease and got the keys back, but the lease was still A's, unrenewed: it ran out before
+    B's first renewal, and another run took the key while run 1's job ran."""
+    dead, heir = make_store(lease_seconds=3), make_store(lease_seconds=3)
+    await dead.acquire(1, ["A"])
+    await asyncio.sleep(2.0)  # most of the dead executor's lease is gone
+    await asyncio.wait_for(heir.acquire(1, ["A"]), 5)
+    await asyncio.sleep(1.8)  # past the dead one's lease; the heir has not renewed yet
+    assert await heir.holds(1, ["A"])
+    await heir.release(1)
+
+
+async def test_a_place_taken_over_lasts_a_full_lease_from_the_takeover(
+    make_store: StoreFactory,
+) -> None:
+    """The same for a run taken over while it waited: the keys it is granted later go with the
+    place's lease, which must be the heir's from the takeover on."""
+    dead, heir, holder = (make_store(lease_seconds=3) for _ in range(3))
+    await holder.acquire(2, ["A"])
+    keeper = asyncio.create_task(keep_alive(holder, {2}))
+    first = start(dead, 1, ["A"])
+    try:
+        await still_waiting(first, 2.0)  # most of the dead executor's lease is gone
+        first.cancel()
+        waiter = start(heir, 1, ["A"])
+        await still_waiting(waiter, 0.2)
+        keeper.cancel()
+        await holder.release(2)
+        await granted(waiter)
+        await asyncio.sleep(1.3)  # past the dead one's lease; the heir has not renewed yet
+        assert await heir.holds(1, ["A"])
+    finally:
+        keeper.cancel()
+        first.cancel()
+    await heir.release(1)
+
+
 # ---------------------------------------------------------------------- fencing, visibility
 
 

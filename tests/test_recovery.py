@@ -4,6 +4,7 @@ IN_DOUBT, visibly."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,60 @@ def test_restarted_executor_resumes_its_own_runs_at_once(installation: Installat
     # the same executor id resumes without waiting for the TTL; the stop proves it is followed
     api.http.delete(f"/api/runs/{run_id}")
     api.wait_status(run_id, "ABORTED", timeout=30)
+
+
+def test_a_paused_executor_leaves_the_runs_taken_over_to_their_new_owner(
+    installation: Installation,
+) -> None:
+    """Found by the soak: an executor that looked dead (paused past its TTL, or its heartbeat
+    stuck behind a lock store without quorum) woke up still running the flows of runs another
+    executor had taken over; those flows released the new owner's locks and wrote their flow
+    runs' states. It must stop following them without a word to the locks or to Prefect."""
+    inst = installation
+    api = inst.api.start()
+    sleeper = inst.executor("sleeper")
+    holder = api.submit(
+        {
+            "description": "holder",
+            "locks": [{"key": "db"}],
+            "labels": {**DUMMY, "status": "RUNNING"},
+        }
+    )
+    api.wait_status(holder, "RUNNING")
+    waiter = api.submit({"description": "waiter", "locks": [{"key": "db"}], "labels": DUMMY})
+    api.wait_status(waiter, "WAITING_LOCKS")
+    inst.executor("awake")
+    sleeper.proc.signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: {o for _, o in inst.rows("select id, executor_id from runs")} == {"awake"},
+            60,
+            "the runs to be taken over",
+        )
+        api.wait_status(holder, "RUNNING", timeout=30)
+    finally:
+        sleeper.proc.signal(signal.SIGCONT)
+    log = inst.api.home / "executor-sleeper.log"
+    for run_id in (holder, waiter):
+        wait_until(
+            lambda r=run_id: f"run {r}: taken over by" in log.read_text(),
+            30,
+            f"the woken executor to leave run {run_id}",
+        )
+    assert dict(inst.rows("select key, run_id from lock_holds"))["db"] == holder
+    api.http.delete(f"/api/runs/{holder}")
+    api.wait_status(holder, "ABORTED", timeout=30)
+    api.wait_status(waiter, "SUCCEDED", timeout=60)
+    wait_until(lambda: not inst.rows("select key from lock_holds"), 30, "the locks to be free")
+    prefect = httpx.Client(base_url=inst.prefect.api_url, timeout=30)
+    for run_id, state in ((holder, "CANCELLED"), (waiter, "COMPLETED")):
+        flow_run = inst.rows("select flow_run_id from runs where id = ?", run_id)[0][0]
+        wait_until(
+            lambda f=flow_run, s=state: prefect.get(f"/flow_runs/{f}").json()["state"]["type"] == s,
+            30,
+            f"run {run_id}'s flow run to end {state}",
+        )
+    assert "Crash detected" not in log.read_text()
 
 
 def test_claim_never_recorded_is_taken_over(installation: Installation) -> None:

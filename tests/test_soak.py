@@ -50,7 +50,7 @@ def test_short_soak_with_every_fault_kind(tmp_path: Path) -> None:
         str(report),
     ]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3000)
-    tail = "\n".join(done.stdout.splitlines()[-60:]) + "\n" + done.stderr[-3000:]
+    tail = "\n".join(done.stdout.splitlines()[-400:]) + "\n" + done.stderr[-3000:]
     assert done.returncode == 0, tail
     rep = json.loads(report.read_text())
     assert set(rep["faults"]) == set(KINDS), rep["faults"]

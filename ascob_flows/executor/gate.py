@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +24,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending, Scheduled, State
 
-from ascob_flows.engine_compat import handing_back
+from ascob_flows.engine_compat import drop_quietly, forget_dropped, handing_back
 from ascob_flows.executor.support import Backoff, Stats, log, transient, write_final_state
 from ascob_flows.flow import ascob_job
 from ascob_flows.runtime import Runtime
@@ -58,6 +58,7 @@ class StartGate:
         self._next_start = 0.0
         self._settling: set[asyncio.Task[None]] = set()
         self._hand_backs: dict[int, int] = {}
+        self._flow_runs: dict[int, UUID] = {}  # run -> the flow run this executor runs it in
 
     def free(self) -> int:
         """How many more flow runs the claimer may start now."""
@@ -97,8 +98,29 @@ class StartGate:
                 log.warning("run %s: taken over while being claimed; not starting it", run_id)
                 return
             self.active_runs.add(run_id)
+            self._flow_runs[run_id] = flow_run.id
         task = asyncio.create_task(self._execute(flow_run, run_id), name=f"flow-run-{flow_run.id}")
         self.active[flow_run.id] = task
+
+    def drop(self, run_ids: Iterable[int]) -> None:
+        """Stop following runs that another executor took over (this one looked dead to it: a
+        pause, a stall): cancel their flow runs' tasks without a word to Prefect (the new owner
+        runs the same flow runs), stop renewing their leases and leave their locks to the new
+        owner."""
+        for run_id in run_ids:
+            self.runtime.locks.forget(run_id)
+            self.active_runs.discard(run_id)
+            flow_run_id = self._flow_runs.get(run_id)
+            task = None if flow_run_id is None else self.active.get(flow_run_id)
+            if flow_run_id is None or task is None or task.done():
+                continue
+            log.warning(
+                "run %s: taken over by another executor; this one stops following it",
+                run_id,
+                extra={"runId": run_id},
+            )
+            drop_quietly(flow_run_id)  # until the task ends (see _execute)
+            task.cancel()
 
     async def _execute(self, flow_run: Any, run_id: int | None) -> None:
         settle = False
@@ -125,8 +147,11 @@ class StartGate:
             self.stats.finished += 1
             full = len(self.active) >= self.max_concurrent
             self.active.pop(flow_run.id, None)
+            forget_dropped(flow_run.id)
             if run_id is not None:
                 self.active_runs.discard(int(run_id))
+                if self._flow_runs.get(int(run_id)) == flow_run.id:
+                    del self._flow_runs[int(run_id)]
             if full:  # there is room again: look for Scheduled flow runs now
                 self.on_room()
 

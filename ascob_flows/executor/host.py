@@ -145,6 +145,7 @@ class Executor:
             jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
                 "status-watch": self.runtime.watch_statuses,
                 "heartbeat": self._heartbeat_loop,
+                "lease-renewal": self._lease_loop,
                 "reaper": lambda: reaper.run(client),
                 "claimer": lambda: self.claimer.run(client),
                 "canceller": lambda: canceller.run(client),
@@ -186,13 +187,24 @@ class Executor:
                     len(self.gate.active),
                     self.gate.stats.report(),
                 )
-            await self.beat()
+            await self.heartbeat()
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self.renew_leases()
             await asyncio.sleep(self.heartbeat_interval)
 
     async def beat(self) -> None:
-        """Renew this executor's row and, apart from it, its runs' lock leases: the leases must
-        not lapse because the repository is down (found by the soak: a PostgreSQL outage longer
-        than the lease let other runs take the locks of running jobs)."""
+        """One heartbeat and one lease renewal, side by side."""
+        await asyncio.gather(self.heartbeat(), self.renew_leases())
+
+    async def heartbeat(self) -> None:
+        """Renew this executor's row, then stop following the runs another executor took over.
+
+        Its own loop, apart from the leases' renewal (found by the soak): a lock store without
+        quorum made each renewal wait for its timeout, the row was not renewed in time, and
+        other executors took over the runs of this live one."""
         try:
             await asyncio.to_thread(
                 self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
@@ -201,6 +213,20 @@ class Executor:
         except Exception as exc:
             self.trust.failed()
             log.warning("heartbeat failed", exc_info=not transient(exc))
+            return
+        try:
+            taken = await asyncio.to_thread(
+                self.runtime.repo.taken_over, self.executor_id, list(self.gate.active_runs)
+            )
+        except Exception as exc:
+            log.warning("reading the owners of live runs failed", exc_info=not transient(exc))
+            return
+        self.gate.drop(taken)
+
+    async def renew_leases(self) -> None:
+        """Renew the lock leases of this executor's runs: apart from the repository's heartbeat,
+        so that they do not lapse while the repository is down (found by the soak: a PostgreSQL
+        outage longer than the lease let other runs take the locks of running jobs)."""
         try:
             await self.runtime.locks.keepalive(list(self.gate.active_runs))
         except Exception as exc:

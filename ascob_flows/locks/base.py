@@ -89,6 +89,11 @@ class LockStore(abc.ABC):
         """Take every key now if each is free or the run's own, regardless of the queue (a
         resumed run whose job runs already); else None. Never queues, never waits."""
 
+    def forget(self, run_id: int) -> None:  # noqa: B027 - optional hook
+        """This process no longer follows the run (another executor took it over): stop
+        renewing its lease, and never give its keys back on its behalf (a grant that arrives for
+        its cancelled wait is left to the new owner). Its holds and its place stay."""
+
     async def waiting_for(self, run_id: int) -> list[int]:
         """The runs a waiting run waits for (holders of its keys, and earlier waiters its keys
         are reserved for)."""

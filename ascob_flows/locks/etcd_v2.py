@@ -201,14 +201,27 @@ class EtcdV2LockStore(LockStore):
         self._ensure_watch()
         return await self._pump.wait_for_grant(run_id, keys)
 
+    def _renew_sync(self, nodes: list[_Node]) -> bool:
+        """Give these nodes a full TTL now: the run was taken over, and whoever renewed them
+        before may be dead (found by the soak: keys taken back late in their TTL ran out before
+        the first renewal). False if one of them ran out already."""
+        try:
+            for node in nodes:
+                self._client.refresh(node.key, ttl=self.ttl, prevIndex=node.modified)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+            return False
+        return True
+
     def _enqueue_sync(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
         state = self._read_sync()
         grant = state.held_by(run_id, keys)
         if grant is not None:
-            return grant
+            if self._renew_sync([state.holds[k] for k in keys]):
+                return grant
+            return self._enqueue_sync(run_id, keys)  # a hold ran out meanwhile: look again
         queued = state.waiter_of(run_id)
         if queued is not None:
-            if set(queued.keys) == set(keys):
+            if set(queued.keys) == set(keys) and self._renew_sync([queued]):
                 return None  # keeps its place
             self._delete_sync(queued)
         value = json.dumps({"run": run_id, "keys": list(keys), "since": _now_iso()})
@@ -269,7 +282,7 @@ class EtcdV2LockStore(LockStore):
         made: list[_Node] = []
         for key in sorted(keys):
             held = state.holds.get(key)
-            if held is not None and held.run_id == run_id:
+            if held is not None and held.run_id == run_id and self._renew_sync([held]):
                 tokens[key] = held.created
                 continue
             try:
@@ -337,6 +350,9 @@ class EtcdV2LockStore(LockStore):
         for node in [*state.holds.values(), *state.waiters]:
             if node.run_id == run_id:
                 self._delete_sync(node)
+
+    def forget(self, run_id: int) -> None:
+        self._pump.forget(run_id)
 
     async def release(self, run_id: int) -> None:
         await retry(

@@ -257,18 +257,32 @@ class EtcdV3LockStore(LockStore):
         self._ensure_watch()
         return await self._pump.wait_for_grant(run_id, keys)
 
+    async def _adopt(self, run_id: int, lease: int) -> bool:
+        """Follow the run's lease from now on. A lease this process did not know (another
+        executor's, which took the run before it died or looked dead) is renewed at once: it may
+        be about to run out, and nothing renewed it since (found by the soak: a run granted on
+        such a lease was dispatched, and its keys freed 2 s later). False if it ran out."""
+        if self._leases.get(run_id) != lease:
+            payload = await self._call("/lease/keepalive", {"ID": lease})
+            if not int(payload.get("result", {}).get("TTL", 0)):
+                return False
+        self._leases[run_id] = lease
+        return True
+
     async def _enqueue(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
         """The grant if the run holds every key already; else make sure it waits in the queue."""
         while True:
             state = await self._read()
             grant = state.held_by(run_id, keys)
             if grant is not None:
-                self._leases[run_id] = state.holds[keys[0]].lease
+                if not await self._adopt(run_id, state.holds[keys[0]].lease):
+                    continue  # its keys go with the lease: read again
                 return grant
             queued = state.waiters.get(run_id)
             if queued is not None and set(queued[0].keys) == set(keys):
-                self._leases[run_id] = queued[1]  # keeps its place
-                return None
+                if not await self._adopt(run_id, queued[1]):
+                    continue
+                return None  # keeps its place
             waiter_key = self._waiter_key(run_id)
             if queued is not None:  # it waits for other keys than asked now: queue again
                 await self._call(
@@ -279,7 +293,9 @@ class EtcdV3LockStore(LockStore):
                     },
                 )
                 continue
-            lease = state.markers.get(run_id) or await self._grant_lease()
+            lease = state.markers.get(run_id)
+            if not lease or not await self._adopt(run_id, lease):
+                lease = await self._grant_lease()
             value = json.dumps({"run": run_id, "keys": list(keys), "since": _now_iso()})
             payload = await self._call(
                 "/kv/txn",
@@ -317,7 +333,7 @@ class EtcdV3LockStore(LockStore):
         granted: dict[int, Grant] = {}
         for run_id, keys in pending.items():
             grant = state.held_by(run_id, keys)
-            if grant is not None:
+            if grant is not None and await self._adopt(run_id, state.holds[keys[0]].lease):
                 granted[run_id] = grant
             elif run_id not in state.waiters and self._pump.is_waiting(run_id):
                 # its lease ran out (or someone released it): queue again, at the back
@@ -341,11 +357,14 @@ class EtcdV3LockStore(LockStore):
             state = await self._read()
             grant = state.held_by(run_id, keys)
             if grant is not None:
-                self._leases[run_id] = state.holds[keys[0]].lease
+                if not await self._adopt(run_id, state.holds[keys[0]].lease):
+                    continue
                 return grant
             if any(k in state.holds and state.holds[k].run_id != run_id for k in keys):
                 return None
-            lease = state.markers.get(run_id) or await self._grant_lease()
+            lease = state.markers.get(run_id)
+            if not lease or not await self._adopt(run_id, lease):
+                lease = await self._grant_lease()
             compare: list[dict[str, Any]] = []
             success = [self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease)]
             grant = await self._put_holds(state, run_id, keys, lease, compare, success)
@@ -452,6 +471,10 @@ class EtcdV3LockStore(LockStore):
                 self._pump.wake()
 
     # ------------------------------------------------------------------ the rest
+
+    def forget(self, run_id: int) -> None:
+        self._leases.pop(run_id, None)
+        self._pump.forget(run_id)
 
     async def release(self, run_id: int) -> None:
         await retry(

@@ -186,6 +186,10 @@ class Pump:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._forgotten: set[int] = set()  # runs another process follows now: never give back
+
+    def forget(self, run_id: int) -> None:
+        self._forgotten.add(run_id)
 
     def ensure_running(self) -> None:
         loop = asyncio.get_running_loop()
@@ -211,6 +215,7 @@ class Pump:
     async def wait_for_grant(self, run_id: int, keys: Sequence[str]) -> Grant:
         self.ensure_running()
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._forgotten.discard(run_id)
         self.local[run_id] = (tuple(keys), fut)
         self.wake()
         try:
@@ -258,6 +263,8 @@ class Pump:
             for run_id, grant in granted.items():
                 entry = self.local.pop(run_id, None)
                 if entry is None or entry[1].done():
+                    if run_id in self._forgotten:
+                        continue  # taken over by another executor: the keys are its now
                     # the waiter went away meanwhile: give the keys back
                     try:
                         await self._give_back(run_id)

@@ -42,6 +42,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=8, help="size of the lock key space (8)")
     p.add_argument("--fault-interval", type=float, default=30.0, help="seconds between faults (30)")
     p.add_argument("--no-faults", action="store_true", help="the same workload, no fault")
+    p.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="the fault kinds, comma-separated (all of them)",
+    )
     p.add_argument("--lease", type=float, default=15.0, help="ASCOB_LOCK_LEASE_SECONDS (15)")
     p.add_argument("--drain", type=float, default=1200.0, help="seconds to wait for the end")
     p.add_argument("--workdir", type=Path, default=None, help="logs go here (a temp dir)")
@@ -112,6 +117,16 @@ def report(findings: Findings, faults: list[Injected], extra: dict[str, Any]) ->
         "aborted_before_their_flow_run": findings.never_launched,
         "in_doubt": {str(k): v for k, v in sorted(findings.in_doubt.items())},
         "throughput": throughput(findings, faults),
+        "fault_log": [
+            {
+                "kind": f.kind,
+                "target": f.target,
+                "at": f.at,
+                "repaired_at": f.repaired_at,
+                "recovered_at": f.recovered_at,
+            }
+            for f in faults
+        ],
         **extra,
     }
 
@@ -155,6 +170,11 @@ def show(rep: dict[str, Any]) -> None:
 
 def main() -> int:
     args = parse()
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        print(f"soak: unknown fault kinds {unknown}; known: {', '.join(KINDS)}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ascob-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -173,7 +193,7 @@ def main() -> int:
             run = driver.submit(item)
             return driver.wait_for(run.run_id, item.n % len(stack.apis), FINAL, 600)
 
-        schedule = Schedule(stack, random.Random(args.seed), args.fault_interval, probe)
+        schedule = Schedule(stack, random.Random(args.seed), args.fault_interval, probe, kinds)
         faults_thread = threading.Thread(target=schedule.run, args=(20.0,), daemon=True)
         if not args.no_faults:
             faults_thread.start()
@@ -186,7 +206,7 @@ def main() -> int:
                 if n % 100 == 99:
                     print(f"soak: {n + 1} submitted, {len(schedule.done)} faults", flush=True)
             # every fault kind at least once, even in a short soak
-            while not args.no_faults and len({f.kind for f in schedule.done}) < len(KINDS):
+            while not args.no_faults and len({f.kind for f in schedule.done}) < len(kinds):
                 time.sleep(1)
             schedule.stop()
         faults_thread.join() if faults_thread.is_alive() else None
@@ -205,6 +225,11 @@ def main() -> int:
             },
         )
         show(rep)
+        involved = findings.involved()
+        if involved:
+            print(f"evidence: what the executors logged about runs {sorted(involved)[:12]}")
+            for line in stack.run_lines(set(sorted(involved)[:12])):
+                print(f"  {line}")
         if args.out:
             args.out.write_text(json.dumps(rep, indent=1))
         lost, dup, viol = len(findings.lost), len(findings.duplicated), len(findings.violations)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -76,6 +77,11 @@ class Findings:
     never_launched: list[int] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     infos: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def involved(self) -> set[int]:
+        """The runs named by a lost, duplicated or violation finding."""
+        text = " ".join([*self.lost, *self.duplicated, *self.violations])
+        return {int(n) for n in re.findall(r"\brun (\d+)", text)}
 
 
 def _fence(params: dict[str, str]) -> int | None:

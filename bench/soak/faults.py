@@ -65,6 +65,7 @@ class Schedule:
     rng: random.Random
     interval: float
     probe: Callable[[], str]  # submits a probe run and waits for its final status
+    kinds: tuple[str, ...] = KINDS
     done: list[Injected] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     baseline: float | None = None  # a probe's time before any fault: what "recovered" compares to
@@ -79,13 +80,14 @@ class Schedule:
         cycle: list[str] = []
         while not self.stop_event.is_set():
             if not cycle:
-                cycle = list(KINDS)
+                cycle = list(self.kinds)
                 self.rng.shuffle(cycle)
             kind = cycle.pop(0)
             fault = self.inject(kind)
             self.done.append(fault)
             print(
-                f"soak: fault {len(self.done)} {fault.kind} ({fault.target}) repaired; "
+                f"soak: fault {len(self.done)} {fault.kind} ({fault.target}) at {fault.at:.3f}, "
+                f"repaired at {fault.repaired_at:.3f}; "
                 f"recovered in {fault.recovery if fault.recovery is not None else '-'} s"
                 + (f"; error: {fault.error}" if fault.error else ""),
                 flush=True,

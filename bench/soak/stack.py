@@ -184,6 +184,25 @@ class Stack:
             f"--- {p.proc.log.name} ---\n{p.proc.tail(n)}" for p in [*self.apis, *self.executors]
         )
 
+    def run_lines(self, run_ids: set[int], per_run: int = 25) -> list[str]:
+        """What the executors logged about these runs (the lines naming "run N:"), in time order,
+        each cut to one screen line: the evidence a failed soak prints for its findings."""
+        wanted = {f"run {rid}:": rid for rid in run_ids}
+        seen: dict[int, int] = dict.fromkeys(run_ids, 0)
+        lines: list[str] = []
+        for app in self.executors:
+            name = app.proc.log.stem
+            if not app.proc.log.exists():
+                continue
+            with app.proc.log.open(errors="replace") as fh:
+                for line in fh:
+                    for needle, rid in wanted.items():
+                        if needle in line and seen[rid] < per_run:
+                            seen[rid] += 1
+                            lines.append(f"{line[:27]} {name} {line[27:200].strip()}")
+                            break
+        return sorted(lines)
+
     # ------------------------------------------------------------------ faults
 
     def kill_ascob(self, app: Ascob) -> None:

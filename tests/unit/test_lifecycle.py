@@ -358,3 +358,46 @@ async def test_a_stop_that_fails_while_the_job_runs_is_tried_again(
     with pytest.raises(TimeoutError):  # still running: the stop is asked again, the run waits
         await asyncio.wait_for(lifecycle.follow(rt, run_id, log), 1)
     assert services.repo.get_run(run_id).status == "ABORTING"
+
+
+async def test_a_flow_whose_run_was_taken_over_leaves_its_locks_to_the_new_owner(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    """Found by the soak (an etcd majority down made an executor's heartbeat late): executor
+    x0's flow still waited for the run's locks when x1 took the run over, got the grant and
+    dispatched; x0's wait then ended too, found the run past it, and released the locks of the
+    job x1 had just started."""
+    blocker = new_run(api, description="blocker", locks=[{"key": "k"}])
+    assert set(await lifecycle.acquire(rt, blocker, log) or {}) == {"k"}
+    run_id = new_run(api, description="taken over", locks=[{"key": "k"}])
+    assert services.repo.claim_for_executor(run_id, "x0", None)
+    rt.executor_id = "x0"
+    stale = asyncio.create_task(lifecycle.acquire(rt, run_id, log))
+    await asyncio.sleep(0.3)
+    # x0 looks dead to x1, which takes the run over and dispatches it (its grant is the
+    # repository's side here; the key is freed below, so x0's wait ends after x1 moved on)
+    assert services.repo.claim_for_executor(run_id, "x1", "x0")
+    services.repo.apply(run_id, READY_TO_DISPATCH)
+    services.repo.apply(run_id, BEGIN_DISPATCH)
+    await services.locks.release(blocker)
+    assert await asyncio.wait_for(stale, 5) is None  # x0's flow gives up the run ...
+    assert await services.locks.holds(run_id, ["k"])  # ... but not x1's locks
+    assert [i.holder for i in await services.locks.snapshot() if i.key == "k"] == [run_id]
+    await services.locks.release(run_id)
+
+
+async def test_a_flow_whose_run_was_taken_over_does_not_send_its_job(
+    services: Services, api: Any, rt: Runtime, backend: Recording
+) -> None:
+    """The new owner sends the job: the flow of the executor that had looked dead must not
+    (before, whichever came first sent it, and the other found the run mid-dispatch: in doubt)."""
+    run_id = new_run(api, description="taken over before dispatch")
+    assert await lifecycle.acquire(rt, run_id, log) == {}
+    assert services.repo.claim_for_executor(run_id, "x1", None)
+    rt.executor_id = "x0"
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    assert backend.submitted == []
+    assert services.repo.get_run(run_id).status == "PENDING_SUBMIT"
+    rt.executor_id = "x1"
+    assert await lifecycle.dispatch(rt, run_id, {}, log)
+    assert backend.submitted == [run_id]
