@@ -101,6 +101,9 @@ async def _unless_taken_over(rt: Runtime, run_id: int, flow_run: Any) -> None:
     rec = await rt.record(run_id)
     if flow_run is None or rt.executor_id is None or rec.executor_id in (None, rt.executor_id):
         return
+    if rec.status.is_final:
+        return  # nothing left to do but end the flow run as the run ended: harmless, and it
+        # repairs the state a late start of this flow run wrote over the owner's final one
     log.warning("run %s: taken over by executor %s; this flow stops", run_id, rec.executor_id)
     drop_quietly(flow_run.id)
     raise asyncio.CancelledError()

@@ -4,7 +4,7 @@ Prefect's default runner starts a subprocess per flow run (seconds of CPU and 10
 ASCOB's runs spend hours waiting on backends, so one executor holds them all in one event loop.
 Its parts, one module each, each a small object whose ``run(client)`` is one supervised loop::
 
-    host.Executor ─ thread + event loop, registers the deployment, heartbeat, stop
+    host.Executor ─ thread + event loop, registers the deployment, heartbeat, leases, stop
      ├─ launcher.Launcher   recorded run without flow run ─► create it (idempotency key
      │                      ``ascob-run-<id>-…``; claimed at creation while there is room)
      ├─ claimer.Claimer     Scheduled flow run ─► propose Pending (Prefect accepts one proposer)
@@ -19,7 +19,8 @@ Its parts, one module each, each a small object whose ``run(client)`` is one sup
 - the **claimer** picks up Scheduled flow runs of the deployment and proposes Pending to the
   Prefect server; Prefect accepts that for one proposer only, so two executors never run the
   same flow run. Starts go through the **start gate**;
-- the **heartbeat** (in the host) renews this executor's liveness row and its runs' lock leases;
+- the **heartbeat** (in the host) renews this executor's liveness row and drops the runs another
+  executor took over; apart from it, the **lease renewal** renews its runs' lock leases;
 - the **reaper** hands runs of dead executors (or of this executor's previous life) back to
   Prefect as Scheduled, so they are claimed again and carry on from the repository's state.
 

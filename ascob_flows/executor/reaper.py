@@ -73,6 +73,8 @@ class Reaper:
             rec = await self.runtime.record(run_id)
             if rec.flow_run_id is None:
                 continue
+            if rec.executor_id in alive and rec.executor_id != self.executor_id:
+                continue  # a live executor took it over since the query (found by the soak)
             if rec.executor_id == self.executor_id and await self.queries.is_scheduled(
                 client, UUID(rec.flow_run_id)
             ):

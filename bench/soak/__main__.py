@@ -157,6 +157,7 @@ def show(rep: dict[str, Any]) -> None:
         "status_mismatches",
         "prefect_mismatches",
         "leftovers",
+        "driver_notes",
     ):
         listing(name)
     if rep["in_doubt"]:
@@ -222,6 +223,9 @@ def main() -> int:
                 "wall_seconds": time.monotonic() - t0,
                 "calls_retried": driver.calls_retried,
                 "baseline": schedule.baseline,
+                "driver_notes": [
+                    f"run {t.run_id}: {note}" for t in driver.tracked.values() for note in t.notes
+                ],
             },
         )
         show(rep)

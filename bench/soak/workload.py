@@ -231,18 +231,22 @@ class Driver:
             t.notes.append(f"input file read back as {r.status_code} {r.content[:60]!r}")
 
     def _report_running(self, run_id: int, api: int, t: Tracked) -> None:
-        """The job's side: once dispatched, it says it is running (a 404 once final is fine)."""
+        """The job's side: once dispatched, it says it is running. A 404 once final is fine, and
+        so is a 409: the run moved on meanwhile (a stop, or a takeover that found it mid-dispatch)
+        and says so; whether a run was lost is the checker's business, from the run itself."""
         status = self.wait_for(run_id, api, {"SUBMITTED", "RUNNING", *FINAL}, 1800)
         if status in FINAL:
             return
-        self.call(
+        r = self.call(
             "POST",
             f"/api/webhooks/runs/{self._hook(run_id)}",
             api,
             json={"status": "RUNNING"},
             headers={"X-Api-Token": WEBHOOK_TOKEN},
-            ok=lambda r: r.status_code in (200, 404),
+            ok=lambda r: r.status_code in (200, 404, 409),
         )
+        if r.status_code == 409:
+            t.notes.append(f"webhook RUNNING answered 409: {r.text[:120]}")
 
     def _cancel_in_prefect(self, run_id: int, t: Tracked) -> None:
         """Cancel pressed in the Prefect UI: the flow run is set Cancelling."""

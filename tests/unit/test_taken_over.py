@@ -155,3 +155,75 @@ async def test_a_grant_for_a_forgotten_wait_is_not_given_back() -> None:
         assert given_back == [2]
     finally:
         await pump.aclose()
+
+
+class Orphans:
+    """The repository as a reaper saw it: run 58's executor x1 is gone, but by the time the
+    reaper reads the run, the live x0 took it over."""
+
+    def __init__(self) -> None:
+        self.claims: list[tuple[int, str, str | None]] = []
+
+    def live_executors(self) -> list[str]:
+        return ["x0", "x2"]
+
+    def orphaned_runs(self, executor_id: str, alive: list[str], limit: int) -> list[int]:
+        return [58]
+
+    def get_record(self, run_id: int) -> Any:
+        return SimpleNamespace(id=run_id, flow_run_id=str(uuid4()), executor_id="x0")
+
+    def claim_for_executor(self, run_id: int, executor_id: str, expected: str | None) -> bool:
+        self.claims.append((run_id, executor_id, expected))
+        return True
+
+    def unsettled_runs(self, executor_id: str, alive: list[str], limit: int) -> list[int]:
+        return []
+
+
+async def test_a_reaper_leaves_a_run_that_a_live_executor_took_over_meanwhile() -> None:
+    """Found by the soak: two reapers saw run 58 orphaned; the first (x0) took it over, the
+    second (x2) then re-read it, took "its executor x0 is gone" from the new owner's name and
+    took it from x0, alive."""
+    from ascob_flows.executor.reaper import Reaper
+
+    repo = Orphans()
+    runtime = Runtime(repo=repo, backends=None, locks=None)  # type: ignore[arg-type]
+    queries = SimpleNamespace(pending=lambda client: asyncio.sleep(0, result=[]))
+    gate = SimpleNamespace(active_runs=set(), active={})
+    reaper = Reaper(
+        runtime,
+        "x2",
+        gate,  # type: ignore[arg-type]
+        queries,  # type: ignore[arg-type]
+        executor_ttl=20,
+        interval=1,
+        on_resumed=lambda: None,
+    )
+    await reaper.reap(None)  # type: ignore[arg-type]
+    assert repo.claims == []
+
+
+async def test_a_flow_stops_itself_only_while_its_run_goes_on() -> None:
+    """A flow of an executor whose run was taken over stops without a word while the run goes
+    on; once the run is final it ends normally (its final state is the owner's, and a late
+    start of the flow run had written Running over it: found by the soak)."""
+    from ascob_flows.flow import _unless_taken_over
+
+    flow_run = SimpleNamespace(id=uuid4())
+    status = SimpleNamespace(is_final=False)
+
+    class Records:
+        def get_record(self, run_id: int) -> Any:
+            return SimpleNamespace(id=run_id, executor_id="x0", status=status)
+
+    runtime = Runtime(repo=Records(), backends=None, locks=None, executor_id="x1")  # type: ignore[arg-type]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await _unless_taken_over(runtime, 58, flow_run)
+        assert is_dropped(flow_run.id)
+    finally:
+        forget_dropped(flow_run.id)
+    status.is_final = True
+    await _unless_taken_over(runtime, 58, flow_run)  # no exception: the flow ends as the run
+    assert not is_dropped(flow_run.id)
