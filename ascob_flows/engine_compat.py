@@ -145,9 +145,9 @@ class _HandBackNoise(logging.Filter):
     """Drops the engine's "Finished in state …" error of a flow run being handed back."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and is_dropped(getattr(record, "flow_run_id", None)):
-            return not str(record.msg).startswith(("Finished in state", "Crash detected"))
-        if _handing_back is None or record.levelno < logging.ERROR:
+        if record.levelno < logging.ERROR:
+            return True
+        if _handing_back is None and not is_dropped(getattr(record, "flow_run_id", None)):
             return True
         return not str(record.msg).startswith(("Finished in state", "Crash detected"))
 

@@ -25,6 +25,7 @@ from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime, get_runtime
 from ascob_flows.status import RunStatus
 from ascob_flows.ui import (
+    RunView,
     current_view,
     final_state,
     flow_run_name,
@@ -99,7 +100,7 @@ async def _unless_taken_over(rt: Runtime, run_id: int, flow_run: Any) -> None:
     if dropped by its executor: no state written, no lock released, no view closed - the new
     owner runs the same flow run."""
     rec = await rt.record(run_id)
-    if flow_run is None or rt.executor_id is None or rec.executor_id in (None, rt.executor_id):
+    if flow_run is None or not rt.owned_elsewhere(rec):
         return
     if rec.status.is_final:
         return  # nothing left to do but end the flow run as the run ended: harmless, and it
@@ -109,7 +110,9 @@ async def _unless_taken_over(rt: Runtime, run_id: int, flow_run: Any) -> None:
     raise asyncio.CancelledError()
 
 
-async def _wind_up(rt: Runtime, rec: RunRecord, completed: bool, view: Any, logger: Any) -> None:
+async def _wind_up(
+    rt: Runtime, rec: RunRecord, completed: bool, view: RunView | None, logger: lifecycle.Logger
+) -> None:
     """The end of a flow run: an ended run's locks given back, its output in the view."""
     output = None
     if rec.status.is_final:

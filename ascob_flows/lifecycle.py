@@ -113,7 +113,7 @@ async def _release_unless_taken_over(rt: Runtime, run_id: int, logger: Logger) -
     flow holds them now (found by the soak: the flow of an executor that had looked dead
     released the locks of the run whose job the new owner had just started)."""
     rec = await rt.record(run_id)
-    if rt.executor_id is not None and rec.executor_id not in (None, rt.executor_id):
+    if rt.owned_elsewhere(rec):
         logger.warning(
             "run %s: taken over by executor %s; its locks are left to it", run_id, rec.executor_id
         )

@@ -38,6 +38,10 @@ class Runtime:
     async def record(self, run_id: int) -> RunRecord:
         return await asyncio.to_thread(self.repo.get_record, run_id)
 
+    def owned_elsewhere(self, rec: RunRecord) -> bool:
+        """Whether another executor took the run over (this one had looked dead to it)."""
+        return self.executor_id is not None and rec.executor_id not in (None, self.executor_id)
+
     # ------------------------------------------------------------------ status changes
 
     async def wait_change(self, run_id: int, seen: RunStatus, within: float | None) -> None:

@@ -262,12 +262,15 @@ class EtcdV3LockStore(LockStore):
         executor's, which took the run before it died or looked dead) is renewed at once: it may
         be about to run out, and nothing renewed it since (found by the soak: a run granted on
         such a lease was dispatched, and its keys freed 2 s later). False if it ran out."""
-        if self._leases.get(run_id) != lease:
-            payload = await self._call("/lease/keepalive", {"ID": lease})
-            if not int(payload.get("result", {}).get("TTL", 0)):
-                return False
+        if self._leases.get(run_id) != lease and not await self._renew(lease):
+            return False
         self._leases[run_id] = lease
         return True
+
+    async def _renew(self, lease: int) -> bool:
+        """One keepalive of the lease; False if it ran out (etcd answers a TTL of 0)."""
+        payload = await self._call("/lease/keepalive", {"ID": lease})
+        return bool(int(payload.get("result", {}).get("TTL", 0)))
 
     async def _enqueue(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
         """The grant if the run holds every key already; else make sure it waits in the queue."""
@@ -532,8 +535,8 @@ class EtcdV3LockStore(LockStore):
 
         async def renew(run_id: int, lease: int) -> None:
             async with limit:
-                payload = await self._call("/lease/keepalive", {"ID": lease})
-            if not int(payload.get("result", {}).get("TTL", 0)):
+                alive = await self._renew(lease)
+            if not alive:
                 log.warning("run %s: its lock lease %s had run out", run_id, lease)
                 if self._leases.get(run_id) == lease:
                     del self._leases[run_id]
