@@ -29,6 +29,9 @@ import pytest
 from tests.etcd_server import EtcdServer
 from tests.harness import Ascob, PrefectServer, Proc, wait_until
 
+pytestmark = pytest.mark.system
+
+
 pytest_plugins = ["tests.conftest_locks"]
 
 RUNS = 300  # the figure, for the etcd v3 store (the default across machines)

@@ -23,6 +23,8 @@ from tests.etcd_server import etcd_binary
 from tests.harness import ROOT
 from tests.postgres_server import require_bindir
 
+pytestmark = pytest.mark.system
+
 
 def test_short_soak_with_every_fault_kind(tmp_path: Path) -> None:
     if etcd_binary() is None:
