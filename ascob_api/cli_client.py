@@ -17,131 +17,39 @@ scripts. Exit codes: see :data:`EXIT_HELP`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import tomllib
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ascob_api.cli_connect import (
+    EXIT_API,
+    EXIT_BY_STATUS,
+    EXIT_HELP,
+    EXIT_SUCCEEDED,
+    EXIT_USAGE,
+    Target,
+    connected,
+    err,
+    fail,
+    out,
+)
 from ascob_api.client import (
-    ApiError,
-    AuthError,
     Client,
-    ClientError,
-    ConnectionFailed,
     WaitTimeout,
 )
 from ascob_api.wire import JobSpec, RunInfo
-from ascob_flows.status import RunStatus
-
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_ABORTED = 3
-EXIT_IN_DOUBT = 4
-EXIT_TIMEOUT = 5
-EXIT_AUTH = 6
-EXIT_CONNECTION = 7
-EXIT_API = 8
-
-EXIT_HELP = (
-    "Exit codes: 0 done (a run: SUCCEDED), 1 FAILED, 2 usage error, 3 ABORTED, 4 IN_DOUBT, "
-    "5 timed out waiting, 6 authentication or permission refused, 7 no connection to ASCOB, "
-    "8 any other error answered by ASCOB (its message is shown)."
-)
-_BY_STATUS = {
-    RunStatus.SUCCEDED: EXIT_SUCCEEDED,
-    RunStatus.FAILED: EXIT_FAILED,
-    RunStatus.ABORTED: EXIT_ABORTED,
-    RunStatus.IN_DOUBT: EXIT_IN_DOUBT,
-}
-
-out = Console()
-err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 RunArg = Annotated[int, typer.Argument(help="The run's id.", metavar="RUN")]
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="Give up waiting after this many seconds (exit 5).")
 ]
-
-
-@dataclass
-class Target:
-    url: str | None = None
-    token: str | None = None
-    profile: str | None = None
-
-    def connect(self) -> Client:
-        url, token = self.url or os.environ.get("ASCOB_URL"), self.token
-        token = token or os.environ.get("ASCOB_TOKEN")
-        if not (url and token):
-            profile = self._profile()
-            url = url or profile.get("url")
-            if not token:
-                token = profile.get("token")
-                variable = profile.get("token_env")
-                if variable:
-                    token = os.environ.get(str(variable)) or token
-        if not url or not token:
-            fail(
-                EXIT_USAGE,
-                "no ASCOB to talk to: give --url and --token, set ASCOB_URL and ASCOB_TOKEN, "
-                "or name a profile of the client config file (--profile)",
-            )
-        return Client(str(url), str(token))
-
-    def _profile(self) -> dict[str, Any]:
-        path = Path(
-            os.environ.get("ASCOB_CLIENT_CONFIG", "~/.config/ascob/client.toml")
-        ).expanduser()
-        name = self.profile or os.environ.get("ASCOB_PROFILE") or "default"
-        if not path.exists():
-            if self.profile:
-                fail(EXIT_USAGE, f"no client config file {path} (for profile {name!r})")
-            return {}
-        try:
-            profiles = tomllib.loads(path.read_text()).get("profiles", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            fail(EXIT_USAGE, f"cannot read {path}: {exc}")
-        if name not in profiles:
-            if self.profile:
-                fail(EXIT_USAGE, f"no profile {name!r} in {path} (has: {', '.join(profiles)})")
-            return {}
-        return dict(profiles[name])
-
-
-def fail(code: int, message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def talking(ctx: typer.Context) -> Iterator[Client]:
-    """A client for this command; the server's errors become messages and exit codes."""
-    target: Target = ctx.obj or Target()
-    try:
-        with target.connect() as client:
-            yield client
-    except AuthError as exc:
-        fail(EXIT_AUTH, exc.message)
-    except ApiError as exc:
-        fail(EXIT_API, f"{exc.message} (HTTP {exc.status})")
-    except ConnectionFailed as exc:
-        fail(EXIT_CONNECTION, f"cannot reach ASCOB: {exc}")
-    except WaitTimeout as exc:
-        fail(EXIT_TIMEOUT, str(exc))
-    except ClientError as exc:
-        fail(EXIT_USAGE, str(exc))
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -191,7 +99,7 @@ def show_run(info: RunInfo, as_json: bool) -> None:
 
 
 def exit_for(info: RunInfo) -> NoReturn:
-    raise typer.Exit(_BY_STATUS.get(info.status, EXIT_SUCCEEDED))
+    raise typer.Exit(EXIT_BY_STATUS.get(info.status, EXIT_SUCCEEDED))
 
 
 def _load_spec(source: str) -> dict[str, Any]:
@@ -272,7 +180,7 @@ def register(app: typer.Typer) -> None:
             spec = JobSpec.model_validate(data)
         except ValueError as exc:
             fail(EXIT_USAGE, f"invalid job spec: {exc}")
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             run_id = client.submit(spec, idempotency_key or (str(uuid.uuid4()) if files else None))
             for file_id, path in files.items():
                 try:
@@ -294,7 +202,7 @@ def register(app: typer.Typer) -> None:
     @command()
     def get(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
         """A run's status, times, message and what it waits for."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             show_run(client.get(run), as_json)
 
     @command("wait")
@@ -302,7 +210,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context, run: RunArg, timeout: TimeoutOpt = None, as_json: JsonOpt = False
     ) -> None:
         """Wait until the run ends, showing its status as it changes; exit code = how it ended."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             _wait(client, run, timeout, as_json)
 
     @command()
@@ -315,7 +223,7 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = None,
     ) -> None:
         """The run's output (with -f: as it comes, until the run ends)."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             if follow:
                 _follow(client, run, timeout, as_json=False, statuses=False)
             text = client.output(run).text
@@ -333,7 +241,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Runs, newest first."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             found: list[RunInfo] = []
             for info in client.search(submitter, status, after, before, page_size=min(limit, 200)):
                 found.append(info)
@@ -362,13 +270,13 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Stop a run (ABORTED at once if not dispatched, else ABORTING until it stops)."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             show_run(client.stop(run, force), as_json)
 
     @command()
     def start(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
         """Start a manual-start run."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             show_run(client.start(run), as_json)
 
     @command()
@@ -379,20 +287,20 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Run a run's spec again for another submitter."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             new = client.resubmit(run, submitter)
         _dump({"runId": new}) if as_json else out.print(f"run {new}")
 
     @command()
     def refresh(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
         """Ask the backend about the run's job now."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             show_run(client.refresh(run), as_json)
 
     @command()
     def locks(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         """Held and awaited locks: holder, fencing token, queue, reservation."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             data = client.locks()
         if as_json:
             _dump(data)
@@ -413,7 +321,7 @@ def register(app: typer.Typer) -> None:
     @command()
     def backends(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         """The backends the server loaded (or failed to load), with their instances."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             data = client.backends()
         if as_json:
             _dump(data)
@@ -426,7 +334,7 @@ def register(app: typer.Typer) -> None:
     @command()
     def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         """The token's identifier and permissions."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             data = client.whoami()
         if as_json:
             _dump(data)
@@ -436,7 +344,7 @@ def register(app: typer.Typer) -> None:
     @command()
     def audit(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
         """Who did what to a run."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             entries = client.audit(run)
         if as_json:
             _dump([e.model_dump(mode="json", by_alias=True) for e in entries])
@@ -458,14 +366,14 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Create a token; its secret is printed this once."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             secret = client.create_token(identifier, permission, expiry)
         _dump({"identifier": identifier, "secret": secret}) if as_json else out.print(secret)
 
     @tokens.command("list", epilog=EXIT_HELP)
     def tokens_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         """Tokens created through the API (never their secrets)."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             found = client.tokens()
         if as_json:
             _dump([t.model_dump(mode="json", by_alias=True) for t in found])
@@ -480,7 +388,7 @@ def register(app: typer.Typer) -> None:
     @tokens.command("revoke", epilog=EXIT_HELP)
     def tokens_revoke(ctx: typer.Context, identifier: str) -> None:
         """Revoke a token."""
-        with talking(ctx) as client:
+        with connected(ctx) as client:
             client.revoke_token(identifier)
         out.print(f"revoked {identifier}")
 

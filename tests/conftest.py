@@ -1,14 +1,78 @@
-"""Fixtures: a real Prefect server for the session, and ``ascob serve`` processes on loopback."""
+"""Fixtures: a real Prefect server for the session, and ``ascob serve`` processes on loopback.
+
+Every test belongs to exactly one layer, chosen with ``-m``: ``unit`` (tests/unit: in-process, no
+socket), ``integration`` (real servers on loopback: the default outside tests/unit) and ``system``
+(whole installations: kill/restart, scale-out, the stack, soaks; modules say so with
+``pytestmark = pytest.mark.system``)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import Ascob, PrefectServer
 from tests.postgres_server import PostgresServer, require_bindir
+
+LAYERS = ("unit", "integration", "system")
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
+# the longest modules, started first so that parallel workers (``-n``, pytest-xdist) end together
+LONGEST_FIRST = ("test_soak", "test_lock_stress", "test_operating_e2e", "test_faults")
+
+
+def _layer(item: pytest.Item) -> str:
+    return next(mark.name for mark in item.iter_markers() if mark.name in LAYERS)
+
+
+def _start_order(item: pytest.Item) -> tuple[int, int]:
+    name = Path(str(item.path)).stem
+    if name in LONGEST_FIRST:
+        return (0, LONGEST_FIRST.index(name))
+    return (1 + LAYERS[::-1].index(_layer(item)), 0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each test its layer: its own marker, else ``unit`` under tests/unit, else
+    ``integration``; two layers on one test is an error. Then order them longest first: the
+    system layer, the integration layer, the unit layer (a stable sort: the same order on every
+    worker)."""
+    for item in items:
+        layers = {mark.name for mark in item.iter_markers() if mark.name in LAYERS}
+        if len(layers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is in several layers: {sorted(layers)}")
+        if not layers:
+            unit = UNIT_DIR in Path(str(item.path)).resolve().parents
+            item.add_marker("unit" if unit else "integration")
+    items.sort(key=_start_order)
+
+
+_INET = (socket.AF_INET, socket.AF_INET6)
+_connect, _bind = socket.socket.connect, socket.socket.bind
+
+
+def _refuse_inet(original: Any, verb: str) -> Any:
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in _INET:
+            raise AssertionError(f"a unit test used the network: {verb} {address!r}")
+        return original(self, address)
+
+    return guarded
+
+
+@pytest.fixture(autouse=True)
+def no_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit layer has no socket: a test that connects to or listens on a network address
+    fails here instead of becoming slow and flaky (stand-ins are served through ASGITransport).
+    A test here that needs a loopback server says so with ``@pytest.mark.integration``."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    monkeypatch.setattr(socket.socket, "connect", _refuse_inet(_connect, "connect to"))
+    monkeypatch.setattr(socket.socket, "bind", _refuse_inet(_bind, "listen on"))
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.harness import Ascob, PrefectServer, Proc, wait_until
 from tests.postgres_server import PostgresServer, require_bindir
+
+pytestmark = pytest.mark.system
+
 
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 

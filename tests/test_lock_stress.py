@@ -1,11 +1,12 @@
-"""Lock stress: 3 executor processes and 1 API, 300 runs with random lock sets over 10 keys.
+"""Lock stress: 3 executor processes and 1 API, runs with random lock sets over 10 keys.
 
 Every job is a dummy job of 0.1 s whose output carries its fencing token (``%%LOCKTOKEN%%``,
 substituted at dispatch); the dummy backend's identification keys carry the job's start time.
 From those records the checker proves, per key, that no two jobs ran at once and that fencing
 tokens increase in the order the jobs ran; and that every run finished. On the etcd v3 store
-(the default across machines): 300 runs as they are, with one executor SIGKILLed mid-way, with
-etcd restarted mid-way; the SQL and etcd v2 stores: 100 runs each. The cluster shares a Prefect
+(the default across machines): ``RUNS`` runs as they are, with one executor SIGKILLed mid-way,
+with etcd restarted mid-way; the SQL and etcd v2 stores: a third as many. CI runs 75 (25); the
+full size, 300 (100), is ``python -m bench.lock_stress``. The cluster shares a Prefect
 server on PostgreSQL, as an installation of this size would.
 """
 
@@ -29,10 +30,19 @@ import pytest
 from tests.etcd_server import EtcdServer
 from tests.harness import Ascob, PrefectServer, Proc, wait_until
 
+pytestmark = pytest.mark.system
+
+
 pytest_plugins = ["tests.conftest_locks"]
 
-RUNS = 300  # the issue's figure, for the etcd v3 store (the default across machines)
-RUNS_OTHER_STORES = 100  # the SQL and etcd v2 stores: same proof, a third of the CI time
+# CI runs it small; the full size (the issue's 300 runs on etcd v3, 100 on the other stores) is
+# ``python -m bench.lock_stress`` (ASCOB_STRESS_RUNS=300)
+RUNS = int(
+    os.environ.get("ASCOB_STRESS_RUNS", "75")
+)  # the etcd v3 store (the default across machines)
+RUNS_OTHER_STORES = max(
+    20, RUNS // 3
+)  # the SQL and etcd v2 stores: same proof, a third of the time
 KEYS = 10
 DURATION = 0.1
 FINAL = {"SUCCEDED", "FAILED", "ABORTED", "IN_DOUBT"}

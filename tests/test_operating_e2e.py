@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.harness import Ascob, PrefectServer, _healthy, free_port, wait_until
+
+pytestmark = pytest.mark.system
+
 
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 

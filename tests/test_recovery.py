@@ -15,6 +15,9 @@ import pytest
 
 from tests.harness import Ascob, PrefectServer, wait_until
 
+pytestmark = pytest.mark.system
+
+
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 
 

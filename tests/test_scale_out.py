@@ -28,6 +28,9 @@ import pytest
 from tests.harness import WEBHOOK_TOKEN, Ascob, PrefectServer, Proc, wait_until
 from tests.postgres_server import PostgresServer, require_bindir
 
+pytestmark = pytest.mark.system
+
+
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 EXECUTORS = ("exec-a", "exec-b")
 FINAL = {"SUCCEDED", "FAILED", "ABORTED", "IN_DOUBT"}

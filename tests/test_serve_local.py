@@ -6,7 +6,12 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.harness import Ascob, _healthy, free_port, wait_until
+
+pytestmark = pytest.mark.system
+
 
 DUMMY = {"_execution_backend_id": "dummyBackend"}
 

@@ -35,6 +35,9 @@ from tests.harness import Ascob, PrefectServer, Proc, wait_until
 from tests.postgres_server import PostgresServer, require_bindir
 from tests.test_scale_out import _SUBMITTED, FINAL, Cluster, spec
 
+pytestmark = pytest.mark.system
+
+
 EXECUTORS = ("stack-a", "stack-b")
 IN_FLIGHT = ("WAITING_LOCKS", "PENDING_SUBMIT", "SUBMITTED", "RUNNING")
 LOCK_PREFIX = "ascob/locks/"

@@ -23,11 +23,9 @@ it keeps trying until etcd answers again.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,10 +37,20 @@ from ascob_flows.locks.base import (
     HOLDS_TRIES,
     RELEASE_TRIES,
     Grant,
-    LockError,
     LockInfo,
     LockStore,
     LockStoreUnavailable,
+)
+from ascob_flows.locks.etcd_gateway import (
+    EtcdError,
+    EtcdGateway,
+    absent,
+    b64,
+    created_at,
+    delete,
+    prefix_range,
+    put,
+    unb64,
 )
 from ascob_flows.locks.queueing import (
     Hold,
@@ -57,29 +65,7 @@ from ascob_flows.retry import LOCK_STORE, retry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EtcdError", "EtcdV3LockStore"]
-
-
-class EtcdError(LockError):
-    """etcd answered a request with an error."""
-
-    def __init__(self, status: int, code: int | None, message: str) -> None:
-        super().__init__(f"etcd error {code} (HTTP {status}): {message}")
-        self.status, self.code, self.message = status, code, message
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
-def _unb64(value: str) -> str:
-    return base64.b64decode(value).decode()
-
-
-def _prefix_end(prefix: str) -> str:
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode()
+__all__ = ["EtcdError", "EtcdV3LockStore"]  # EtcdError: from etcd_gateway
 
 
 def _now_iso() -> str:
@@ -128,68 +114,18 @@ class EtcdV3LockStore(LockStore):
         request_timeout: float = 5.0,
     ) -> None:
         super().__init__(lease_seconds)
-        self.endpoints = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
-        if not self.endpoints:
-            raise ValueError("no etcd endpoint in the URL")
+        self.etcd = EtcdGateway(
+            url, api_prefix=api_prefix, transport=transport, request_timeout=request_timeout
+        )
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self.api_prefix = api_prefix
-        self.request_timeout = request_timeout
-        self._transport = transport
-        self._endpoint = 0
-        # one client per event loop: ``ascob serve`` shares the store between the API's loop
-        # and the executor's
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
-        self._clients = weakref.WeakKeyDictionary()
         self._leases: dict[int, int] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_from = 0
         self._pump = Pump(self._grant_round, self.release, poll_seconds, "etcd-v3-lock-pump")
 
-    # ------------------------------------------------------------------ HTTP
-
     @property
     def ttl(self) -> int:
         return max(1, math.ceil(self.lease_seconds))
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None or client.is_closed:
-            client = httpx.AsyncClient(
-                transport=self._transport, timeout=httpx.Timeout(self.request_timeout)
-            )
-            self._clients[loop] = client
-        return client
-
-    def _url(self, path: str) -> str:
-        return f"{self.endpoints[self._endpoint]}{self.api_prefix}{path}"
-
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        for tried in range(len(self.endpoints)):
-            try:
-                response = await self._http().post(self._url(path), json=body)
-                break
-            except httpx.TransportError as exc:
-                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-                # a refused connection sent nothing: the next member may take the same call
-                # (even a transaction); any other failure may have reached etcd: let the
-                # caller decide
-                if isinstance(exc, httpx.ConnectError) and tried + 1 < len(self.endpoints):
-                    continue
-                raise LockStoreUnavailable(
-                    f"etcd at {self.endpoints} unreachable: {exc!r}"
-                ) from exc
-        if response.status_code >= 500 and response.status_code != 501:
-            raise LockStoreUnavailable(f"etcd answered HTTP {response.status_code}")
-        try:
-            payload = response.json()
-        except ValueError as exc:
-            raise EtcdError(response.status_code, None, response.text[:200]) from exc
-        if response.status_code != 200 or "error" in payload:
-            if payload.get("code") == 14:  # UNAVAILABLE (no leader, stopping)
-                raise LockStoreUnavailable(payload.get("error", "etcd unavailable"))
-            raise EtcdError(response.status_code, payload.get("code"), payload.get("error", ""))
-        return dict(payload)
 
     # ------------------------------------------------------------------ keys
 
@@ -203,16 +139,14 @@ class EtcdV3LockStore(LockStore):
         return f"{self.prefix}r/{_run_segment(run_id)}"
 
     async def _read(self) -> _State:
-        payload = await self._call(
-            "/kv/range", {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)}
-        )
+        payload = await self.etcd.call("/kv/range", prefix_range(self.prefix))
         state = _State(revision=int(payload["header"]["revision"]))
         for kv in payload.get("kvs", []):
-            name = _unb64(kv["key"])[len(self.prefix) :]
+            name = unb64(kv["key"])[len(self.prefix) :]
             kind, _, rest = name.partition("/")
             lease = int(kv.get("lease", 0))
             try:
-                value = json.loads(_unb64(kv.get("value", "")) or "{}")
+                value = json.loads(unb64(kv.get("value", "")) or "{}")
                 if kind == "h":
                     since = value.get("since")
                     state.holds[decode_key(rest)] = _Hold(
@@ -231,17 +165,6 @@ class EtcdV3LockStore(LockStore):
                 log.warning("ignoring a malformed lock entry %r", name)
         self._watch_from = max(self._watch_from, state.revision + 1)
         return state
-
-    async def _grant_lease(self) -> int:
-        payload = await self._call("/lease/grant", {"TTL": self.ttl, "ID": 0})
-        return int(payload["ID"])
-
-    async def _revoke(self, lease: int) -> None:
-        try:
-            await self._call("/lease/revoke", {"ID": lease})
-        except EtcdError as exc:
-            if exc.code != 5:  # NOT_FOUND: gone already
-                raise
 
     # ------------------------------------------------------------------ acquire
 
@@ -262,15 +185,10 @@ class EtcdV3LockStore(LockStore):
         executor's, which took the run before it died or looked dead) is renewed at once: it may
         be about to run out, and nothing renewed it since (found by the soak: a run granted on
         such a lease was dispatched, and its keys freed 2 s later). False if it ran out."""
-        if self._leases.get(run_id) != lease and not await self._renew(lease):
+        if self._leases.get(run_id) != lease and not await self.etcd.renew(lease):
             return False
         self._leases[run_id] = lease
         return True
-
-    async def _renew(self, lease: int) -> bool:
-        """One keepalive of the lease; False if it ran out (etcd answers a TTL of 0)."""
-        payload = await self._call("/lease/keepalive", {"ID": lease})
-        return bool(int(payload.get("result", {}).get("TTL", 0)))
 
     async def _enqueue(self, run_id: int, keys: tuple[str, ...]) -> Grant | None:
         """The grant if the run holds every key already; else make sure it waits in the queue."""
@@ -288,48 +206,22 @@ class EtcdV3LockStore(LockStore):
                 return None  # keeps its place
             waiter_key = self._waiter_key(run_id)
             if queued is not None:  # it waits for other keys than asked now: queue again
-                await self._call(
-                    "/kv/txn",
-                    {
-                        "compare": [self._same_create(waiter_key, queued[0].order)],
-                        "success": [{"request_delete_range": {"key": _b64(waiter_key)}}],
-                    },
-                )
+                await self.etcd.txn([created_at(waiter_key, queued[0].order)], [delete(waiter_key)])
                 continue
             lease = state.markers.get(run_id)
             if not lease or not await self._adopt(run_id, lease):
-                lease = await self._grant_lease()
+                lease = await self.etcd.grant_lease(self.ttl)
             value = json.dumps({"run": run_id, "keys": list(keys), "since": _now_iso()})
-            payload = await self._call(
-                "/kv/txn",
-                {
-                    "compare": [self._absent(waiter_key)],
-                    "success": [
-                        self._put(waiter_key, value, lease),
-                        self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease),
-                    ],
-                },
+            payload = await self.etcd.txn(
+                [absent(waiter_key)],
+                [
+                    put(waiter_key, value, lease),
+                    put(self._marker_key(run_id), json.dumps({"run": run_id}), lease),
+                ],
             )
             if payload.get("succeeded"):
                 self._leases[run_id] = lease
                 return None
-
-    @staticmethod
-    def _absent(key: str) -> dict[str, Any]:
-        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
-
-    @staticmethod
-    def _same_create(key: str, revision: int) -> dict[str, Any]:
-        return {
-            "key": _b64(key),
-            "target": "CREATE",
-            "result": "EQUAL",
-            "create_revision": revision,
-        }
-
-    @staticmethod
-    def _put(key: str, value: str, lease: int) -> dict[str, Any]:
-        return {"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}}
 
     async def _grant_round(self, pending: dict[int, tuple[str, ...]]) -> dict[int, Grant]:
         state = await self._read()
@@ -367,9 +259,9 @@ class EtcdV3LockStore(LockStore):
                 return None
             lease = state.markers.get(run_id)
             if not lease or not await self._adopt(run_id, lease):
-                lease = await self._grant_lease()
+                lease = await self.etcd.grant_lease(self.ttl)
             compare: list[dict[str, Any]] = []
-            success = [self._put(self._marker_key(run_id), json.dumps({"run": run_id}), lease)]
+            success = [put(self._marker_key(run_id), json.dumps({"run": run_id}), lease)]
             grant = await self._put_holds(state, run_id, keys, lease, compare, success)
             if grant is not None:
                 return grant
@@ -379,8 +271,8 @@ class EtcdV3LockStore(LockStore):
         run_id = waiter.run_id
         lease = state.waiters[run_id][1]
         waiter_key = self._waiter_key(run_id)
-        compare = [self._same_create(waiter_key, waiter.order)]
-        success: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(waiter_key)}}]
+        compare = [created_at(waiter_key, waiter.order)]
+        success: list[dict[str, Any]] = [delete(waiter_key)]
         return await self._put_holds(state, run_id, waiter.keys, lease, compare, success)
 
     async def _put_holds(
@@ -400,16 +292,16 @@ class EtcdV3LockStore(LockStore):
             if held is not None:  # ours already (eligible): keep it, with its token
                 compare.append(
                     {
-                        "key": _b64(hold_key),
+                        "key": b64(hold_key),
                         "target": "MOD",
                         "result": "EQUAL",
                         "mod_revision": held.token,
                     }
                 )
             else:
-                compare.append(self._absent(hold_key))
-                success.append(self._put(hold_key, value, lease))
-        payload = await self._call("/kv/txn", {"compare": compare, "success": success})
+                compare.append(absent(hold_key))
+                success.append(put(hold_key, value, lease))
+        payload = await self.etcd.txn(compare, success)
         if not payload.get("succeeded"):
             return None
         revision = int(payload["header"]["revision"])
@@ -430,22 +322,11 @@ class EtcdV3LockStore(LockStore):
         """Wake the pump on every deletion under the prefix; reconnect when the stream breaks."""
         failures = 0
         while True:
-            request: dict[str, Any] = {
-                "key": _b64(self.prefix),
-                "range_end": _prefix_end(self.prefix),
-                "filters": ["NOPUT"],
-            }
+            request: dict[str, Any] = {**prefix_range(self.prefix), "filters": ["NOPUT"]}
             if self._watch_from:
                 request["start_revision"] = self._watch_from
             try:
-                async with self._http().stream(
-                    "POST",
-                    self._url("/watch"),
-                    json={"create_request": request},
-                    timeout=httpx.Timeout(self.request_timeout, read=None),
-                ) as response:
-                    if response.status_code != 200:
-                        raise LockStoreUnavailable(f"watch answered HTTP {response.status_code}")
+                async with self.etcd.watch(request) as response:
                     async for line in response.aiter_lines():
                         if not line.strip():
                             continue
@@ -469,7 +350,7 @@ class EtcdV3LockStore(LockStore):
                 failures += 1
                 log.debug("lock watch broke (%r); again in %.1f s", exc, delay)
                 if isinstance(exc, httpx.TransportError):
-                    self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                    self.etcd.next_endpoint()
                 await asyncio.sleep(delay)
                 self._pump.wake()
 
@@ -500,21 +381,18 @@ class EtcdV3LockStore(LockStore):
         held = [k for k, h in state.holds.items() if h.run_id == run_id]
         leases.update(state.holds[k].lease for k in held)
         for lease in leases - {0}:
-            await self._revoke(lease)
+            await self.etcd.revoke(lease)
         leftovers = [self._hold_key(k) for k in held if not state.holds[k].lease]
         if leftovers:
-            await self._call(
-                "/kv/txn",
-                {"success": [{"request_delete_range": {"key": _b64(k)}} for k in leftovers]},
-            )
+            await self.etcd.txn([], [delete(k) for k in leftovers])
         self._leases.pop(run_id, None)
 
     async def holds(self, run_id: int, keys: Sequence[str]) -> bool:
         """Whether the run holds every key; False while etcd does not answer (the caller waits)."""
-        body = {"success": [{"request_range": {"key": _b64(self._hold_key(k))}} for k in keys]}
+        reads = [{"request_range": {"key": b64(self._hold_key(k))}} for k in keys]
         try:
             payload = await retry(
-                lambda: self._call("/kv/txn", body),
+                lambda: self.etcd.txn([], reads),
                 on=(LockStoreUnavailable,),
                 attempts=HOLDS_TRIES,
                 what=f"run {run_id}: checking its locks",
@@ -523,7 +401,7 @@ class EtcdV3LockStore(LockStore):
             return False
         for response in payload.get("responses", []):
             kvs = response.get("response_range", {}).get("kvs", [])
-            if not kvs or json.loads(_unb64(kvs[0].get("value", "")) or "{}").get("run") != run_id:
+            if not kvs or json.loads(unb64(kvs[0].get("value", "")) or "{}").get("run") != run_id:
                 return False
         return True
 
@@ -535,7 +413,7 @@ class EtcdV3LockStore(LockStore):
 
         async def renew(run_id: int, lease: int) -> None:
             async with limit:
-                alive = await self._renew(lease)
+                alive = await self.etcd.renew(lease)
             if not alive:
                 log.warning("run %s: its lock lease %s had run out", run_id, lease)
                 if self._leases.get(run_id) == lease:
@@ -564,6 +442,4 @@ class EtcdV3LockStore(LockStore):
             except (asyncio.CancelledError, Exception):
                 pass
             self._watch_task = None
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        await self.etcd.aclose()

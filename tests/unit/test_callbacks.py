@@ -85,6 +85,7 @@ def submit_with_callback(client: TestClient, url: str) -> int:
     return int(r.json()["runId"])
 
 
+@pytest.mark.integration  # a receiver on loopback
 def test_the_final_run_info_is_posted_signed(client: TestClient, receiver: Receiver) -> None:
     run_id = submit_with_callback(client, f"{receiver.server.url}/hook")
     client.delete(f"/api/runs/{run_id}")  # ends ABORTED at once: the callback is owed
@@ -103,6 +104,7 @@ def test_the_final_run_info_is_posted_signed(client: TestClient, receiver: Recei
     assert audit[0]["actor"] == "ascob" and audit[0]["action"] == "callback_delivered"
 
 
+@pytest.mark.integration  # a receiver on loopback
 def test_a_receiver_that_is_down_for_a_while_gets_it_later(
     client: TestClient, receiver: Receiver
 ) -> None:
