@@ -91,11 +91,12 @@ class FieldNotAllowed(ValueError):
     """A caller asked a step to write what the step does not allow (the status, above all)."""
 
     def __init__(self, step: Step, refused: Iterable[str]) -> None:
-        names = ", ".join(sorted(refused))
+        self.step, self.refused = step, sorted(refused)
         allowed = ", ".join(sorted(step.fields)) or "no field"
-        why = " (a step writes the status itself)" if "status" in names.split(", ") else ""
-        super().__init__(f"step {step.name} does not write {names}{why}; it allows {allowed}")
-        self.step = step
+        why = " (a step writes the status itself)" if "status" in self.refused else ""
+        super().__init__(
+            f"step {step.name} does not write {', '.join(self.refused)}{why}; it allows {allowed}"
+        )
 
 
 @dataclass(frozen=True)
