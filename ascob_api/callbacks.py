@@ -37,7 +37,7 @@ import httpx
 
 from ascob_api.errors import BadRequest
 from ascob_api.models import CallbackDelivery
-from ascob_api.repository import Repository
+from ascob_api.repository import AsyncRepository, Repository
 from ascob_api.settings import Settings
 from ascob_api.wire import RunInfo
 from ascob_flows.clock import utcnow
@@ -179,6 +179,7 @@ class CallbackSender:
     ) -> None:
         self.settings = settings
         self.repo = repo
+        self.db = AsyncRepository(repo)
         self.interval = interval
         self.allow = Allowlist.parse(settings.callback_allowlist)
         self._transport = transport
@@ -202,7 +203,7 @@ class CallbackSender:
         room = 16 - len(self._inflight)
         if room <= 0:
             return
-        due = await asyncio.to_thread(self.repo.claim_callbacks, room, CLAIM_SECONDS)
+        due = await self.db.claim_callbacks(room, CLAIM_SECONDS)
         for delivery in due:
             task = asyncio.create_task(self._attempt(client, delivery))
             self._inflight.add(task)
@@ -213,21 +214,15 @@ class CallbackSender:
             error, status = await self._post(client, delivery)
         assert delivery.id is not None
         if error is None:
-            await asyncio.to_thread(self.repo.callback_delivered, delivery.id, status)
-            await asyncio.to_thread(
-                self.repo.audit, "ascob", "callback_delivered", delivery.run_id, status=status
-            )
+            await self.db.callback_delivered(delivery.id, status)
+            await self.db.audit("ascob", "callback_delivered", delivery.run_id, status=status)
             log.info("run %s: callback delivered (HTTP %s)", delivery.run_id, status)
             return
         give_up = delivery.deadline <= utcnow()
         retry_at = utcnow() + timedelta(seconds=RETRY.delay(max(0, delivery.attempts - 1)))
-        await asyncio.to_thread(
-            self.repo.callback_failed, delivery.id, status, error, None if give_up else retry_at
-        )
+        await self.db.callback_failed(delivery.id, status, error, None if give_up else retry_at)
         if give_up:
-            await asyncio.to_thread(
-                self.repo.audit, "ascob", "callback_failed", delivery.run_id, error=error
-            )
+            await self.db.audit("ascob", "callback_failed", delivery.run_id, error=error)
             log.error("run %s: callback given up: %s", delivery.run_id, error)
         else:
             log.warning(
@@ -244,7 +239,7 @@ class CallbackSender:
         refused = await destination_allowed(self.allow, delivery.url)
         if refused is not None:
             return refused, None
-        run = await asyncio.to_thread(self.repo.get_run, delivery.run_id)
+        run = await self.db.get_run(delivery.run_id)
         body = RunInfo.of(run).model_dump_json(by_alias=True).encode()
         timestamp = int(time.time())
         headers = {

@@ -13,6 +13,7 @@ handlers of :mod:`ascob_api.main`).
     └── BackendFailed     502  the backend did not answer a request made on the caller's behalf
 
     ascob_flows.errors.RunNotFound         404
+    ascob_api.repository.RecordNotFound    404  unknown file or token
     ascob_flows.errors.InvalidSpec         400
     ascob_flows.errors.AlreadyFinal        400  (as the original: stopping an ended run)
     ascob_flows.errors.NotDispatched       409  a job reported before ASCOB dispatched it
@@ -22,6 +23,7 @@ handlers of :mod:`ascob_api.main`).
 
 from __future__ import annotations
 
+from ascob_api.repository.base import RecordNotFound
 from ascob_flows.errors import (
     AlreadyFinal,
     InvalidSpec,
@@ -34,6 +36,7 @@ from ascob_flows.locks import LockStoreUnavailable
 
 _DOMAIN: tuple[tuple[type[Exception], int], ...] = (
     (RunNotFound, 404),
+    (RecordNotFound, 404),
     (InvalidSpec, 400),
     (AlreadyFinal, 400),
     (NotDispatched, 409),
@@ -51,12 +54,12 @@ def http_status(exc: Exception) -> int:
 
 
 def domain_message(exc: Exception) -> str:
-    if isinstance(exc, RunError):
+    if isinstance(exc, RunError | RecordNotFound):
         return exc.message
     return f"the lock store does not answer: {exc}"
 
 
-DOMAIN_ERRORS = (RunError, LockStoreUnavailable)
+DOMAIN_ERRORS = (RunError, RecordNotFound, LockStoreUnavailable)
 
 
 class AscobError(Exception):

@@ -1,12 +1,12 @@
 """What the REST API does, apart from HTTP: submission, stop, resubmit, webhook, files, output.
 
 Handlers call these functions; they raise :mod:`ascob_api.errors`, which the app maps to HTTP
-once. Backend calls are async; repository calls are short and run in worker threads.
+once. Backend calls are async; repository calls are short: async code makes them through
+:attr:`Services.db`, which runs each in a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ascob_api.callbacks import check_url
 from ascob_api.errors import BackendFailed, BadRequest, Conflict
 from ascob_api.models import IdempotencyKey, Run
-from ascob_api.repository import DuplicateKey, Repository
+from ascob_api.repository import AsyncRepository, DuplicateKey, Repository
 from ascob_api.settings import Settings
 from ascob_api.wire import JobSpec, RunInfo
 from ascob_flows.clock import utcnow
@@ -30,6 +30,7 @@ from ascob_flows.control import apply_backend_report, request_stop
 from ascob_flows.errors import InvalidSpec, NotDispatched, RunNotFound
 from ascob_flows.locks import LockStore, validate_key
 from ascob_flows.machine import KEYS_REPORTED, Stage, report_step
+from ascob_flows.ports import AuditNote
 from ascob_flows.status import RunStatus
 from backends import BackendRegistry, SpecRejected
 
@@ -53,6 +54,14 @@ class Services:
     locks: LockStore
     on_launch: list[Callable[[], None]] = field(default_factory=list)
     on_change: list[Callable[[int], None]] = field(default_factory=list)
+    _db: AsyncRepository | None = field(default=None, repr=False)
+
+    @property
+    def db(self) -> AsyncRepository:
+        """The repository for async code: each call in a worker thread."""
+        if self._db is None or self._db.repo is not self.repo:
+            self._db = AsyncRepository(self.repo)
+        return self._db
 
     # ------------------------------------------------------------------ notifications
 
@@ -193,8 +202,7 @@ class Services:
             raise BadRequest(f"run {run_id} is not a manual-start run")
         if run.launch_requested or run.status != RunStatus.DEFINED:
             raise BadRequest(f"run {run_id} was started already (status {run.status})")
-        self.repo.update_fields(run_id, launch_requested=True)
-        self.repo.audit(actor, "start", run_id)
+        self.repo.request_launch(run_id, actor)
         log.info("run %s: started manually", run_id, extra={"runId": run_id})
         self._launch()
         return self.repo.get_run(run_id)
@@ -202,15 +210,15 @@ class Services:
     # ------------------------------------------------------------------ stop
 
     async def abort(self, run_id: int, force: bool, actor: str) -> Run:
-        await request_stop(self.repo, self.locks, self.backends, run_id, force, actor=actor)
+        await request_stop(self.db, self.locks, self.backends, run_id, force, actor=actor)
         self._changed(run_id)
-        return await asyncio.to_thread(self.repo.get_run, run_id)
+        return await self.db.get_run(run_id)
 
     # ------------------------------------------------------------------ refresh and output
 
     async def refresh(self, run_id: int, actor: str) -> RunInfo:
-        run = await asyncio.to_thread(self.repo.get_run, run_id)
-        await asyncio.to_thread(self.repo.audit, actor, "refresh", run_id)
+        run = await self.db.get_run(run_id)
+        await self.db.audit(actor, "refresh", run_id)
         if RunStatus(run.status).is_final or not run.identification_keys:
             return RunInfo.of(run)
         backend = self.backends.get(run.backend_id)
@@ -218,12 +226,12 @@ class Services:
             report = await backend.status(run.identification_keys)
         except Exception as exc:
             raise BackendFailed(f"{backend.id} did not answer: {exc}") from exc
-        if await apply_backend_report(self.repo, run_id, report):
+        if await apply_backend_report(self.db, run_id, report):
             self._changed(run_id)
-        return RunInfo.of(await asyncio.to_thread(self.repo.get_run, run_id))
+        return RunInfo.of(await self.db.get_run(run_id))
 
     async def output(self, run_id: int, offset: int) -> tuple[str, int, bool]:
-        run = await asyncio.to_thread(self.repo.get_run, run_id)
+        run = await self.db.get_run(run_id)
         # why it did not succeed, above the job's own output (not counted in its offsets)
         explain = run.message and offset == 0 and RunStatus(run.status) in _EXPLAINED
         prefix = f"[ascob] {run.message}\n" if explain else ""
@@ -274,24 +282,25 @@ class Services:
                 run.id,
                 KEYS_REPORTED,
                 keys=lambda stored: backend.merge_identification_keys(stored, keys),
+                audit=AuditNote(actor, "webhook_keys", {"keys": sorted(keys)}),
             )
             if merged is None:
                 raise RunNotFound("webhook not found (the run has ended)")
-            self.repo.audit(actor, "webhook_keys", run.id, keys=sorted(keys))
         if step is not None:
             said: dict[str, Any] = {}
             if status in (RunStatus.FAILED, RunStatus.ABORTED):
                 said["message"] = f"the job reported {status.value} through its webhook"
-            moved = self.repo.apply(run.id, step, **said)
-            if moved is None and RunStatus(self.repo.get_run(run.id).status).is_final:
-                raise RunNotFound("webhook not found (the run has ended)")
-            self.repo.audit(
+            note = AuditNote(
                 actor,
                 "webhook_status",
-                run.id,
-                status=status.value if status else None,
-                applied=moved is not None,
+                {"status": status.value if status else None},
+                always=True,
+                unless_ended=True,
+                says_applied=True,
             )
+            moved = self.repo.apply(run.id, step, audit=note, **said)
+            if moved is None and RunStatus(self.repo.get_run(run.id).status).is_final:
+                raise RunNotFound("webhook not found (the run has ended)")
             log.info(
                 "run %s: webhook reports %s (was %s)%s",
                 run.id,

@@ -4,7 +4,6 @@ or the job itself reports (the flow's poll, a refresh, the webhook)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,7 +15,7 @@ from ascob_flows.machine import (
     Stage,
     backend_report_step,
 )
-from ascob_flows.ports import RunRepository
+from ascob_flows.ports import AsyncRunRepository, AuditNote
 from ascob_flows.status import RunStatus
 from backends import BackendRegistry, BackendStatus, StatusReport
 
@@ -28,7 +27,7 @@ PREFECT_UI = "prefect-ui"
 
 
 async def request_stop(
-    repo: RunRepository,
+    db: AsyncRunRepository,
     locks: LockStore,
     backends: BackendRegistry,
     run_id: int,
@@ -40,13 +39,14 @@ async def request_stop(
     ABORTING, and the backend is asked to stop now; the flow records ABORTED when the backend
     confirms. Returns the status the run has afterwards. ``actor`` is who asked, for the audit:
     the API passes the token's identifier; the executor's canceller (Cancel pressed on the flow
-    run in the Prefect UI) leaves the default."""
-    rec = await asyncio.to_thread(repo.get_record, run_id)
+    run in the Prefect UI) leaves the default; the stop is audited in the transaction of its
+    first step, whether that step applies or not."""
+    rec = await db.get_record(run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
-    await asyncio.to_thread(repo.audit, actor, "stop", run_id, force=force, status=rec.status.value)
-    aborted = await asyncio.to_thread(
-        repo.apply, run_id, ABORT_UNDISPATCHED, message=f"{reason} before dispatch"
+    said = AuditNote(actor, "stop", {"force": force, "status": rec.status.value}, always=True)
+    aborted = await db.apply(
+        run_id, ABORT_UNDISPATCHED, audit=said, message=f"{reason} before dispatch"
     )
     if aborted is not None:
         try:
@@ -60,16 +60,16 @@ async def request_stop(
             )
         log.info("run %s: ABORTED before dispatch (%s)", run_id, reason, extra={"runId": run_id})
         return RunStatus.ABORTED
-    moved = await asyncio.to_thread(repo.apply, run_id, BEGIN_ABORT, abort_force=force)
+    moved = await db.apply(run_id, BEGIN_ABORT, abort_force=force)
     if moved is not None:
         log.info("run %s: ABORTING (%s, force=%s)", run_id, reason, force, extra={"runId": run_id})
-        await stop_backend_job(repo, backends, run_id)
-    return (await asyncio.to_thread(repo.get_record, run_id)).status
+        await stop_backend_job(db, backends, run_id)
+    return (await db.get_record(run_id)).status
 
 
-async def stop_backend_job(repo: RunRepository, backends: BackendRegistry, run_id: int) -> None:
+async def stop_backend_job(db: AsyncRunRepository, backends: BackendRegistry, run_id: int) -> None:
     """Ask the backend to stop the job once; failures are left to the flow's next poll."""
-    rec = await asyncio.to_thread(repo.get_record, run_id)
+    rec = await db.get_record(run_id)
     if not rec.identification_keys or rec.stop_sent or rec.stage is Stage.DISPATCHING:
         return  # the flow stops it as soon as the submission returns
     backend = backends.get(rec.backend_id)
@@ -77,7 +77,7 @@ async def stop_backend_job(repo: RunRepository, backends: BackendRegistry, run_i
         return
     try:
         await backend.stop(rec.identification_keys, force=rec.abort_force)
-        await asyncio.to_thread(repo.update_fields, run_id, stop_sent=True)
+        await db.mark_stop_sent(run_id)
     except Exception as exc:
         log.warning(
             "run %s: stop on %s failed (%r); the flow tries again",
@@ -88,7 +88,7 @@ async def stop_backend_job(repo: RunRepository, backends: BackendRegistry, run_i
         )
 
 
-async def apply_backend_report(repo: RunRepository, run_id: int, report: StatusReport) -> bool:
+async def apply_backend_report(db: AsyncRunRepository, run_id: int, report: StatusReport) -> bool:
     """Record what the backend says of the run's job (the flow's poll and a refresh): the one
     place a backend status becomes a run status. True if the run's status changed."""
     step = backend_report_step(report.status)
@@ -98,4 +98,4 @@ async def apply_backend_report(repo: RunRepository, run_id: int, report: StatusR
     if message is None and report.status in (BackendStatus.FAILED, BackendStatus.ABORTED):
         message = f"the backend reports the job {report.status.value}"
     fields: dict[str, Any] = {"message": message} if message else {}
-    return await asyncio.to_thread(repo.apply, run_id, step, **fields) is not None
+    return await db.apply(run_id, step, **fields) is not None

@@ -157,7 +157,7 @@ async def ascob_job(
         if ctx and flow_run and isinstance(ctx.client, PrefectClient):
             rec = await rt.record(run_id)
             await ctx.client.set_flow_run_name(flow_run.id, flow_run_name(run_id, rec.description))
-        await asyncio.to_thread(rt.repo.update_fields, run_id, executor_id=rt.executor_id)
+        await rt.db.record_executor(run_id, rt.executor_id)
         logger.info("run %s: registered from a deployment flow run", run_id)
     view = open_view(ctx.client, flow_run.id, run_id) if ctx and flow_run else None
     completed = False

@@ -1,6 +1,7 @@
 """What the ``ascob-job`` flow does, step by step, as plain async functions.
 
-:mod:`ascob_flows.flow` wraps each in a Prefect task; the fast tests call them directly, with a
+:mod:`ascob_flows.flow` wraps each in a Prefect task (following the job is in
+:mod:`ascob_flows.polling`); the fast tests call them directly, with a
 repository, a lock store and backends, and no Prefect server. Every status change goes through
 :mod:`ascob_flows.machine` (``repo.apply``), so the flow can be started again on any executor
 after a crash and carries on from where the run is: a job that was dispatched is re-attached
@@ -13,17 +14,15 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from ascob_flows.clock import utcnow
-from ascob_flows.control import apply_backend_report
 from ascob_flows.locks import Grant, LockStoreUnavailable
 from ascob_flows.machine import (
     BEGIN_DISPATCH,
     DISPATCH_DEFERRED,
     DISPATCH_REFUSED,
     DISPATCH_UNKNOWN,
-    JOB_LOST,
     LOCK_WAIT_EXPIRED,
     LOCKS_LOST,
     READY_TO_DISPATCH,
@@ -33,6 +32,7 @@ from ascob_flows.machine import (
     Stage,
     Step,
 )
+from ascob_flows.polling import NOT_FOUND_LIMIT, Logger, Shower, follow, no_view
 from ascob_flows.ports import RunRecord
 from ascob_flows.retry import BACKEND, DISPATCH, Backoff, retry
 from ascob_flows.runtime import Runtime
@@ -47,37 +47,23 @@ from backends import (
     SubmitUnknown,
 )
 
+__all__ = ["NOT_FOUND_LIMIT", "Logger", "Shower", "acquire", "dispatch", "follow", "job_for"]
+
 log = logging.getLogger(__name__)
 
-NOT_FOUND_LIMIT = 5  # consecutive "job not found" answers before the run ends FAILED
 REATTACH_TRIES = 4  # backend calls that may fail before a mid-dispatch resume gives up
 _DISPATCHED = (Stage.DISPATCHING, Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
-_FOLLOWED = (Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
-
-
-class Logger(Protocol):
-    def info(self, msg: str, *args: Any) -> None: ...
-    def warning(self, msg: str, *args: Any) -> None: ...
-    def error(self, msg: str, *args: Any) -> None: ...
-
-
-class Shower(Protocol):
-    def __call__(self, status: RunStatus) -> None: ...
-
-
-def _no_view(status: RunStatus) -> None:
-    return None
 
 
 async def _apply(rt: Runtime, run_id: int, step: Step, **fields: Any) -> Stage | None:
-    return await asyncio.to_thread(rt.repo.apply, run_id, step, **fields)
+    return await rt.db.apply(run_id, step, **fields)
 
 
 # ---------------------------------------------------------------------- locks
 
 
 async def acquire(
-    rt: Runtime, run_id: int, logger: Logger, show: Shower = _no_view
+    rt: Runtime, run_id: int, logger: Logger, show: Shower = no_view
 ) -> dict[str, int] | None:
     """Wait until the run holds all its locks: the fencing tokens, or None if it ended
     meanwhile (stopped, or waited longer than its maxLockWaitSeconds)."""
@@ -153,7 +139,7 @@ async def _retake(rt: Runtime, rec: RunRecord, logger: Logger) -> dict[str, int]
         "run; its job goes on without them"
     )
     logger.error("run %s: %s", rec.id, message)
-    await asyncio.to_thread(rt.repo.update_fields, rec.id, message=message)
+    await rt.db.note(rec.id, message)
     return {}
 
 
@@ -317,9 +303,10 @@ async def _submit(
         )
         return
     # a run that waited for its backend says so; otherwise the message is left as it is
-    note = {"message": f"sent once {backend.id} was available again"} if deferred else {}
-    await asyncio.to_thread(
-        rt.repo.apply,
+    note: dict[str, Any] = (
+        {"message": f"sent once {backend.id} was available again"} if deferred else {}
+    )
+    await rt.db.apply(
         run_id,
         RECORD_SUBMISSION,
         keys=lambda stored: {**stored, **keys},
@@ -347,8 +334,7 @@ async def _find_lost_submission(
         logger.warning("run %s: %s does not find the job (%r)", run_id, backend.id, exc)
         return False
     message = f"the backend's answer to the submission was lost ({lost}); the job was found"
-    await asyncio.to_thread(
-        rt.repo.apply,
+    await rt.db.apply(
         run_id,
         RECORD_SUBMISSION,
         keys=lambda stored: {**stored, **lost.keys},
@@ -391,79 +377,3 @@ async def _resume_dispatch(rt: Runtime, rec: RunRecord, logger: Logger) -> None:
     )
     if await _apply(rt, rec.id, DISPATCH_UNKNOWN, message=message) is not None:
         logger.error("run %s: IN_DOUBT (%s)", rec.id, message)
-
-
-# ---------------------------------------------------------------------- poll
-
-
-async def follow(
-    rt: Runtime,
-    run_id: int,
-    logger: Logger,
-    show: Shower = _no_view,
-    linked: Any = None,
-) -> RunStatus:
-    """Follow the backend job until the run is final; a webhook may end it sooner.
-    ``linked(rec, report)`` is called once, with the first answer of the backend."""
-    failures = 0
-    shown: RunStatus | None = None
-    not_found = 0
-    seen = False  # the backend answered once: its job page is known
-    while True:
-        rec = await rt.record(run_id)
-        if rec.status.is_final or rec.stage not in _FOLLOWED:
-            return rec.status  # ended, or never dispatched (stopped before)
-        if rec.status is not shown:
-            show(rec.status)
-            shown = rec.status
-        if not rec.identification_keys:
-            # the job reported during a dispatch whose answer was lost: only it can tell more
-            await rt.wait_change(run_id, rec.status, None)
-            continue
-        backend = rt.backends.get(rec.backend_id)
-        try:
-            stop_failed: Exception | None = None
-            if rec.status is RunStatus.ABORTING and not rec.stop_sent:
-                try:
-                    await _stop(rt, backend, rec)
-                except Exception as exc:  # the job may have ended meanwhile: its status says
-                    stop_failed = exc
-            report = await backend.status(rec.identification_keys)
-            if stop_failed is not None and not report.status.is_final:
-                raise stop_failed
-        except JobNotFound as exc:
-            not_found += 1
-            if not_found >= NOT_FOUND_LIMIT:
-                logger.error("run %s: %s no longer knows the job: %s", run_id, backend.id, exc)
-                message = f"{backend.id} no longer knows the job ({exc})"
-                await _apply(rt, run_id, JOB_LOST, message=message)
-                continue
-            await rt.wait_change(run_id, rec.status, rt.poll_interval)
-            continue
-        except Exception as exc:
-            backoff = max(rt.poll_interval, BACKEND.delay(failures))
-            failures += 1
-            level = logger.warning if isinstance(exc, BackendUnavailable) else logger.error
-            level(
-                "run %s: polling %s failed (%r); again in %.0f s", run_id, backend.id, exc, backoff
-            )
-            await rt.wait_change(run_id, rec.status, backoff)
-            continue
-        failures = 0
-        not_found = 0
-        if not seen:
-            seen = True
-            if report.url:
-                await asyncio.to_thread(rt.repo.update_fields, run_id, backend_url=report.url)
-            if linked is not None:
-                linked(rec, report)
-        if await apply_backend_report(rt.repo, run_id, report):
-            logger.info("run %s: %s", run_id, (await rt.record(run_id)).status.value)
-            continue
-        await rt.wait_change(run_id, rec.status, rt.poll_interval)
-
-
-async def _stop(rt: Runtime, backend: Backend, rec: RunRecord) -> None:
-    if backend.can_stop:
-        await backend.stop(rec.identification_keys, force=rec.abort_force)
-    await asyncio.to_thread(rt.repo.update_fields, rec.id, stop_sent=True)

@@ -4,6 +4,12 @@ The flow, a stop, a job's webhook report and a refresh all go through :data:`STE
 applied by the repository as one conditional write (``RunRepository.apply``): it happens only if
 the run is in one of the step's from-stages, else nothing changes and the caller is told so.
 
+Each step also declares, beside its moves, what it writes besides the status: its
+:class:`Effect` s (end time, ``flow_unsettled``, ``dispatch_started``, the callback outbox, the
+identification keys), applied by the repository as declared, and the few ``fields`` its caller
+may give (``message``, ...). The repository refuses any other field, ``status`` first of all
+(:class:`FieldNotAllowed`): the status is the step's to write.
+
 A *stage* is the run's status, with ``PENDING_SUBMIT`` split in two: ``PENDING_SUBMIT`` (locks
 held, the backend not called yet) and ``DISPATCHING`` (the backend is being called: its outcome is
 not known yet). On the wire both are ``PENDING_SUBMIT``.
@@ -19,8 +25,8 @@ The table in docs/architecture.md is generated from the same data (:func:`table_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ascob_flows.status import RunStatus
@@ -61,13 +67,59 @@ _NOT_DISPATCHED = (S.DEFINED, S.WAITING_LOCKS, S.PENDING_SUBMIT)
 _WITH_BACKEND = (S.DISPATCHING, S.SUBMITTED, S.RUNNING, S.ABORTING)
 
 
+class Effect(StrEnum):
+    """What a step writes besides the status; the repository applies each one as declared here,
+    in the step's own transaction, and writes nothing a step does not declare."""
+
+    DISPATCH_FLAG = "dispatch_started"
+    """on a move into PENDING_SUBMIT or DISPATCHING: ``dispatch_started`` says which of the two"""
+    END_TIME = "end_time"
+    """on a move into a final stage: the end time, unless the run has one"""
+    FLOW_UNSETTLED = "flow_unsettled"
+    """on a move that ends the run: its flow run's final state is owed (``flow_unsettled``)"""
+    CALLBACK = "callback_deliveries"
+    """on a move that ends the run: a delivery in the callback outbox, if the spec has a URL"""
+    KEYS = "identification_keys"
+    """the identification keys, computed by the caller's ``keys`` from the stored ones"""
+
+
+ENDS = frozenset({Effect.END_TIME, Effect.FLOW_UNSETTLED, Effect.CALLBACK})
+"""The effects of a step that can end a run."""
+
+
+class FieldNotAllowed(ValueError):
+    """A caller asked a step to write what the step does not allow (the status, above all)."""
+
+    def __init__(self, step: Step, refused: Iterable[str]) -> None:
+        self.step, self.refused = step, sorted(refused)
+        allowed = ", ".join(sorted(step.fields)) or "no field"
+        why = " (a step writes the status itself)" if "status" in self.refused else ""
+        super().__init__(
+            f"step {step.name} does not write {', '.join(self.refused)}{why}; it allows {allowed}"
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """One move of a step, with what it writes besides the status (see :class:`Effect`)."""
+
+    target: Stage
+    dispatch_started: bool | None  # the value to write, or None: left as it is
+    stamps_end: bool  # the end time, unless the run has one
+    unsettles_flow: bool  # flow_unsettled set
+    owes_callback: bool  # a delivery in the callback outbox (if the spec has a callbackUrl)
+
+
 @dataclass(frozen=True)
 class Step:
-    """A named status change: from each stage in ``moves`` to the stage it maps to."""
+    """A named status change: from each stage in ``moves`` to the stage it maps to. ``effects``
+    is what it writes besides the status; ``fields`` what its caller may write with it."""
 
     name: str
     moves: Mapping[Stage, Stage]
     doc: str
+    effects: frozenset[Effect] = field(default=frozenset())
+    fields: frozenset[str] = field(default=frozenset())
 
     @property
     def from_stages(self) -> frozenset[Stage]:
@@ -76,18 +128,68 @@ class Step:
     def target(self, stage: Stage) -> Stage | None:
         return self.moves.get(stage)
 
+    def check(self, fields: Iterable[str], *, keys: bool = False) -> None:
+        """Refuse (:class:`FieldNotAllowed`) what this step does not write."""
+        refused = set(fields) - self.fields
+        if keys and Effect.KEYS not in self.effects:
+            refused.add(Effect.KEYS.value)
+        if refused:
+            raise FieldNotAllowed(self, refused)
+
+    def move(self, stage: Stage) -> Move | None:
+        """The move from ``stage`` and its writes, or None: the step does not apply there."""
+        target = self.moves.get(stage)
+        if target is None:
+            return None
+        flag = None
+        if Effect.DISPATCH_FLAG in self.effects and target in (S.PENDING_SUBMIT, S.DISPATCHING):
+            flag = target is S.DISPATCHING
+        final = target.status.is_final
+        ends = final and not stage.status.is_final
+        return Move(
+            target,
+            dispatch_started=flag,
+            stamps_end=final and Effect.END_TIME in self.effects,
+            unsettles_flow=ends and Effect.FLOW_UNSETTLED in self.effects,
+            owes_callback=ends and Effect.CALLBACK in self.effects,
+        )
+
+    def writes(self) -> str:
+        """What the step writes besides the status, for the docs' table."""
+        effects = [e.value for e in Effect if e in self.effects]
+        given = [f"{f} (given)" for f in sorted(self.fields)]
+        return ", ".join(effects + given) or "nothing"
+
 
 def _to(target: Stage, *sources: Stage) -> dict[Stage, Stage]:
     return dict.fromkeys(sources, target)
 
 
-def _step(name: str, moves: Mapping[Stage, Stage], doc: str) -> Step:
-    return Step(name, dict(moves), doc)
+def _step(
+    name: str,
+    moves: Mapping[Stage, Stage],
+    doc: str,
+    effects: Iterable[Effect] = (),
+    fields: Iterable[str] = (),
+) -> Step:
+    return Step(name, dict(moves), doc, frozenset(effects), frozenset(fields))
 
 
-WAIT_FOR_LOCKS = _step("wait_for_locks", _to(S.WAITING_LOCKS, S.DEFINED), "the run names locks")
+_MESSAGE = ("message",)
+_FLAG = (Effect.DISPATCH_FLAG,)
+
+
+WAIT_FOR_LOCKS = _step(
+    "wait_for_locks",
+    _to(S.WAITING_LOCKS, S.DEFINED),
+    "the run names locks",
+    fields=("waiting_since",),
+)
 READY_TO_DISPATCH = _step(
-    "ready_to_dispatch", _to(S.PENDING_SUBMIT, S.DEFINED, S.WAITING_LOCKS), "it holds its locks"
+    "ready_to_dispatch",
+    _to(S.PENDING_SUBMIT, S.DEFINED, S.WAITING_LOCKS),
+    "it holds its locks",
+    _FLAG,
 )
 LOCKS_LOST = _step(
     "locks_lost",
@@ -95,7 +197,10 @@ LOCKS_LOST = _step(
     "its lock lease ran out before the backend was called: wait again",
 )
 BEGIN_DISPATCH = _step(
-    "begin_dispatch", _to(S.DISPATCHING, S.PENDING_SUBMIT), "the backend is about to be called"
+    "begin_dispatch",
+    _to(S.DISPATCHING, S.PENDING_SUBMIT),
+    "the backend is about to be called",
+    _FLAG,
 )
 RECORD_SUBMISSION = _step(
     "record_submission",
@@ -105,65 +210,99 @@ RECORD_SUBMISSION = _step(
     },
     "the backend took the job: identification keys and submission time stored with the status "
     "in one write (a run the job reported on, or stopped, meanwhile keeps its status)",
+    (Effect.KEYS,),
+    ("submission_time", "message"),
 )
 REATTACH = _step(
     "reattach",
     _to(S.SUBMITTED, S.DISPATCHING),
     "resumed after the executor stopped mid-dispatch, and the job's identification keys "
     "(reported by the job) find it on the backend",
+    fields=_MESSAGE,
 )
 DISPATCH_REFUSED = _step(
     "dispatch_refused",
     _to(S.FAILED, S.DISPATCHING, S.ABORTING),
     "the backend certainly did not start the job",
+    ENDS,
+    _MESSAGE,
 )
 DISPATCH_DEFERRED = _step(
     "dispatch_deferred",
     {S.DISPATCHING: S.PENDING_SUBMIT, S.ABORTING: S.ABORTED},
     "the backend is unavailable and certainly did not start the job: sent again later (a run "
     "stopped meanwhile ends ABORTED)",
+    {*_FLAG, *ENDS},
+    _MESSAGE,
 )
 DISPATCH_UNKNOWN = _step(
     "dispatch_unknown",
     _to(S.IN_DOUBT, S.DISPATCHING, S.ABORTING),
     "the backend may or may not have the job (failed call, executor died mid-dispatch): never "
     "sent again",
+    ENDS,
+    _MESSAGE,
 )
-REPORT_RUNNING = _step("report_running", _to(S.RUNNING, S.DISPATCHING, S.SUBMITTED), "the job runs")
+REPORT_RUNNING = _step(
+    "report_running",
+    _to(S.RUNNING, S.DISPATCHING, S.SUBMITTED),
+    "the job runs",
+    fields=_MESSAGE,
+)
 REPORT_SUCCEEDED = _step(
-    "report_succeeded", _to(S.SUCCEDED, *_WITH_BACKEND), "the backend or the job says it ended"
+    "report_succeeded",
+    _to(S.SUCCEDED, *_WITH_BACKEND),
+    "the backend or the job says it ended",
+    ENDS,
+    _MESSAGE,
 )
 REPORT_FAILED = _step(
-    "report_failed", _to(S.FAILED, *_WITH_BACKEND), "the backend or the job says it failed"
+    "report_failed",
+    _to(S.FAILED, *_WITH_BACKEND),
+    "the backend or the job says it failed",
+    ENDS,
+    _MESSAGE,
 )
 REPORT_ABORTED = _step(
-    "report_aborted", _to(S.ABORTED, *_WITH_BACKEND), "the backend or the job says it was stopped"
+    "report_aborted",
+    _to(S.ABORTED, *_WITH_BACKEND),
+    "the backend or the job says it was stopped",
+    ENDS,
+    _MESSAGE,
 )
 JOB_LOST = _step(
     "job_lost",
     _to(S.FAILED, S.SUBMITTED, S.RUNNING, S.ABORTING),
     "the backend no longer knows the job",
+    ENDS,
+    _MESSAGE,
 )
 ABORT_UNDISPATCHED = _step(
     "abort_undispatched",
     _to(S.ABORTED, *_NOT_DISPATCHED),
     "stopped before the backend was called: ABORTED at once",
+    ENDS,
+    _MESSAGE,
 )
 BEGIN_ABORT = _step(
     "begin_abort",
     _to(S.ABORTING, S.DISPATCHING, S.SUBMITTED, S.RUNNING),
     "stopped while the backend has (or may have) the job: the backend is asked to stop it",
+    fields=("abort_force",),
 )
 LOCK_WAIT_EXPIRED = _step(
     "lock_wait_expired",
     _to(S.ABORTED, S.DEFINED, S.WAITING_LOCKS),
     "it waited longer than the spec's maxLockWaitSeconds",
+    ENDS,
+    _MESSAGE,
 )
 
 KEYS_REPORTED = _step(
     "keys_reported",
     {s: s for s in (*_NOT_DISPATCHED, *_WITH_BACKEND)},
     "the job sent identification keys (no status change; before dispatch they are kept for it)",
+    (Effect.KEYS,),
 )
 
 STEPS: tuple[Step, ...] = (
@@ -219,9 +358,11 @@ def backend_report_step(status: BackendStatus) -> Step | None:
 
 def table_markdown() -> str:
     """The machine as a markdown table (docs/architecture.md)."""
-    lines = ["| step | from | to | when |", "|---|---|---|---|"]
+    lines = ["| step | from | to | when | writes besides the status |", "|---|---|---|---|---|"]
     for step in STEPS:
         targets = sorted({t.value for t in step.moves.values()})
         sources = ", ".join(s.value for s in step.moves)
-        lines.append(f"| `{step.name}` | {sources} | {' / '.join(targets)} | {step.doc} |")
+        lines.append(
+            f"| `{step.name}` | {sources} | {' / '.join(targets)} | {step.doc} | {step.writes()} |"
+        )
     return "\n".join(lines)

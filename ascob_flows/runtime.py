@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ascob_flows.locks import LockStore
-from ascob_flows.ports import RunRecord, RunRepository
+from ascob_flows.ports import AsyncRunRepository, RunRecord, RunRepository
 from ascob_flows.status import RunStatus
 from backends import BackendRegistry
 
@@ -34,9 +34,17 @@ class Runtime:
     active_runs: set[int] = field(default_factory=set)
     _watched: dict[int, tuple[RunStatus, asyncio.Event]] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
+    _db: AsyncRunRepository | None = None
+
+    @property
+    def db(self) -> AsyncRunRepository:
+        """The repository for async code: each call in a worker thread."""
+        if self._db is None or self._db.sync is not self.repo:
+            self._db = AsyncRunRepository(self.repo)
+        return self._db
 
     async def record(self, run_id: int) -> RunRecord:
-        return await asyncio.to_thread(self.repo.get_record, run_id)
+        return await self.db.get_record(run_id)
 
     def owned_elsewhere(self, rec: RunRecord) -> bool:
         """Whether another executor took the run over (this one had looked dead to it)."""
@@ -77,7 +85,7 @@ class Runtime:
             if not self._watched:
                 continue
             try:
-                current = await asyncio.to_thread(self.repo.statuses, list(self._watched))
+                current = await self.db.statuses(list(self._watched))
             except Exception:
                 log.warning("status watch failed", exc_info=True)
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -65,8 +64,7 @@ async def search_audit(
     maxResults: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> AuditResponse:
     """Audit events matching every filter given, newest first."""
-    events = await asyncio.to_thread(
-        services.repo.search_audit,
+    events = await services.db.search_audit(
         actor=actor,
         action=action,
         run_id=runId,
@@ -82,5 +80,5 @@ async def run_audit(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.audit_read)
 ) -> AuditResponse:
     """Who did what to this run: submit, start, stop, resubmit, refresh, upload, webhook reports."""
-    await asyncio.to_thread(services.repo.get_run, runId)  # 404 for an unknown run
-    return _entries(await asyncio.to_thread(services.repo.search_audit, run_id=runId))
+    await services.db.get_run(runId)  # 404 for an unknown run
+    return _entries(await services.db.search_audit(run_id=runId))

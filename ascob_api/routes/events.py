@@ -51,7 +51,7 @@ async def run_events(
     rounds_after_end = 0
     consumed = offset  # backend bytes covered by the lines sent so far
     while True:
-        run = await asyncio.to_thread(services.repo.get_run, run_id)
+        run = await services.db.get_run(run_id)
         info = RunInfo.of(run)
         if run.status != last_status:
             last_status = run.status
@@ -134,7 +134,7 @@ async def events_ticket(
 ) -> EventsTicket:
     """A ticket valid 60 s that lets a browser's EventSource open this run's events (and nothing
     else) without a token: ``GET /api/runs/{runId}/events?ticket=...``."""
-    await asyncio.to_thread(services.repo.get_run, runId)
+    await services.db.get_run(runId)
     return EventsTicket(ticket=make_ticket(services, runId), expires_in=TICKET_SECONDS)
 
 
@@ -165,5 +165,5 @@ async def events(
         if not last_event_id.isdigit():
             raise BadRequest("Last-Event-ID: expected an event id sent by this stream")
         offset = int(last_event_id)
-    await asyncio.to_thread(services.repo.get_run, runId)  # 404 now, not inside the stream
+    await services.db.get_run(runId)  # 404 now, not inside the stream
     return EventSourceResponse(run_events(services, runId, offset, interval), ping=15)

@@ -72,7 +72,7 @@ async def get_run(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
     """The run's status and times; a run waiting for locks also says which runs it waits for."""
-    info = RunInfo.of(await asyncio.to_thread(services.repo.get_run, runId))
+    info = RunInfo.of(await services.db.get_run(runId))
     if info.status is RunStatus.WAITING_LOCKS:
         try:
             info.waiting_for = await services.locks.waiting_for(runId)
@@ -174,8 +174,8 @@ async def callbacks(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> CallbackList:
     """The delivery of the run's callback: state, attempts, last answer or error."""
-    await asyncio.to_thread(services.repo.get_run, runId)
-    deliveries = await asyncio.to_thread(services.repo.callbacks_of, runId)
+    await services.db.get_run(runId)
+    deliveries = await services.db.callbacks_of(runId)
     return CallbackList(
         items=[
             CallbackView(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 
 from ascob_api.deps import ServicesDep, require
@@ -22,8 +20,7 @@ async def search_runs(
     """Runs matching every filter given, newest first, at most the server's cap."""
     cap = services.settings.max_search_results
     limit = min(body.max_results or cap, cap)
-    runs = await asyncio.to_thread(
-        services.repo.search,
+    runs = await services.db.search(
         submitter=body.submitter_filter,
         statuses=body.status_filter,
         created_after=body.created_after_filter,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from fastapi import APIRouter
@@ -37,7 +36,7 @@ async def list_tokens(
     services: ServicesDep, _: Identity = require(Permission.security_token_write)
 ) -> TokenList:
     """The tokens created through the API: identifier, permissions, expiry (never a secret)."""
-    tokens = await asyncio.to_thread(services.repo.list_tokens)
+    tokens = await services.db.list_tokens()
     return TokenList(
         items=[
             TokenInfo(
@@ -62,11 +61,8 @@ async def create_token(
     if not _IDENTIFIER.fullmatch(identifier):
         raise BadRequest("identifier must be 1-128 letters, digits, '.', '_', '@' or '-'")
     permissions = [p.value for p in parse_permissions(body.permissions)]
-    secret = await asyncio.to_thread(
-        services.repo.create_token, identifier, permissions, body.expiry_seconds
-    )
-    await asyncio.to_thread(
-        services.repo.audit,
+    secret = await services.db.create_token(identifier, permissions, body.expiry_seconds)
+    await services.db.audit(
         who.name,
         "token_create",
         target=identifier,
@@ -81,6 +77,6 @@ async def delete_token(
     identifier: str, services: ServicesDep, who: Identity = require(Permission.security_token_write)
 ) -> TokenDeleted:
     """Revoke a token."""
-    await asyncio.to_thread(services.repo.delete_token, identifier)
-    await asyncio.to_thread(services.repo.audit, who.name, "token_revoke", target=identifier)
+    await services.db.delete_token(identifier)
+    await services.db.audit(who.name, "token_revoke", target=identifier)
     return TokenDeleted(identifier=identifier)

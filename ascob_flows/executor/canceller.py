@@ -37,7 +37,7 @@ class Canceller:
                 log.warning("reading cancelled flow runs failed", exc_info=not transient(exc))
 
     async def honour_cancellations(self, client: PrefectClient) -> None:
-        repo, rt = self.runtime.repo, self.runtime
+        rt = self.runtime
         wanted: list[int] = []
         # every ABORTED run's flow run ends Cancelled, and reading them all again every few
         # seconds would load the Prefect server for nothing
@@ -52,13 +52,13 @@ class Canceller:
         self._since = next_since
         if not wanted:
             return
-        statuses = await asyncio.to_thread(repo.statuses, wanted)
+        statuses = await rt.db.statuses(wanted)
         for run_id, status in statuses.items():
             if status.is_final or status is RunStatus.ABORTING:
                 continue
             try:
                 await request_stop(
-                    repo, rt.locks, rt.backends, run_id, force=False, reason="cancelled in Prefect"
+                    rt.db, rt.locks, rt.backends, run_id, force=False, reason="cancelled in Prefect"
                 )
             except AlreadyFinal:
                 continue

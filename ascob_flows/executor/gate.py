@@ -92,9 +92,7 @@ class StartGate:
         if run_id is not None:
             # recorded only if no reaper took the run over meanwhile (it judges a claim that
             # stays unrecorded for an executor's TTL a dead executor's)
-            if not await asyncio.to_thread(
-                self.runtime.repo.claim_for_executor, run_id, self.executor_id, known
-            ):
+            if not await self.runtime.db.claim_for_executor(run_id, self.executor_id, known):
                 log.warning("run %s: taken over while being claimed; not starting it", run_id)
                 return
             self.active_runs.add(run_id)
@@ -163,7 +161,7 @@ class StartGate:
         rec = await self.runtime.record(run_id)
         got = getattr(state, "type", None)
         if rec.status.is_final and got == final_state(rec).type:
-            await asyncio.to_thread(self.runtime.repo.update_fields, run_id, flow_unsettled=False)
+            await self.runtime.db.settle_flow(run_id)
             return False
         log.info(
             "run %s: its flow run %s ended %s while the run is %s: settling it",

@@ -128,9 +128,7 @@ class Executor:
             self.deployment_id = await self._register(client)
             queries = Queries(self.deployment_id, self.runtime, self.installation)
             self.claimer.queries = queries
-            await asyncio.to_thread(
-                self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
-            )
+            await self.runtime.db.executor_heartbeat(self.executor_id, self.executor_ttl)
             reaper = Reaper(
                 self.runtime,
                 self.executor_id,
@@ -206,18 +204,14 @@ class Executor:
         quorum made each renewal wait for its timeout, the row was not renewed in time, and
         other executors took over the runs of this live one."""
         try:
-            await asyncio.to_thread(
-                self.runtime.repo.executor_heartbeat, self.executor_id, self.executor_ttl
-            )
+            await self.runtime.db.executor_heartbeat(self.executor_id, self.executor_ttl)
             self.trust.succeeded()
         except Exception as exc:
             self.trust.failed()
             log.warning("heartbeat failed", exc_info=not transient(exc))
             return
         try:
-            taken = await asyncio.to_thread(
-                self.runtime.repo.taken_over, self.executor_id, list(self.gate.active_runs)
-            )
+            taken = await self.runtime.db.taken_over(self.executor_id, self.gate.active_runs)
         except Exception as exc:
             log.warning("reading the owners of live runs failed", exc_info=not transient(exc))
             return

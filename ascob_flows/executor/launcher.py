@@ -89,9 +89,7 @@ class Launcher:
             kicked = self._kick.is_set()
             self._kick.clear()
             while True:
-                ids = await asyncio.to_thread(
-                    self.runtime.repo.runs_to_launch, 200, 0.0 if kicked else self.sweep_grace
-                )
+                ids = await self.runtime.db.runs_to_launch(200, 0.0 if kicked else self.sweep_grace)
                 if not ids:
                     break
                 if not kicked:
@@ -126,7 +124,7 @@ class Launcher:
         claim = await executor.gate.reserve() if executor is not None else None
         try:
             flow_run = await self._create_flow_run(client, deployment_id, rec, claim)
-            await asyncio.to_thread(self.runtime.repo.set_flow_run, run_id, str(flow_run.id))
+            await self.runtime.db.set_flow_run(run_id, str(flow_run.id))
             log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
             if executor is not None:
                 await executor.claimer.adopt(flow_run, rec, claim)

@@ -8,7 +8,6 @@ installation's tag (``ascob-installation:<id>``, the identity kept in the reposi
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
@@ -82,9 +81,8 @@ class Queries:
             return None
         if ours and run_id is not None:
             return int(run_id)
-        repo = self.runtime.repo
         try:
-            return await asyncio.to_thread(repo.run_for_flow_run, str(flow_run.id))
+            return await self.runtime.db.run_for_flow_run(str(flow_run.id))
         except Exception:
             return None
 

@@ -63,9 +63,9 @@ class Reaper:
     async def reap(self, client: PrefectClient) -> None:
         if not self.trust.trusted():
             return  # the repository was down: executors that look gone may be renewing their row
-        repo = self.runtime.repo
-        alive = await asyncio.to_thread(repo.live_executors)
-        orphans = await asyncio.to_thread(repo.orphaned_runs, self.executor_id, alive, 500)
+        db = self.runtime.db
+        alive = await db.live_executors()
+        orphans = await db.orphaned_runs(self.executor_id, alive, 500)
         resumed = 0
         for run_id in orphans:
             if run_id in self.gate.active_runs:
@@ -88,8 +88,7 @@ class Reaper:
     async def _settle_ended(self, client: PrefectClient, alive: list[str]) -> None:
         """Runs that ended while their executor stopped before writing their flow run's final
         state (it was killed in between): write it now, so Prefect shows how they ended."""
-        repo = self.runtime.repo
-        for run_id in await asyncio.to_thread(repo.unsettled_runs, self.executor_id, alive, 200):
+        for run_id in await self.runtime.db.unsettled_runs(self.executor_id, alive, 200):
             if run_id in self.gate.active_runs:
                 continue
             rec = await self.runtime.record(run_id)
@@ -106,9 +105,7 @@ class Reaper:
         """Take the run over in the repository (one reaper wins) and hand its flow run back
         to Prefect as Scheduled: the next claim carries on from the repository's state."""
         assert rec.flow_run_id is not None
-        if not await asyncio.to_thread(
-            self.runtime.repo.claim_for_executor, rec.id, self.executor_id, rec.executor_id
-        ):
+        if not await self.runtime.db.claim_for_executor(rec.id, self.executor_id, rec.executor_id):
             return False
         log.warning("run %s: resuming (%s)", rec.id, why, extra={"runId": rec.id})
         await client.set_flow_run_state(

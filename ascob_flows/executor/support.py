@@ -116,4 +116,4 @@ async def write_final_state(client: Any, runtime: Any, rec: Any) -> None:
     await client.set_flow_run_state(
         UUID(rec.flow_run_id), final_state(rec, rec.message), force=True
     )
-    await asyncio.to_thread(runtime.repo.update_fields, rec.id, flow_unsettled=False)
+    await runtime.db.settle_flow(rec.id)

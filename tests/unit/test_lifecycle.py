@@ -14,7 +14,7 @@ import pytest
 
 from ascob_api.service import Services
 from ascob_flows import lifecycle
-from ascob_flows.machine import BEGIN_DISPATCH, READY_TO_DISPATCH, RECORD_SUBMISSION
+from ascob_flows.machine import BEGIN_DISPATCH, KEYS_REPORTED, READY_TO_DISPATCH, RECORD_SUBMISSION
 from ascob_flows.retry import Backoff
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
@@ -85,18 +85,23 @@ class Writes:
     def __init__(self, services: Services) -> None:
         self.calls: list[str] = []
         repo = services.repo
-        apply, update = repo.apply, repo.update_fields
+        apply = repo.apply
 
         def counted_apply(run_id: int, step: Any, **kw: Any) -> Any:
             self.calls.append(step.name)
             return apply(run_id, step, **kw)
 
-        def counted_update(run_id: int, **fields: Any) -> None:
-            self.calls.append("update_fields")
-            update(run_id, **fields)
-
         repo.apply = counted_apply  # type: ignore[method-assign]
-        repo.update_fields = counted_update  # type: ignore[method-assign]
+        # the named writes, none of them a status
+        for name in ("note", "record_backend_url", "mark_stop_sent", "record_executor"):
+            setattr(repo, name, self._counted(name, getattr(repo, name)))
+
+    def _counted(self, name: str, write: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            self.calls.append(name)
+            return write(*args)
+
+        return counted
 
 
 async def test_dispatch_records_keys_and_status_in_one_write(
@@ -121,7 +126,8 @@ async def test_a_run_resumed_mid_dispatch_with_keys_is_reattached_not_in_doubt(
     services.repo.apply(run_id, READY_TO_DISPATCH)
     services.repo.apply(run_id, BEGIN_DISPATCH)
     await backend.submit(Job(run_id, None, None, {}, {}, services.repo.get_run(run_id).webhook_id))
-    services.repo.update_fields(run_id, identification_keys={"jobId": f"job-{run_id}"})
+    # the job reported its keys through its webhook meanwhile
+    services.repo.apply(run_id, KEYS_REPORTED, keys=lambda _: {"jobId": f"job-{run_id}"})
     # a new executor resumes the flow
     assert await lifecycle.acquire(rt, run_id, log) == {}
     assert await lifecycle.dispatch(rt, run_id, {}, log)

@@ -8,10 +8,12 @@ import pytest
 
 from ascob_flows.machine import (
     BEGIN_DISPATCH,
+    ENDS,
     JOB_REPORTABLE,
     KEYS_REPORTED,
     RECORD_SUBMISSION,
     STEPS,
+    Effect,
     Stage,
     backend_report_step,
     report_step,
@@ -122,3 +124,21 @@ def test_the_table_lists_every_step_and_the_docs_show_it() -> None:
         assert f"`{step.name}`" in table
     docs = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
     assert table in docs.read_text(), "docs/architecture.md: paste machine.table_markdown()"
+
+
+def test_each_step_declares_the_effects_its_moves_need() -> None:
+    """What a step writes besides the status is declared beside it; the repository applies
+    only what is declared, so a step that ends a run must say so (end time, flow run owed,
+    callback owed), and one that enters or leaves DISPATCHING must keep dispatch_started."""
+    for step in STEPS:
+        moves = [(s, t) for s, t in step.moves.items() if s is not t]
+        ends = any(t in FINAL and s not in FINAL for s, t in moves)
+        flags = any(t in (Stage.PENDING_SUBMIT, Stage.DISPATCHING) for _, t in moves)
+        assert (ENDS <= step.effects) is ends, step.name
+        assert not (step.effects & ENDS) or ends, step.name
+        assert (Effect.DISPATCH_FLAG in step.effects) is flags, step.name
+        assert "status" not in step.fields, step.name
+        for source in step.moves:
+            move = step.move(source)
+            assert move is not None and move.target is step.moves[source]
+            assert move.owes_callback is (move.target in FINAL and source not in FINAL)
