@@ -1,7 +1,7 @@
 """Issue 20 (1): where the Prefect server's CPU per run goes, what a run writes and calls.
 
     .venv/bin/python -m bench.prefect_cost [--jobs 150] [--inflight 16] [--bare gather]
-        [--bare-concurrency 16] [--prefect-db sqlite|postgres] [--rate 100] [--no-profile]
+        [--bare-concurrency 16] [--prefect-db sqlite|postgres] [--rate 20] [--no-profile]
         [--env KEY=VALUE ...]
     .venv/bin/python -m bench.prefect_cost --summarize PROFILE.txt --jobs N   # a saved profile
 
@@ -19,10 +19,13 @@ and task-run states still being written, counts as the phase's cost):
 For each phase: the Prefect server's CPU seconds per job (``/proc``: the server process and its
 children, reaped ones included), the rows each table of the server's database gained per job,
 the Prefect API calls per job by route (counted in the client processes: ``bench/callcount``),
-the requests the server refused (503); for the ascob phase a py-spy profile of the server
-(``--subprocesses``, non-blocking, collapsed stacks), summarised by who spends the CPU (API
+the requests the server refused (503); a py-spy profile of the server
+(``--subprocesses --native``, collapsed stacks; both phases, so that the profiler's cost is the
+same on both sides; ``--no-profile`` for figures without it), summarised by who spends the CPU (API
 route, service loop, SQLite thread, HTTP layer) and by what code runs (SQLAlchemy, SQLite,
-pydantic, ...), scaled to the CPU measured from ``/proc``.
+pydantic, ...), scaled to the CPU measured from ``/proc``. Native frames tell a thread that
+runs from one the OS calls runnable while it waits for the GIL or a lock: those samples are
+left out.
 
 ``--env KEY=VALUE`` adds settings to ``ascob serve`` (and so to its Prefect server): to measure
 one candidate cut against the same run's bare baseline.
@@ -416,7 +419,9 @@ def main() -> None:
     parser.add_argument("--bare", nargs="*", default=["gather"], choices=["gather", "deployment"])
     parser.add_argument("--bare-concurrency", type=int, default=16)
     parser.add_argument("--prefect-db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--rate", type=float, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=float, default=20, help="py-spy samples per second (--native: costly)"
+    )
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for ascob serve")
     parser.add_argument("--summarize", type=Path, help="summarise a saved py-spy profile")
@@ -521,8 +526,15 @@ def main() -> None:
                 flush=True,
             )
 
-        profile = None if args.no_profile else work / "prefect-server-py-spy.txt"
-        phase("ascob", lambda: run_ascob(app, args.jobs, args.inflight), calls_ascob, profile)
+        def profile_of(name: str) -> Path | None:
+            return None if args.no_profile else work / f"py-spy-{name.replace(' ', '-')}.txt"
+
+        phase(
+            "ascob",
+            lambda: run_ascob(app, args.jobs, args.inflight),
+            calls_ascob,
+            profile_of("ascob"),
+        )
         for mode in args.bare:
             calls = work / f"calls-bare-{mode}"
             phase(
@@ -531,7 +543,7 @@ def main() -> None:
                     api_url, work, mode, args.jobs, args.bare_concurrency, calls
                 ),
                 calls,
-                None,
+                profile_of(f"bare {mode}"),
             )
     finally:
         app.stop()
@@ -567,9 +579,11 @@ def main() -> None:
         print(
             f"| `{k}` | " + " | ".join(f"{results[n]['calls'].get(k, 0):.2f}" for n in names) + " |"
         )
-    if profile is not None and profile.exists():
-        print(f"\n## Where the server's CPU goes during the ascob phase ({profile})\n")
-        print(summarize(profile, args.jobs, results["ascob"]["server_ms"], args.rate))
+    for name in names:
+        profile = None if args.no_profile else work / f"py-spy-{name.replace(' ', '-')}.txt"
+        if profile is not None and profile.exists():
+            print(f"\n## Where the server's CPU goes, phase {name} ({profile})\n")
+            print(summarize(profile, args.jobs, results[name]["server_ms"], args.rate))
 
 
 if __name__ == "__main__":
