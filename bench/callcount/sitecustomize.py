@@ -2,8 +2,9 @@
 
 ``bench.prefect_cost`` puts this folder first on ``PYTHONPATH`` of the processes it measures and
 names a file in ``ASCOB_BENCH_CALLS``; every HTTP request sent through ``httpx`` is counted by
-method and route (ids replaced by ``{id}``) and the counts are written to that file as JSON
-twice a second and at exit. The Prefect server itself (``prefect server start``) is left alone.
+method and route (ids replaced by ``{id}``), an answer 5xx once more as ``503 METHOD route``,
+and the counts are written to that file as JSON twice a second and at exit. The Prefect server
+itself (``prefect server start``) is left alone.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ if _path and not _server:
     _lock = threading.Lock()
     _out = f"{_path}.{os.getpid()}.json"
 
-    def _count(request: httpx.Request) -> None:
+    def _count(request: httpx.Request, status: int | None = None) -> None:
         route = _ids.sub("/{id}", request.url.path)
         with _lock:
-            _counts[f"{request.method} {route}"] += 1
+            if status is None:
+                _counts[f"{request.method} {route}"] += 1
+            else:  # a refusal (503: the server's database was busy), counted apart
+                _counts[f"{status} {request.method} {route}"] += 1
 
     def _dump() -> None:
         with _lock:
@@ -52,11 +56,17 @@ if _path and not _server:
 
     async def _counted_async_send(self, request, **kwargs):  # type: ignore[no-untyped-def]
         _count(request)
-        return await _async_send(self, request, **kwargs)
+        response = await _async_send(self, request, **kwargs)
+        if response.status_code >= 500:
+            _count(request, response.status_code)
+        return response
 
     def _counted_sync_send(self, request, **kwargs):  # type: ignore[no-untyped-def]
         _count(request)
-        return _sync_send(self, request, **kwargs)
+        response = _sync_send(self, request, **kwargs)
+        if response.status_code >= 500:
+            _count(request, response.status_code)
+        return response
 
     httpx.AsyncClient.send = _counted_async_send  # type: ignore[method-assign]
     httpx.Client.send = _counted_sync_send  # type: ignore[method-assign]
