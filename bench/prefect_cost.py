@@ -17,7 +17,8 @@ and task-run states still being written, counts as the phase's cost):
   same four tasks, ``engine_compat`` set-up, one shared client), ``--bare-concurrency`` at once.
 
 For each phase: the Prefect server's CPU seconds per job (``/proc``: the server process and its
-children, reaped ones included), the rows each table of the server's database gained per job,
+children, reaped ones included), the client's (``ascob serve`` without its server; the bare
+flows' process), the rows each table of the server's database gained per job,
 the Prefect API calls per job by route (counted in the client processes: ``bench/callcount``),
 the requests the server refused (503); a py-spy profile of the server
 (``--subprocesses --native``, collapsed stacks; both phases, so that the profiler's cost is the
@@ -398,15 +399,21 @@ def run_bare(
         "PYTHONPATH": os.pathsep.join([str(CALLCOUNT), str(ROOT)]),
         "ASCOB_BENCH_CALLS": str(calls),
     }
+    import resource
+
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (work / f"bare-{mode}.log").open("ab") as fh:
         out = subprocess.run(
             args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=fh, timeout=1800, check=False
         )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     for line in out.stdout.decode().splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[len("RESULT ") :])
             result["wall"] = time.perf_counter() - t0
+            result["client_cpu"] = client_cpu
             return result
     raise RuntimeError(f"bare flows failed (rc {out.returncode}); see {work}/bare-{mode}.log")
 
@@ -476,6 +483,7 @@ def main() -> None:
         assert app.proc.proc is not None
         server_pid = find_prefect_server(app.proc.proc.pid)
         cpu = TreeCpu(server_pid)
+        ascob_cpu = TreeCpu(app.proc.proc.pid)  # minus the server's: ascob's own CPU
         rows = RowCounter(
             sqlite_path=None if pg_url else app.home / "prefect" / "prefect.db", pg_url=pg_url
         )
@@ -486,7 +494,7 @@ def main() -> None:
             cpu.wait_idle()
             state = machine_state()
             before_rows, before_calls = rows.counts(), read_calls(calls)
-            cpu0 = cpu.seconds()
+            cpu0, ascob0 = cpu.seconds(), ascob_cpu.seconds()
             spy = None
             if profile is not None:
                 spy = subprocess.Popen(
@@ -507,6 +515,10 @@ def main() -> None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
                     spy.wait(60)
             seconds = cpu.seconds() - cpu0
+            client = result.pop("client_cpu", None)
+            if client is None:  # the ascob phase: ascob serve's process tree minus its server's
+                client = ascob_cpu.seconds() - ascob0 - seconds
+            result["client_ms"] = client / args.jobs * 1000
             after_rows, after_calls = rows.counts(), read_calls(calls)
             result["server_ms"] = seconds / args.jobs * 1000
             # counted by the clients: the server's own log of a refusal (a rich traceback)
@@ -558,15 +570,18 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=1))
     names = list(results)
     print(f"\n## Prefect server CPU per job ({args.prefect_db}, {args.jobs} jobs each)\n")
-    print("| phase | ms CPU per job | ratio to bare | 503s | seconds | states |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| phase | server ms CPU per job | ratio to bare | client ms CPU per job | 503s "
+        "| seconds | jobs/s | states |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     base = results.get(names[-1], {}).get("server_ms") if len(names) > 1 else None
     for name in names:
         r = results[name]
         ratio = f"{r['server_ms'] / base:.2f}x" if base else ""
         print(
-            f"| {name} | {r['server_ms']:.0f} | {ratio} | {r['503s']} | "
-            f"{r['seconds']:.1f} | {r['states']} |"
+            f"| {name} | {r['server_ms']:.0f} | {ratio} | {r['client_ms']:.0f} | {r['503s']} | "
+            f"{r['seconds']:.1f} | {args.jobs / r['seconds']:.2f} | {r['states']} |"
         )
     print("\n## Rows written per job, by table\n")
     print("| table | " + " | ".join(names) + " |")
