@@ -72,22 +72,3 @@ if _path and not _server:
     httpx.Client.send = _counted_sync_send  # type: ignore[method-assign]
     threading.Thread(target=_dumper, name="bench-callcount", daemon=True).start()
     atexit.register(_dump)
-
-# A candidate cut measured before it is coded: ``ASCOB_BENCH_SERVER_GC=G0,SECONDS`` gives the
-# Prefect server's garbage collector a first-generation threshold of G0 and freezes what the
-# server holds SECONDS after it starts (its modules, settings, app: never garbage).
-_gc = os.environ.get("ASCOB_BENCH_SERVER_GC")
-if _gc and _server:
-    import gc
-    import threading
-
-    _g0, _after = _gc.split(",")
-    gc.set_threshold(int(_g0), *gc.get_threshold()[1:])
-
-    def _freeze() -> None:
-        gc.collect()
-        gc.freeze()
-
-    _timer = threading.Timer(float(_after), _freeze)
-    _timer.daemon = True
-    _timer.start()
