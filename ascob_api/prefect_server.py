@@ -36,6 +36,36 @@ def prefect_env(home: Path) -> dict[str, str]:
     }
 
 
+# Settings of the local Prefect server (its process only; an operator's own environment wins).
+# Measured with bench/prefect_cost.py; docs/benchmarks.md ("Where the Prefect server's CPU per
+# run goes") has the figures and says why the other candidates were not kept.
+LOCAL_SERVER_SETTINGS = {
+    # the task-run recorder writes the task runs and their states from the engines' task-run
+    # events, by default one event per transaction (12 per run): in batches instead, at most
+    # a second late in the UI
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # the event persister writes events and their related resources (16 and ~94 rows per run)
+    # in batches of 20 by default
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
+    # loops for what ASCOB never uses: workers and work pools, paused flow runs, leases of
+    # Prefect's global concurrency limits (ASCOB's locks are its own)
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false",
+}
+
+
+def local_server_env(home: Path, environ: dict[str, str]) -> dict[str, str]:
+    """The local Prefect server's environment: ``environ``, ASCOB's Prefect settings, then the
+    server's own where ``environ`` does not set them."""
+    env = {**environ, **prefect_env(home)}
+    for key, value in LOCAL_SERVER_SETTINGS.items():
+        env.setdefault(key, value)
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 WILDCARDS = {"0.0.0.0", "::", ""}
 
 
@@ -127,8 +157,7 @@ class LocalPrefectServer:
             )
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
         logfile = (self.home / "prefect-server.log").open("ab")
-        env = {**os.environ, **prefect_env(self.home)}
-        env.pop("PREFECT_API_URL", None)
+        env = local_server_env(self.home, dict(os.environ))
         # the UI asks /ui-settings where its API is: this server, not Prefect's default port
         env["PREFECT_UI_API_URL"] = self.ui_url + "/api"
         env["PREFECT_UI_URL"] = self.ui_url

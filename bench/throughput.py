@@ -173,9 +173,34 @@ def serve_child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- parent
 
 
+def _counted() -> dict[str, str]:
+    """Environment that makes a client process count its API calls and refusals (503s) in
+    ``$ASCOB_BENCH_CALLS.<pid>.json`` (``bench/callcount``; :func:`main` sets the prefix)."""
+    from bench.prefect_cost import CALLCOUNT
+    from tests.harness import ROOT
+
+    return {"PYTHONPATH": os.pathsep.join([str(CALLCOUNT), str(ROOT)])}
+
+
+def _count_here() -> None:
+    import importlib.util
+
+    from bench.prefect_cost import CALLCOUNT
+
+    spec = importlib.util.spec_from_file_location("bench_callcount", CALLCOUNT / "sitecustomize.py")
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
 def _child_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home), **extra}
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home),
+        **_counted(),
+        **extra,
+    }
 
 
 def measure_inprocess(
@@ -207,7 +232,7 @@ class AscobTarget:
         self.app = Ascob(
             work,
             api_url,
-            env={"ASCOB_POLL_INTERVAL": "5", "ASCOB_LOG_LEVEL": "WARNING"},
+            env={"ASCOB_POLL_INTERVAL": "5", "ASCOB_LOG_LEVEL": "WARNING", **_counted()},
         )
         self.spec = {
             "description": "dummy",
@@ -426,9 +451,12 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     print(f"work folder: {work}; code: {head} + working tree; {os.cpu_count()} CPUs", flush=True)
-    # the server logs each request it answers 503 ("database is locked": the client retries
-    # after 2, 4, 8, 16, 32 s): counted per variant
-    os.environ["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"
+    # refusals (503, "database is locked": the client retries after 2, 4, 8, 16, 32 s; the
+    # launcher at once) are counted in the clients, per variant: the server's own log of one
+    # (PREFECT_API_LOG_RETRYABLE_ERRORS) is a rich traceback that costs it more CPU than the
+    # refusal itself (docs/benchmarks.md)
+    os.environ["ASCOB_BENCH_CALLS"] = str(work / "calls")
+    _count_here()  # this process's calls too (serve()'s run_deployment)
     postgres = None
     database_url = None
     if args.prefect_db == "postgres":
@@ -441,11 +469,11 @@ def main() -> None:
         database_url = postgres.url
     prefect = PrefectServer(work, database_url=database_url).start()
     print(f"Prefect server on {args.prefect_db}", flush=True)
-    server_log = prefect.log
 
     def busy_count() -> int:
-        text = server_log.read_text(errors="replace")
-        return text.count("Encountered retryable exception")
+        from bench.prefect_cost import read_calls
+
+        return sum(n for k, n in read_calls(work / "calls").items() if k[:1] == "5")
 
     ascob = AscobTarget(prefect.api_url, work)
     serve = ServeTarget(prefect.api_url, work)
