@@ -30,26 +30,23 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
-    Backend,
     BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
-    JobNotFound,
+    OutcomeUnknown,
     OutputChunk,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
-from backends.gitlab.client import GitLabClient, GitLabHTTPError, GitLabProtocolError
+from backends.gitlab.client import GitLabClient
 from backends.gitlab.trace import (
     JOB_ENDED,
     LengthCache,
@@ -58,12 +55,23 @@ from backends.gitlab.trace import (
     header,
     in_stage_order,
 )
+from backends.kit import (
+    CALL_ERRORS,
+    KitBackend,
+    RestInstance,
+    SystemHTTPError,
+    SystemProtocolError,
+    before_sending,
+    describe,
+    following,
+    may_have_arrived,
+    required,
+)
 
 __all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "gitlab_instance"
 PROJECT_LABEL = "gitlab_project"
 REF_LABEL = "gitlab_ref"
 RUN_VARIABLE = "ASCOB_RUN"
@@ -90,26 +98,8 @@ LOST_ANSWER_LOOKUPS = (0.0, 1.0, 3.0)
 _LOOKUP_WINDOW = 3600.0  # only pipelines created at most this long before the attempt
 
 
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    timeout: float
-
-    @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[gitlab.{name}] needs a url")
-        return cls(
-            name=name,
-            url=str(raw["url"]),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
-        )
-
-    def token(self) -> str | None:
-        return secret_from_env("gitlab", self.name, self.token_env)
+class Instance(RestInstance):
+    kind = "gitlab"
 
 
 def _created_at(pipeline: Mapping[str, Any]) -> float | None:
@@ -120,7 +110,7 @@ def _created_at(pipeline: Mapping[str, Any]) -> float | None:
         return None
 
 
-class GitLabBackend(Backend):
+class GitLabBackend(KitBackend[Instance, GitLabClient]):
     id: ClassVar[str] = "gitlabBackend"
     config_section: ClassVar[str] = "gitlab"
     can_stop: ClassVar[bool] = True
@@ -128,59 +118,32 @@ class GitLabBackend(Backend):
     def __init__(
         self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[GitLabClient] = ClientsPerLoop()
+        super().__init__(context, transport)
         self._lengths = LengthCache()
+
+    def parse_instance(self, name: str, raw: Any) -> Instance:
+        return Instance.parse(name, raw)
+
+    def make_client(self, instance: Instance) -> GitLabClient:
+        return GitLabClient(
+            instance.url, instance.token(), instance.timeout, transport=self.transport
+        )
 
     # ------------------------------------------------------------------ spec
 
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return PROJECT_LABEL in labels
 
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [gitlab.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         if not labels.get(PROJECT_LABEL, "").strip("/"):
             raise SpecRejected(
                 f"label {PROJECT_LABEL} is required (a project id, or its path as group/project)"
             )
 
-    def _client(self, name: str) -> GitLabClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: GitLabClient(inst.url, inst.token(), inst.timeout, transport=self._transport),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> tuple[GitLabClient, str, str]:
-        try:
-            name, project = keys["gitlabInstance"], keys["gitlabProject"]
-            pipeline_id = keys["gitlabPipelineId"]
-        except KeyError:
-            raise JobNotFound("identification keys name no gitlab pipeline") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"gitlab instance {name!r} is no longer configured")
-        try:
-            return self._client(name), project, pipeline_id
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        project, pipeline_id = required(keys, "gitlabProject", "gitlabPipelineId")
+        return self.known(keys)[1], project, pipeline_id
 
     # ------------------------------------------------------------------ submit
 
@@ -197,16 +160,12 @@ class GitLabBackend(Backend):
 
     async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
+        name = self.instances.for_labels(job.labels).name
         project = job.labels[PROJECT_LABEL].strip("/")
-        client = self._client(name)
+        client = self.client(self.instances[name])
         where = f"gitlab {name!r} project {project!r}"
-        try:  # nothing has run yet: a refusal, or an unavailable GitLab (not_sent)
+        with before_sending(where, "the project"):
             ref = await self._ref(client, project, job.labels)
-        except GitLabHTTPError as exc:
-            raise not_sent(exc, f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the project ({describe(exc)})") from exc
         where = f"{where} ref {ref!r}"
         if RUN_VARIABLE in job.parameters:
             log.warning("run %s: parameter %s is replaced by ASCOB's own", job.run_id, RUN_VARIABLE)
@@ -222,19 +181,19 @@ class GitLabBackend(Backend):
         attempted = time.time()
         try:
             pipeline = await client.create_pipeline(project, ref, variables)
-        except GitLabHTTPError as exc:
+        except SystemHTTPError as exc:
             if exc.status_code < 500:  # GitLab answered: no pipeline was created
                 raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
             lost: Exception = exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
+        except (httpx.HTTPError, SystemProtocolError) as exc:
+            if not may_have_arrived(exc):
+                raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
             lost = exc
         else:
             if str(pipeline.get("id", "")).isdigit():
                 log.info("run %s: %s is pipeline %s", job.run_id, where, pipeline["id"])
                 return {**keys, "gitlabPipelineId": str(pipeline["id"])}
-            lost = GitLabProtocolError("the answer carries no pipeline id")
+            lost = client.protocol_error("the answer carries no pipeline id")
         log.warning(
             "run %s: %s: creation answered %s; looking for it", job.run_id, where, describe(lost)
         )
@@ -242,7 +201,7 @@ class GitLabBackend(Backend):
         if found is not None:
             log.warning("run %s: %s: found pipeline %s by %s", job.run_id, where, found, run_value)
             return {**keys, "gitlabPipelineId": found}
-        raise RuntimeError(
+        raise OutcomeUnknown(
             f"{where}: the pipeline creation answered {describe(lost)}, and no pipeline carrying "
             f"{RUN_VARIABLE}={run_value} was found; outcome unknown"
         )
@@ -273,7 +232,7 @@ class GitLabBackend(Backend):
                     ):
                         return pid
                     checked.add(pid)
-            except (GitLabHTTPError, GitLabProtocolError, httpx.HTTPError) as exc:
+            except CALL_ERRORS as exc:
                 log.warning("looking for the pipeline carrying %s failed: %s", run_value, exc)
         return None
 
@@ -281,14 +240,8 @@ class GitLabBackend(Backend):
 
     async def _pipeline(self, keys: Mapping[str, str]) -> dict[str, Any]:
         client, project, pipeline_id = self._known(keys)
-        try:
+        with following(f"gitlab pipeline {pipeline_id}"):
             return await client.pipeline(project, pipeline_id)
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {describe(exc)}") from exc
 
     async def _failed_jobs(self, keys: Mapping[str, str]) -> str:
         """`` (failed jobs: a, b)`` for a failed pipeline's message; empty if unknown."""
@@ -335,16 +288,10 @@ class GitLabBackend(Backend):
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, project, pipeline_id = self._known(keys)
-        try:
+        with following(f"gitlab cancel {pipeline_id}"):
             await client.cancel_pipeline(project, pipeline_id)
             if force:
                 await self._force_cancel_jobs(client, project, pipeline_id)
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {describe(exc)}") from exc
 
     async def _force_cancel_jobs(
         self, client: GitLabClient, project: str, pipeline_id: str
@@ -360,7 +307,7 @@ class GitLabBackend(Backend):
                     state = (await client.cancel_job(project, job_id)).get("status")
                 if state == "canceling":
                     await client.cancel_job(project, job_id, force=True)
-            except GitLabHTTPError as exc:
+            except SystemHTTPError as exc:
                 if exc.status_code >= 500:
                     raise
                 # ended meanwhile (422), or the token may not force-cancel (403): say so, go on
@@ -372,7 +319,7 @@ class GitLabBackend(Backend):
         client, project, pipeline_id = self._known(keys)
         pipeline = await self._pipeline(keys)
         ended = pipeline.get("status") in PIPELINE_ENDED
-        try:
+        with following(f"gitlab output {pipeline_id}"):
             jobs = in_stage_order(await client.pipeline_jobs(project, pipeline_id))
             pieces, position, blocked = [], 0, False
             for job in jobs:
@@ -396,14 +343,5 @@ class GitLabBackend(Backend):
                 if not settled:
                     blocked = True  # its log may still grow
                     break
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab output {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab output {pipeline_id}: {describe(exc)}") from exc
         text = b"".join(pieces).decode("utf-8", errors="replace")
         return OutputChunk(text, max(offset, position), blocked or not ended)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()

@@ -4,7 +4,7 @@
   event loop, the instance label, identification keys -> instance and client);
 - :class:`Instances`: the instances, each parsed on its own (a broken one is reported and refuses
   its specs; the others work), :class:`RestInstance` (url, token_env, timeout) and
-  :func:`secret_from_env`;
+  :func:`secret_from_env`, :func:`required` (identification keys, or JobNotFound);
 - :class:`ApiClient`: a thin httpx client raising the one error pair, :class:`SystemHTTPError`
   and :class:`SystemProtocolError`, which carry the system's name; :class:`ClientsPerLoop`;
 - :func:`before_sending` and :func:`following`: what those errors mean before the job is sent
@@ -26,7 +26,7 @@ from backends.kit.errors import (
     may_have_arrived,
     not_sent,
 )
-from backends.kit.instances import Instances, RestInstance, secret_from_env
+from backends.kit.instances import Instances, RestInstance, required, secret_from_env
 
 __all__ = [
     "CALL_ERRORS",
@@ -42,5 +42,6 @@ __all__ = [
     "following",
     "may_have_arrived",
     "not_sent",
+    "required",
     "secret_from_env",
 ]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from backends.base import BackendUnavailable, JobNotFound, SpecRejected, SubmitRefused
 
-__all__ = ["Instances", "RestInstance", "secret_from_env"]
+__all__ = ["Instances", "RestInstance", "required", "secret_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def secret_from_env(
             f"{kind} instance {instance!r}: environment variable {variable} ({what}) is not set"
         )
     return value
+
+
+def required(keys: Mapping[str, str], *names: str) -> list[str]:
+    """The values of these identification keys; JobNotFound names the first one missing."""
+    missing = [name for name in names if name not in keys]
+    if missing:
+        raise JobNotFound(f"identification keys carry no {missing[0]}")
+    return [keys[name] for name in names]
 
 
 class Instances(MutableMapping[str, N]):
