@@ -22,11 +22,12 @@ from backends import (
     BackendStatus,
     BackendUnavailable,
     Job,
+    OutcomeUnknown,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
-from backends.awx import AwxBackend, LaunchOutcomeUnknown
+from backends.awx import AwxBackend
 from tests.fakes.fake_awx import FakeAwx
 
 TOKEN_ENV = "TEST_AWX_TOKEN"
@@ -446,7 +447,7 @@ async def test_a_launch_without_a_job_to_find_is_in_doubt(
 ) -> None:
     template = fake.add_template(unique())
     fake.faults.add("POST", r"/launch/$", kind)  # answered without launching
-    with pytest.raises(LaunchOutcomeUnknown, match="not launched again") as info:
+    with pytest.raises(OutcomeUnknown, match="not launched again") as info:
         await backend.submit(job_for({"awx_job_template": template.name}))
     assert not isinstance(info.value, BackendError)  # IN_DOUBT, never a refusal
     assert not fake.launches_of(template)  # and never sent a second time
@@ -460,7 +461,7 @@ async def test_two_jobs_carrying_the_value_are_in_doubt(
     monkeypatch.setattr("backends.awx.uuid.uuid4", lambda: fixed)
     await backend.submit(job_for({"awx_job_template": template.name}, run=5))
     fake.faults.add("POST", r"/launch/$", "hang", seconds=3)
-    with pytest.raises(LaunchOutcomeUnknown, match="several jobs"):
+    with pytest.raises(OutcomeUnknown, match="several jobs"):
         await backend.submit(job_for({"awx_job_template": template.name}, run=5))
     assert len(fake.launches_of(template)) == 2
 

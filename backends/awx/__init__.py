@@ -42,33 +42,37 @@ from typing import Any, ClassVar
 import httpx
 import yaml
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
-from backends.awx.client import (
-    DEFAULT_API_PREFIX,
-    AwxClient,
-    AwxHTTPError,
-    AwxProtocolError,
-    normalize_prefix,
-)
+from backends.awx.client import DEFAULT_API_PREFIX, AwxClient, normalize_prefix
 from backends.awx.output import Checkpoints, job_text, workflow_text
 from backends.base import (
-    Backend,
     BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
     JobNotFound,
+    OutcomeUnknown,
     OutputChunk,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
+from backends.kit import (
+    CALL_ERRORS,
+    KitBackend,
+    RestInstance,
+    SystemHTTPError,
+    SystemProtocolError,
+    before_sending,
+    describe,
+    following,
+    may_have_arrived,
+    required,
+)
 
-__all__ = ["STATUSES", "AwxBackend", "AwxClient", "LaunchOutcomeUnknown"]
+__all__ = ["STATUSES", "AwxBackend", "AwxClient"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "awx_instance"
 JOB_TEMPLATE_LABEL = "awx_job_template"
 WORKFLOW_TEMPLATE_LABEL = "awx_workflow_template"
 DEFAULT_RUN_VARIABLE = "ascob_run"
@@ -86,35 +90,20 @@ STATUSES = {
 _TEMPLATE_WORDS = {"job": "job template", "workflow_job": "workflow job template"}
 
 
-class LaunchOutcomeUnknown(RuntimeError):
-    """The launch answer was lost and the job could not be found again: IN_DOUBT (not a
-    BackendError on purpose: ASCOB must not treat it as a refusal)."""
-
-
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    api_prefix: str
-    timeout: float
-    run_variable: str
+class Instance(RestInstance):
+    kind = "awx"
+    api_prefix: str = DEFAULT_API_PREFIX
+    run_variable: str = DEFAULT_RUN_VARIABLE
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[awx.{name}] needs a url")
+    def parse(cls, name: str, raw: Any) -> Instance:
+        common = cls.common(name, raw)
         return cls(
-            name=name,
-            url=str(raw["url"]).rstrip("/"),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            **{**common, "url": common["url"].rstrip("/")},
             api_prefix=normalize_prefix(str(raw.get("api_prefix") or DEFAULT_API_PREFIX)),
-            timeout=float(raw.get("timeout", 30.0)),
             run_variable=str(raw.get("run_variable") or DEFAULT_RUN_VARIABLE),
         )
-
-    def token(self) -> str | None:
-        return secret_from_env("awx", self.name, self.token_env)
 
     def job_page(self, kind: str, job_id: int) -> str:
         """The job's page in the web UI (AAP's gateway UI, or AWX's)."""
@@ -155,7 +144,7 @@ def _job_id(answer: Mapping[str, Any]) -> int | None:
     return None
 
 
-class AwxBackend(Backend):
+class AwxBackend(KitBackend[Instance, AwxClient]):
     id: ClassVar[str] = "awxBackend"
     config_section: ClassVar[str] = "awx"
     can_stop: ClassVar[bool] = True
@@ -166,32 +155,25 @@ class AwxBackend(Backend):
     def __init__(
         self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[AwxClient] = ClientsPerLoop()
+        super().__init__(context, transport)
         self._checkpoints = Checkpoints()
+
+    def parse_instance(self, name: str, raw: Any) -> Instance:
+        return Instance.parse(name, raw)
+
+    def make_client(self, instance: Instance) -> AwxClient:
+        return AwxClient(
+            instance.url,
+            instance.token(),
+            instance.api_prefix,
+            instance.timeout,
+            transport=self.transport,
+        )
 
     # ------------------------------------------------------------------ spec
 
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return JOB_TEMPLATE_LABEL in labels or WORKFLOW_TEMPLATE_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [awx.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
 
     def _template(self, labels: Mapping[str, str]) -> tuple[str, str]:
         """(kind, id or name) of the template the labels name."""
@@ -208,30 +190,15 @@ class AwxBackend(Backend):
         )
 
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         self._template(labels)
 
-    def _client(self, name: str) -> AwxClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: AwxClient(
-                inst.url, inst.token(), inst.api_prefix, inst.timeout, transport=self._transport
-            ),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> Target:
-        try:
-            name, kind, job_id = keys["awxInstance"], keys["awxKind"], int(keys["awxJobId"])
-        except (KeyError, ValueError):
-            raise JobNotFound("identification keys name no AWX instance and job") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"awx instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return Target(self.instances[name], client, kind, job_id)
+        kind, job_id = required(keys, "awxKind", "awxJobId")
+        if not job_id.isdigit():
+            raise JobNotFound(f"awxJobId {job_id!r} is not a job id")
+        instance, client = self.known(keys)
+        return Target(instance, client, kind, int(job_id))
 
     # ------------------------------------------------------------------ submit
 
@@ -258,22 +225,16 @@ class AwxBackend(Backend):
 
     async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
         kind, wanted = self._template(job.labels)
-        client = self._client(name)
+        client = self.client(inst)
         where = f"awx {name!r}"
         word = _TEMPLATE_WORDS[kind]
-        # Before the launch nothing has run: a refusal, or an unavailable AWX (not_sent)
-        try:
+        broken = (KeyError, TypeError, ValueError)
+        with before_sending(where, f"the {word}", f"no {word} {wanted}", also=broken):
             template = await self._find_template(client, kind, wanted, where)
             template_id = int(template["id"])
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(f"{where}: no {word} {wanted} ({exc.message})") from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError, KeyError, TypeError, ValueError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the {word} ({describe(exc)})") from exc
         where = f"awx {name!r} {word} {template_id} ({template.get('name', wanted)!r})"
         if template.get("ask_variables_on_launch") is False and not template.get("survey_enabled"):
             raise SubmitRefused(
@@ -293,15 +254,15 @@ class AwxBackend(Backend):
             answer = response.json()
             job_id = _job_id(answer) if isinstance(answer, dict) else None
             if job_id is None:
-                raise AwxProtocolError("the launch answer names no job")
-        except AwxHTTPError as exc:
+                raise client.protocol_error("the launch answer names no job")
+        except SystemHTTPError as exc:
             if exc.status_code < 500 and exc.status_code != 408:  # 408: a proxy gave up
                 raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
             why = f"launch answered {exc}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-        except (httpx.HTTPError, AwxProtocolError, ValueError) as exc:
+        except (httpx.HTTPError, SystemProtocolError, ValueError) as exc:
+            if not may_have_arrived(exc):
+                raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
             why = f"launch: {describe(exc)}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
         kind = str(answer.get("type") or kind)  # a sliced job template launches a workflow job
@@ -329,7 +290,7 @@ class AwxBackend(Backend):
                 outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
             else:
                 outcome = f"AWX had already created {kind} {job_id}, and it has already ended"
-        except (AwxHTTPError, httpx.HTTPError) as exc:
+        except (SystemHTTPError, httpx.HTTPError) as exc:
             outcome = (
                 f"AWX had already created {kind} {job_id} and ASCOB could not cancel it "
                 f"({describe(exc)}): cancel it in AWX"
@@ -359,7 +320,7 @@ class AwxBackend(Backend):
             await asyncio.sleep(wait)
             try:
                 recent = await client.recent_jobs(kind, template_id)
-            except (AwxHTTPError, httpx.HTTPError, AwxProtocolError) as exc:
+            except CALL_ERRORS as exc:
                 problem = f"listing the template's jobs failed ({describe(exc)})"
                 continue
             mine = [j for j in recent if _extra_vars(j).get(inst.run_variable) == value]
@@ -382,11 +343,11 @@ class AwxBackend(Backend):
                 return {**keys, "awxKind": job_kind, "awxJobId": str(job_id)}
             if len(mine) > 1:
                 ids = ", ".join(str(j.get("id")) for j in mine)
-                raise LaunchOutcomeUnknown(
+                raise OutcomeUnknown(
                     f"{where}: {why}; several jobs ({ids}) carry {inst.run_variable}={value}: "
                     "outcome unknown, not launched again"
                 )
-        raise LaunchOutcomeUnknown(
+        raise OutcomeUnknown(
             f"{where}: {why}; {problem} ({inst.run_variable}={value}): outcome unknown, "
             "not launched again"
         )
@@ -395,14 +356,8 @@ class AwxBackend(Backend):
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
         target = self._known(keys)
-        try:
+        with following(f"awx: {target.kind} {target.job_id}"):
             data = await target.client.unified_job(target.kind, target.job_id)
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"awx: {target.kind} {target.job_id}: {exc}") from exc
-            raise BackendUnavailable(f"awx: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
         state = data.get("status")
         mapped = STATUSES.get(str(state))
         if mapped is None:
@@ -419,18 +374,14 @@ class AwxBackend(Backend):
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         # AWX has no forced cancel: a forced stop is the same cancel.
         target = self._known(keys)
-        try:
+        with following("awx cancel", missing=()):
             await target.client.cancel(target.kind, target.job_id)
-        except AwxHTTPError as exc:
-            raise BackendUnavailable(f"awx cancel: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx cancel: {describe(exc)}") from exc
 
     # ------------------------------------------------------------------ output
 
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         target = self._known(keys)
-        try:
+        with following("awx"):
             if target.kind == "workflow_job":
                 text, complete = await workflow_text(target.client, target.job_id)
                 data = text.encode()
@@ -443,18 +394,9 @@ class AwxBackend(Backend):
             text, end_line, complete = await job_text(
                 target.client, target.kind, target.job_id, detail, line
             )
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"awx: {exc}") from exc
-            raise BackendUnavailable(f"awx: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
         data = text.encode()
         end = at + len(data)
         self._checkpoints.remember(job, end, end_line)
         return OutputChunk(
             data[max(0, offset - at) :].decode(errors="replace"), max(offset, end), not complete
         )
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
