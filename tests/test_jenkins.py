@@ -497,9 +497,17 @@ def test_queue_claims_remember_who_got_an_item_until_it_has_left() -> None:
 
 
 def test_config_is_checked(tmp_path: Path) -> None:
-    bad = {"ci": {"url": "http://j", "require_run_parameter": "yes"}}
-    with pytest.raises(ValueError, match="require_run_parameter must be true or false"):
-        JenkinsBackend(BackendContext(tmp_path, bad))
+    """A bad instance is refused with the reason; it no longer takes the others down."""
+    bad = {
+        "ci": {"url": "http://j", "require_run_parameter": "yes"},
+        "ok": {"url": "http://k"},
+    }
+    backend = JenkinsBackend(BackendContext(tmp_path, bad))
+    said = "require_run_parameter must be true or false"
+    with pytest.raises(SpecRejected, match=said):
+        backend.validate({"jenkins_instance": "ci", "jenkins_project_name": "x"})
+    assert said in backend.broken_instances["ci"]
+    backend.validate({"jenkins_instance": "ok", "jenkins_project_name": "x"})
 
 
 async def test_an_unavailable_jenkins_is_unavailable_before_the_trigger(

@@ -44,12 +44,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.base import (
-    Backend,
     BackendContext,
     BackendStatus,
-    BackendUnavailable,
     Job,
     JobNotFound,
     OutputChunk,
@@ -59,14 +56,14 @@ from backends.base import (
     SubmitUnknown,
 )
 from backends.jenkins.claims import CLAIMS, QueueClaims
-from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+from backends.jenkins.client import JenkinsClient
 from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
+from backends.kit import KitBackend, RestInstance, before_sending, describe, following, required
 
 __all__ = ["JenkinsBackend", "JenkinsClient"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "jenkins_instance"
 PROJECT_LABEL = "jenkins_project_name"
 DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
 
@@ -80,35 +77,25 @@ RESULTS = {
 
 
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    user: str | None
-    token_env: str | None
-    timeout: float
-    run_parameter: str
+class Instance(RestInstance):
+    kind = "jenkins"
+    user: str | None = None
+    run_parameter: str = DEFAULT_RUN_PARAMETER
     require_run_parameter: bool = False
     merge_wait: float = 600.0
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[jenkins.{name}] needs a url")
+    def parse(cls, name: str, raw: Any) -> Instance:
+        common = cls.common(name, raw)
         if not isinstance(raw.get("require_run_parameter", False), bool):
             raise ValueError(f"[jenkins.{name}] require_run_parameter must be true or false")
         return cls(
-            name=name,
-            url=str(raw["url"]),
+            **common,
             user=str(raw["user"]) if raw.get("user") else None,
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
             run_parameter=str(raw.get("run_parameter", DEFAULT_RUN_PARAMETER)),
             require_run_parameter=raw.get("require_run_parameter", False),
             merge_wait=float(raw.get("merge_wait", 600.0)),
         )
-
-    def token(self) -> str | None:
-        return secret_from_env("jenkins", self.name, self.token_env)
 
 
 def with_note(message: str, keys: Mapping[str, str]) -> str:
@@ -117,7 +104,7 @@ def with_note(message: str, keys: Mapping[str, str]) -> str:
     return f"{message}; {note}" if note else message
 
 
-class JenkinsBackend(Backend):
+class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
     id: ClassVar[str] = "jenkinsBackend"
     config_section: ClassVar[str] = "jenkins"
     can_stop: ClassVar[bool] = True
@@ -125,12 +112,7 @@ class JenkinsBackend(Backend):
     def __init__(
         self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[JenkinsClient] = ClientsPerLoop()
+        super().__init__(context, transport)
         self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
         self._claims: QueueClaims = CLAIMS
 
@@ -139,70 +121,40 @@ class JenkinsBackend(Backend):
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return PROJECT_LABEL in labels
 
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(
-                f"label {INSTANCE_LABEL} is required (configured: "
-                f"{', '.join(sorted(self.instances)) or 'none'})"
-            )
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: "
-                f"{', '.join(sorted(self.instances)) or 'none'}; see [jenkins.<name>] in "
-                "the ASCOB_CONFIG file)"
-            )
-        return name
+    def parse_instance(self, name: str, raw: Any) -> Instance:
+        return Instance.parse(name, raw)
+
+    def make_client(self, instance: Instance) -> JenkinsClient:
+        return JenkinsClient(
+            instance.url,
+            instance.user,
+            instance.token(),
+            instance.timeout,
+            transport=self.transport,
+        )
 
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         project = labels.get(PROJECT_LABEL, "").strip("/")
         if not project:
             raise SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
 
-    def _client(self, name: str) -> JenkinsClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: JenkinsClient(
-                inst.url, inst.user, inst.token(), inst.timeout, transport=self._transport
-            ),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, JenkinsClient, str]:
-        try:
-            name, project = keys["jenkinsInstance"], keys["jenkinsProject"]
-        except KeyError:
-            raise JobNotFound("identification keys name no jenkins instance and job") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"jenkins instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return self.instances[name], client, project
+        (project,) = required(keys, "jenkinsProject")
+        return *self.known(keys), project
 
     # ------------------------------------------------------------------ submit
 
     async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
         project = job.labels[PROJECT_LABEL].strip("/")
-        client = self._client(name)
+        client = self.client(inst)
         where = f"jenkins {name!r} job {project!r}"
-        # Before the trigger nothing has run: a refusal, or an unavailable Jenkins (not_sent)
-        try:
+        with before_sending(where, "the job", "no such job"):
             definition = await client.get_job(project)
             await client.ensure_crumb()
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(f"{where}: no such job") from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the job ({describe(exc)})") from exc
         if definition.get("buildable") is False:
             raise SubmitRefused(f"{where}: the job is disabled")
         parameterized, declared = declared_parameters(definition)
@@ -333,18 +285,12 @@ class JenkinsBackend(Backend):
         )
 
     async def status(self, keys: Mapping[str, str]) -> StatusReport:
-        try:
+        with following("jenkins"):
             found = await self._build_number(keys)
             if isinstance(found, StatusReport):
                 return found
             _, client, project = self._known(keys)
             build = await client.get_build(project, found)
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"jenkins: {exc}") from exc
-            raise BackendUnavailable(f"jenkins: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
         url = build.get("url")
         result = build.get("result")
         if build.get("building") or result is None:
@@ -359,7 +305,7 @@ class JenkinsBackend(Backend):
         return StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
-        try:
+        with following("jenkins stop", missing=()):
             found = await self._build_number(keys)
             _, client, project = self._known(keys)
             if isinstance(found, StatusReport):
@@ -376,25 +322,12 @@ class JenkinsBackend(Backend):
             if not await client.build_action(project, found, "term"):
                 await client.build_action(project, found, "stop")
             await client.build_action(project, found, "kill")
-        except JenkinsHTTPError as exc:
-            raise BackendUnavailable(f"jenkins stop: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins stop: {describe(exc)}") from exc
 
     async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
-        try:
+        with following("jenkins"):
             found = await self._build_number(keys)
             if isinstance(found, StatusReport):
                 return OutputChunk("", offset, not found.status.is_final)
             _, client, project = self._known(keys)
             text, next_offset, more = await client.progressive_text(project, found, offset)
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"jenkins: {exc}") from exc
-            raise BackendUnavailable(f"jenkins: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
         return OutputChunk(text, next_offset, more)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
