@@ -203,10 +203,11 @@ def test_unknown_instance_or_template_is_rejected(env: Env) -> None:
 
 
 def test_a_template_without_image_is_a_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"\[kubernetes.k8s.templates.bad\] needs an image"):
-        KubernetesBackend(
-            BackendContext(tmp_path, {"k8s": {"url": "http://x", "templates": {"bad": {}}}})
-        )
+    backend = KubernetesBackend(
+        BackendContext(tmp_path, {"k8s": {"url": "http://x", "templates": {"bad": {}}}})
+    )
+    with pytest.raises(SpecRejected, match=r"\[kubernetes.k8s.templates.bad\] needs an image"):
+        backend.validate({"kubernetes_template": "bad"})
 
 
 @pytest.mark.parametrize(
