@@ -43,8 +43,8 @@ SubmitRefused: the API's validate() sees only labels, so the run ends FAILED).
 Identification keys: ``httpInstance``, ``httpJobId``, ``httpRunId``.
 
 Lost start answers: without ``idempotency_header``, a start whose answer is lost (timeout after
-sending, 5xx, broken connection) raises :class:`StartOutcomeUnknown` (not a BackendError: the run
-ends IN_DOUBT). With it, the start is sent again with the same key
+sending, 5xx, broken connection) raises :class:`~backends.OutcomeUnknown` (not a BackendError:
+the run ends IN_DOUBT). With it, the start is sent again with the same key
 (``ascob-<run_id>-<nonce>``, the nonce derived from the run's secret webhook id, so it is the same
 in every process), up to ``attempts`` times; the service must answer a repeated key with the job
 it already made.
@@ -62,21 +62,20 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe
 from backends.base import (
-    Backend,
     BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
     JobNotFound,
+    OutcomeUnknown,
     OutputChunk,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
 from backends.httpapi.client import HttpServiceClient, snippet
-from backends.httpapi.config import ConfigError, Instance, RequestSpec
+from backends.httpapi.config import Instance, RequestSpec
 from backends.httpapi.templates import (
     TemplateError,
     header_value,
@@ -86,12 +85,12 @@ from backends.httpapi.templates import (
     to_json,
     url_value,
 )
+from backends.kit import KitBackend, describe, may_have_arrived, required
 
-__all__ = ["HttpBackend", "StartOutcomeUnknown", "UnknownVariable"]
+__all__ = ["HttpBackend", "UnknownVariable"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "http_instance"
 _GONE = (404, 409, 410)  # a stop answered so: the job is already over (or never was)
 
 
@@ -99,11 +98,7 @@ class UnknownVariable(SpecRejected, SubmitRefused):
     """A template names a variable the job does not provide (e.g. a missing parameter)."""
 
 
-class StartOutcomeUnknown(RuntimeError):
-    """The start request may have reached the service, and no answer says what it did."""
-
-
-class HttpBackend(Backend):
+class HttpBackend(KitBackend[Instance, HttpServiceClient]):
     id: ClassVar[str] = "httpBackend"
     config_section: ClassVar[str] = "http"
     can_stop: ClassVar[bool] = True
@@ -111,47 +106,18 @@ class HttpBackend(Backend):
     def __init__(
         self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        super().__init__(context)
-        self.instances: dict[str, Instance] = {}
-        self.broken: dict[str, str] = {}  # a bad instance is refused, not fatal to the others
-        for name, raw in dict(context.instances).items():
-            try:
-                self.instances[name] = Instance.parse(name, raw)
-            except (ConfigError, TypeError, ValueError) as exc:
-                log.error("http instance %s is misconfigured: %s", name, exc)
-                self.broken[name] = str(exc)
-        self._transport = transport
-        self._clients: ClientsPerLoop[HttpServiceClient] = ClientsPerLoop()
+        super().__init__(context, transport)
+
+    def parse_instance(self, name: str, raw: Any) -> Instance:
+        return Instance.parse(name, raw)
+
+    def make_client(self, instance: Instance) -> HttpServiceClient:
+        return HttpServiceClient(instance.timeout, transport=self.transport)
 
     # ------------------------------------------------------------------ spec
 
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return INSTANCE_LABEL in labels
-
-    def _instance(self, labels: Mapping[str, str]) -> Instance:
-        name = labels.get(INSTANCE_LABEL)
-        everything = sorted([*self.instances, *self.broken])
-        configured = ", ".join(everything) or "none"
-        if not name:
-            if len(everything) != 1:
-                raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-            name = everything[0]
-        if name in self.broken:
-            raise SpecRejected(f"http instance {name!r} is misconfigured: {self.broken[name]}")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [http.<name>] in the ASCOB_CONFIG file)"
-            )
-        return self.instances[name]
-
-    def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance(labels)
-
-    def _client(self, inst: Instance) -> HttpServiceClient:
-        return self._clients.get(
-            inst.name, lambda: HttpServiceClient(inst.timeout, transport=self._transport)
-        )
+        return self.instances.label in labels
 
     # ------------------------------------------------------------------ requests
 
@@ -201,7 +167,7 @@ class HttpBackend(Backend):
         except (TemplateError, ValueError) as exc:
             raise BackendUnavailable(f"http {inst.name!r} {what}: {exc}") from exc
         try:
-            response = await self._client(inst).send(spec.method, url, headers, body)
+            response = await self.client(inst).exchange(spec.method, url, headers, body)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"http {inst.name!r} {what}: {describe(exc)}") from exc
         if gone_ok and response.status_code in _GONE:
@@ -215,13 +181,8 @@ class HttpBackend(Backend):
         return response
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, dict[str, str]]:
-        try:
-            name, job_id = keys["httpInstance"], keys["httpJobId"]
-        except KeyError:
-            raise JobNotFound("identification keys carry no httpInstance/httpJobId") from None
-        inst = self.instances.get(name)
-        if inst is None:
-            raise BackendUnavailable(f"http instance {name!r} is no longer configured")
+        (job_id,) = required(keys, "httpJobId")
+        inst = self.instances.for_keys(keys)
         return inst, {"job_id": job_id, "run_id": keys.get("httpRunId", "")}
 
     # ------------------------------------------------------------------ submit
@@ -233,7 +194,7 @@ class HttpBackend(Backend):
 
     async def submit(self, job: Job) -> dict[str, str]:
         try:
-            inst = self._instance(job.labels)
+            inst = self.instances.for_labels(job.labels)
         except SpecRejected as exc:
             raise SubmitRefused(str(exc)) from exc
         start = inst.start
@@ -259,19 +220,19 @@ class HttpBackend(Backend):
         if start.idempotency_header:
             headers[start.idempotency_header] = self.idempotency_key(job)
             attempts = start.attempts
-        client = self._client(inst)
+        client = self.client(inst)
         reached, last = False, ""
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(start.retry_pause * 2 ** (attempt - 1))
                 log.warning("run %s: %s: trying again (%s)", job.run_id, where, last)
             try:
-                response = await client.send(start.request.method, url, headers, body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last = f"cannot connect ({describe(exc)})"
-                continue
+                response = await client.exchange(start.request.method, url, headers, body)
             except httpx.HTTPError as exc:
-                reached, last = True, f"no answer ({describe(exc)})"
+                if may_have_arrived(exc):
+                    reached, last = True, f"no answer ({describe(exc)})"
+                else:
+                    last = f"cannot connect ({describe(exc)})"
                 continue
             code = response.status_code
             if code >= 500:
@@ -283,13 +244,13 @@ class HttpBackend(Backend):
                 last = f"HTTP {code}: {snippet(response)}"
                 if code == 409 and attempt < attempts - 1:
                     continue  # the first try is still being processed under that key
-                raise StartOutcomeUnknown(
+                raise OutcomeUnknown(
                     f"{where}: an earlier try may have started the job, and the retry answered "
                     f"{last}; outcome unknown"
                 )
             if code not in start.accept:
                 accepted = ", ".join(str(c) for c in sorted(start.accept))
-                raise StartOutcomeUnknown(
+                raise OutcomeUnknown(
                     f"{where}: answered HTTP {code}, not one of the accepted codes ({accepted}); "
                     "outcome unknown"
                 )
@@ -300,7 +261,7 @@ class HttpBackend(Backend):
             raise SubmitRefused(f"{where}: {last}")
         tries = f" after {attempts} tries" if attempts > 1 else ""
         hint = "" if start.idempotency_header else " (set idempotency_header to retry safely)"
-        raise StartOutcomeUnknown(f"{where}: {last}{tries}; outcome unknown{hint}")
+        raise OutcomeUnknown(f"{where}: {last}{tries}; outcome unknown{hint}")
 
     @staticmethod
     def _job_id(inst: Instance, response: httpx.Response, where: str) -> str:
