@@ -72,6 +72,7 @@ from backends.command.jobdir import (
     read_json,
     write_json,
 )
+from backends.kit import Instances
 
 __all__ = ["CommandBackend", "InvalidParameter"]
 
@@ -158,9 +159,7 @@ class CommandBackend(Backend):
 
     def __init__(self, context: BackendContext) -> None:
         super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
+        self.instances = Instances("command", context.instances, Instance.parse)
         self.host = socket.gethostname()
 
     @property
@@ -172,22 +171,12 @@ class CommandBackend(Backend):
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return INSTANCE_LABEL in labels
 
-    def _instance(self, labels: Mapping[str, str]) -> Instance:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances.values()))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; see "
-                "[command.<name>] in the ASCOB_CONFIG file)"
-            )
-        return self.instances[name]
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance(labels)
+        self.instances.for_labels(labels)
+
+    @property
+    def broken_instances(self) -> Mapping[str, str]:
+        return self.instances.broken
 
     # ------------------------------------------------------------------ submit
 
@@ -262,7 +251,7 @@ class CommandBackend(Backend):
 
     async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
-        inst = self._instance(job.labels)
+        inst = self.instances.for_labels(job.labels)
         env = self._environment(inst, job)
         earlier = await self._earlier_start(job)
         if earlier is not None:
