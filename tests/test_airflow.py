@@ -198,8 +198,9 @@ def test_labels_are_validated(fake: FakeAirflow, tmp_path: Path) -> None:
 def test_bad_configuration_is_explained(
     tmp_path: Path, config: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        AirflowBackend(BackendContext(tmp_path, {"etl": config}))
+    backend = AirflowBackend(BackendContext(tmp_path, {"etl": config}))
+    with pytest.raises(SpecRejected, match=message):  # the instance refuses its specs
+        backend.validate({"airflow_instance": "etl", "airflow_dag_id": "d"})
 
 
 # --------------------------------------------------------------------------- lost answers

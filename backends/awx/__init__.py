@@ -45,7 +45,6 @@ import yaml
 from backends.awx.client import DEFAULT_API_PREFIX, AwxClient, normalize_prefix
 from backends.awx.output import Checkpoints, job_text, workflow_text
 from backends.base import (
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
@@ -145,35 +144,22 @@ def _job_id(answer: Mapping[str, Any]) -> int | None:
 
 
 class AwxBackend(KitBackend[Instance, AwxClient]):
-    id: ClassVar[str] = "awxBackend"
-    config_section: ClassVar[str] = "awx"
-    can_stop: ClassVar[bool] = True
+    id = "awxBackend"
+    config_section = "awx"
+    takes = (JOB_TEMPLATE_LABEL, WORKFLOW_TEMPLATE_LABEL)
+    instance_type = Instance
     # After a lost launch answer: search the template's recent jobs now, then after these waits
     # (AWX may still be creating the job when the answer was lost).
     recovery_waits: ClassVar[tuple[float, ...]] = (1.0, 3.0)
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._checkpoints = Checkpoints()
 
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
     def make_client(self, instance: Instance) -> AwxClient:
-        return AwxClient(
-            instance.url,
-            instance.token(),
-            instance.api_prefix,
-            instance.timeout,
-            transport=self.transport,
-        )
+        url = instance.url + instance.api_prefix
+        return AwxClient(url, instance.token(), timeout=instance.timeout, transport=self.transport)
 
     # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return JOB_TEMPLATE_LABEL in labels or WORKFLOW_TEMPLATE_LABEL in labels
 
     def _template(self, labels: Mapping[str, str]) -> tuple[str, str]:
         """(kind, id or name) of the template the labels name."""

@@ -59,24 +59,10 @@ def normalize_prefix(prefix: str) -> str:
 
 
 class AwxClient(ApiClient):
-    """One AWX / AAP controller, one API prefix, one Bearer token."""
+    """One AWX / AAP controller, one API prefix (its URL is ``<server><prefix>``), one Bearer
+    token."""
 
     system = "awx"
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        api_prefix: str = DEFAULT_API_PREFIX,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            url.rstrip("/") + normalize_prefix(api_prefix),
-            headers={} if token is None else {"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            transport=transport,
-        )
 
     def error_message(self, response: httpx.Response) -> str:
         message = super().error_message(response)

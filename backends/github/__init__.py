@@ -46,12 +46,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
@@ -132,31 +131,18 @@ class _Known:
 
 
 class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
-    id: ClassVar[str] = "githubActionsBackend"
-    config_section: ClassVar[str] = "github"
-    can_stop: ClassVar[bool] = True
+    id = "githubActionsBackend"
+    config_section = "github"
+    takes = (WORKFLOW_LABEL,)
+    instance_type, client_type = Instance, GitHubClient
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._run_details: dict[str, bool] = {}  # instance -> knows return_run_details
         self._log_sizes: dict[tuple[str, str, str], int] = {}
         self._logs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._logs_bytes = 0
 
     # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return WORKFLOW_LABEL in labels
-
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
-    def make_client(self, instance: Instance) -> GitHubClient:
-        return GitHubClient(
-            instance.url, instance.token(), instance.timeout, transport=self.transport
-        )
 
     def validate(self, labels: Mapping[str, str]) -> None:
         super().validate(labels)

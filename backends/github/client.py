@@ -101,24 +101,14 @@ class GitHubClient(ApiClient):
     """One GitHub (or GHES) API root, one token."""
 
     system = "github"
+    headers = {
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": API_VERSION,
+        "User-Agent": "ascob",
+    }
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION,
-            "User-Agent": "ascob",
-        }
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        super().__init__(
-            url.rstrip("/") + "/", headers=headers, timeout=timeout, transport=transport
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.resume_at = 0.0  # rate limited until then: send nothing
         self._etags: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 

@@ -31,12 +31,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
@@ -111,28 +110,15 @@ def _created_at(pipeline: Mapping[str, Any]) -> float | None:
 
 
 class GitLabBackend(KitBackend[Instance, GitLabClient]):
-    id: ClassVar[str] = "gitlabBackend"
-    config_section: ClassVar[str] = "gitlab"
-    can_stop: ClassVar[bool] = True
+    id = "gitlabBackend"
+    config_section = "gitlab"
+    takes = (PROJECT_LABEL,)
+    instance_type, client_type = Instance, GitLabClient
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._lengths = LengthCache()
 
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
-    def make_client(self, instance: Instance) -> GitLabClient:
-        return GitLabClient(
-            instance.url, instance.token(), instance.timeout, transport=self.transport
-        )
-
     # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return PROJECT_LABEL in labels
 
     def validate(self, labels: Mapping[str, str]) -> None:
         super().validate(labels)

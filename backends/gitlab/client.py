@@ -53,20 +53,10 @@ class GitLabClient(ApiClient):
     """One GitLab server, authenticated with a personal, group or project access token."""
 
     system = "gitlab"
+    api_path = "api/v4"
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            f"{url.rstrip('/')}/api/v4/",
-            headers={} if token is None else {"PRIVATE-TOKEN": token},
-            timeout=timeout,
-            transport=transport,
-        )
+    def token_headers(self, token: str) -> dict[str, str]:
+        return {"PRIVATE-TOKEN": token}
 
     def error_message(self, response: httpx.Response) -> str:
         message = None

@@ -57,13 +57,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
@@ -91,6 +90,8 @@ __all__ = ["HttpBackend", "UnknownVariable"]
 
 log = logging.getLogger(__name__)
 
+INSTANCE_LABEL = "http_instance"
+
 _GONE = (404, 409, 410)  # a stop answered so: the job is already over (or never was)
 
 
@@ -99,25 +100,13 @@ class UnknownVariable(SpecRejected, SubmitRefused):
 
 
 class HttpBackend(KitBackend[Instance, HttpServiceClient]):
-    id: ClassVar[str] = "httpBackend"
-    config_section: ClassVar[str] = "http"
-    can_stop: ClassVar[bool] = True
-
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
-
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
+    id = "httpBackend"
+    config_section = "http"
+    takes = (INSTANCE_LABEL,)
+    instance_type = Instance
 
     def make_client(self, instance: Instance) -> HttpServiceClient:
-        return HttpServiceClient(instance.timeout, transport=self.transport)
-
-    # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return self.instances.label in labels
+        return HttpServiceClient("", timeout=instance.timeout, transport=self.transport)
 
     # ------------------------------------------------------------------ requests
 

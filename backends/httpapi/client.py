@@ -30,11 +30,6 @@ class HttpServiceClient(ApiClient):
 
     system = "http"
 
-    def __init__(
-        self, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__("", timeout=timeout, transport=transport)
-
     async def exchange(
         self,
         method: str,

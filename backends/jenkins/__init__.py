@@ -40,12 +40,11 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     Job,
     JobNotFound,
@@ -105,32 +104,22 @@ def with_note(message: str, keys: Mapping[str, str]) -> str:
 
 
 class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
-    id: ClassVar[str] = "jenkinsBackend"
-    config_section: ClassVar[str] = "jenkins"
-    can_stop: ClassVar[bool] = True
+    id = "jenkinsBackend"
+    config_section = "jenkins"
+    takes = (PROJECT_LABEL,)
+    instance_type = Instance
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
         self._claims: QueueClaims = CLAIMS
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return PROJECT_LABEL in labels
-
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
     def make_client(self, instance: Instance) -> JenkinsClient:
+        token, user = instance.token(), instance.user
+        auth = httpx.BasicAuth(user, token or "") if user else None
         return JenkinsClient(
-            instance.url,
-            instance.user,
-            instance.token(),
-            instance.timeout,
-            transport=self.transport,
+            instance.url, auth=auth, timeout=instance.timeout, transport=self.transport
         )
 
     def validate(self, labels: Mapping[str, str]) -> None:

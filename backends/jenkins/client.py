@@ -38,24 +38,13 @@ def _describe(response: httpx.Response) -> str:
 
 
 class JenkinsClient(ApiClient):
-    """One Jenkins server. Keeps its cookies (Jenkins ties a CSRF crumb to the session)."""
+    """One Jenkins server, with basic ``auth`` (a user and its API token). Keeps its cookies
+    (Jenkins ties a CSRF crumb to the session)."""
 
     system = "jenkins"
 
-    def __init__(
-        self,
-        url: str,
-        user: str | None,
-        token: str | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            url.rstrip("/") + "/",
-            auth=httpx.BasicAuth(user, token or "") if user else None,
-            timeout=timeout,
-            transport=transport,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._crumb: dict[str, str] | None = None
         self._crumb_known = False
 

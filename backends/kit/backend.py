@@ -9,7 +9,7 @@ import httpx
 
 from backends.base import Backend, BackendContext, BackendUnavailable, SubmitRefused
 from backends.kit.client import ClientsPerLoop
-from backends.kit.instances import Instances, _Named
+from backends.kit.instances import Instances, RestInstance, _Named
 
 __all__ = ["KitBackend"]
 
@@ -19,16 +19,23 @@ C = TypeVar("C", bound=Any)
 
 class KitBackend(Backend, Generic[N, C]):
     """A backend whose instances are the sub-tables of its ``config_section``, each reached
-    through a client made by :meth:`make_client` (one per instance and event loop).
+    through its own client (one per instance and event loop).
 
-    A subclass sets ``id`` and ``config_section``, and implements :meth:`parse_instance`,
-    :meth:`make_client` and the contract's ``accepts``, ``submit`` and ``status``. What it gets:
-    ``self.instances`` (an :class:`~backends.kit.Instances`), :meth:`validate` checking the
-    instance label, :meth:`client`, :meth:`known` (the instance and client identification keys
-    name), and :meth:`aclose`.
+    A subclass sets ``id``, ``config_section``, ``takes`` (the labels that make a spec without
+    a backend id its own), ``instance_type`` (parsed with ``instance_type.parse(name, table)``,
+    default :class:`~backends.kit.RestInstance`) and ``client_type`` (made with ``client_type(url,
+    token, timeout=..., transport=...)``; override :meth:`make_client` for more), and implements
+    ``submit`` and ``status`` (and ``stop``, ``output``). It gets ``self.instances``
+    (:class:`~backends.kit.Instances`), :meth:`validate` checking the instance label,
+    :meth:`client`, :meth:`known` (the instance and client identification keys name) and
+    :meth:`aclose`; :meth:`setup` makes its own per-process state.
     """
 
     config_section: ClassVar[str]
+    can_stop: ClassVar[bool] = True
+    takes: ClassVar[tuple[str, ...]] = ()
+    instance_type: ClassVar[Any] = RestInstance
+    client_type: ClassVar[Any] = None
 
     def __init__(
         self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
@@ -39,18 +46,30 @@ class KitBackend(Backend, Generic[N, C]):
         )
         self.transport = transport
         self._clients: ClientsPerLoop[C] = ClientsPerLoop()
+        self.setup()
+
+    def setup(self) -> None:
+        """Make the backend's own state (caches), once per process."""
 
     def parse_instance(self, name: str, raw: Any) -> N:
         """One instance from its table; ValueError (or TypeError) says what is wrong."""
-        raise NotImplementedError
+        instance: N = self.instance_type.parse(name, raw)
+        return instance
 
     def make_client(self, instance: N) -> C:
         """A new client of the instance (SubmitRefused when its secret is missing)."""
-        raise NotImplementedError
+        settings: Any = instance
+        client: C = self.client_type(
+            settings.url, settings.token(), timeout=settings.timeout, transport=self.transport
+        )
+        return client
 
     @property
     def broken_instances(self) -> Mapping[str, str]:
         return self.instances.broken
+
+    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
+        return any(label in labels for label in self.takes)
 
     def validate(self, labels: Mapping[str, str]) -> None:
         self.instances.for_labels(labels)

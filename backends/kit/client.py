@@ -29,28 +29,41 @@ C = TypeVar("C", bound=_Closable)
 
 
 class ApiClient:
-    """One system's API root. Subclasses set ``system`` and add the API's calls."""
+    """One system's API root. Subclasses set ``system`` (it names their errors), may set
+    ``api_path`` (appended to the instance's URL) and ``headers`` (sent with every request), and
+    add the API's calls. The token is sent as ``Authorization: Bearer``; override
+    :meth:`token_headers` for another header."""
 
     system: ClassVar[str]
+    api_path: ClassVar[str] = ""
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
-        base_url: str,
+        url: str,
+        token: str | None = None,
         *,
-        headers: Mapping[str, str] | None = None,
-        auth: httpx.Auth | None = None,
         timeout: float = 30.0,
+        auth: httpx.Auth | None = None,
         verify: Any = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        root = f"{url.rstrip('/')}/{self.api_path.strip('/')}".rstrip("/") + "/" if url else ""
         self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Accept": "application/json", **(headers or {})},
+            base_url=root,
+            headers={
+                "Accept": "application/json",
+                **self.headers,
+                **({} if token is None else self.token_headers(token)),
+            },
             auth=auth,
             timeout=timeout,
             verify=verify,
             transport=transport,
         )
+
+    def token_headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
 
     async def aclose(self) -> None:
         await self._http.aclose()

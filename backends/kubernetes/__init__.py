@@ -46,12 +46,11 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     Job,
     JobNotFound,
@@ -70,7 +69,7 @@ from backends.kit import (
     may_have_arrived,
     required,
 )
-from backends.kubernetes.client import KubernetesClient
+from backends.kubernetes.client import KubernetesClient, tls_verify
 from backends.kubernetes.jobs import (
     RUN_ANNOTATION,
     STOP_ANNOTATION,
@@ -109,41 +108,30 @@ class Ref:
 
 
 class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
-    id: ClassVar[str] = "kubernetesBackend"
-    config_section: ClassVar[str] = "kubernetes"
-    can_stop: ClassVar[bool] = True
+    id = "kubernetesBackend"
+    config_section = "kubernetes"
+    takes = (TEMPLATE_LABEL,)
+    instance_type = Instance
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._lock = threading.Lock()
         self._cursors: CursorStore[Ref] = CursorStore()
         self._deleted: set[str] = set()
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return TEMPLATE_LABEL in labels
-
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
     def make_client(self, instance: Instance) -> KubernetesClient:
+        token = instance.token()
         try:
-            return KubernetesClient(
-                instance.url,
-                instance.token(),
-                instance.ca_file,
-                instance.insecure,
-                instance.timeout,
-                transport=self.transport,
-            )
+            verify = tls_verify(instance.ca_file, instance.insecure)
         except (OSError, ssl.SSLError) as exc:
             raise SubmitRefused(
                 f"kubernetes instance {instance.name!r}: cannot use ca_file {instance.ca_file} "
                 f"({describe(exc)})"
             ) from exc
+        return KubernetesClient(
+            instance.url, token, timeout=instance.timeout, verify=verify, transport=self.transport
+        )
 
     def validate(self, labels: Mapping[str, str]) -> None:
         inst = self.instances.for_labels(labels)

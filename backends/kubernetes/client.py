@@ -22,36 +22,22 @@ __all__ = ["KubernetesClient"]
 MERGE_PATCH = "application/merge-patch+json"
 
 
+def tls_verify(ca_file: str | None, insecure: bool) -> bool | ssl.SSLContext:
+    """How the server's certificate is checked: against ``ca_file``, not at all (``insecure``),
+    or against the system's CAs."""
+    if insecure:
+        return False
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
 def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
 class KubernetesClient(ApiClient):
-    """One API server, bearer-token authentication."""
+    """One API server, bearer-token authentication (``verify``: see :func:`tls_verify`)."""
 
     system = "kubernetes"
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        ca_file: str | None = None,
-        insecure: bool = False,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        verify: bool | ssl.SSLContext = True
-        if insecure:
-            verify = False
-        elif ca_file:
-            verify = ssl.create_default_context(cafile=ca_file)
-        super().__init__(
-            url.rstrip("/"),
-            headers={} if token is None else {"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-        )
 
     def error(self, response: httpx.Response) -> SystemHTTPError:
         """The ``Status`` object's ``message`` and ``reason`` (``AlreadyExists``, ...)."""

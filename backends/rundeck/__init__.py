@@ -30,12 +30,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise as pairs
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 
 from backends.base import (
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
@@ -102,32 +101,21 @@ class Instance(RestInstance):
 
 
 class RundeckBackend(KitBackend[Instance, RundeckClient]):
-    id: ClassVar[str] = "rundeckBackend"
-    config_section: ClassVar[str] = "rundeck"
-    can_stop: ClassVar[bool] = True
+    id = "rundeckBackend"
+    config_section = "rundeck"
+    takes = (JOB_ID_LABEL, JOB_NAME_LABEL)
+    instance_type = Instance
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context, transport)
+    def setup(self) -> None:
         self._found: dict[tuple[str, str], str] = {}  # (instance, run value) -> execution id
 
-    def parse_instance(self, name: str, raw: Any) -> Instance:
-        return Instance.parse(name, raw)
-
     def make_client(self, instance: Instance) -> RundeckClient:
+        url = f"{instance.url.rstrip('/')}/api/{instance.api_version}"
         return RundeckClient(
-            instance.url,
-            instance.token(),
-            instance.api_version,
-            instance.timeout,
-            transport=self.transport,
+            url, instance.token(), timeout=instance.timeout, transport=self.transport
         )
 
     # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return JOB_ID_LABEL in labels or JOB_NAME_LABEL in labels
 
     def validate(self, labels: Mapping[str, str]) -> None:
         super().validate(labels)

@@ -18,24 +18,12 @@ DEFAULT_API_VERSION = 41
 
 
 class RundeckClient(ApiClient):
-    """One Rundeck server, one API version."""
+    """One Rundeck server, one API version (its URL is ``<server>/api/<version>``)."""
 
     system = "rundeck"
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        api_version: int = DEFAULT_API_VERSION,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            f"{url.rstrip('/')}/api/{api_version}/",
-            headers={} if token is None else {"X-Rundeck-Auth-Token": token},
-            timeout=timeout,
-            transport=transport,
-        )
+    def token_headers(self, token: str) -> dict[str, str]:
+        return {"X-Rundeck-Auth-Token": token}
 
     def error_message(self, response: httpx.Response) -> str:
         try:
