@@ -42,31 +42,9 @@ from typing import Any, ClassVar
 import httpx
 import yaml
 
+from backends import kit
 from backends.awx.client import DEFAULT_API_PREFIX, AwxClient, normalize_prefix
 from backends.awx.output import Checkpoints, job_text, workflow_text
-from backends.base import (
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutcomeUnknown,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-from backends.kit import (
-    CALL_ERRORS,
-    KitBackend,
-    RestInstance,
-    SystemHTTPError,
-    SystemProtocolError,
-    before_sending,
-    describe,
-    following,
-    may_have_arrived,
-    required,
-)
 
 __all__ = ["STATUSES", "AwxBackend", "AwxClient"]
 
@@ -77,20 +55,20 @@ WORKFLOW_TEMPLATE_LABEL = "awx_workflow_template"
 DEFAULT_RUN_VARIABLE = "ascob_run"
 
 STATUSES = {
-    "new": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "waiting": BackendStatus.QUEUED,
-    "running": BackendStatus.RUNNING,
-    "successful": BackendStatus.SUCCEEDED,
-    "failed": BackendStatus.FAILED,
-    "error": BackendStatus.FAILED,
-    "canceled": BackendStatus.ABORTED,
+    "new": kit.BackendStatus.QUEUED,
+    "pending": kit.BackendStatus.QUEUED,
+    "waiting": kit.BackendStatus.QUEUED,
+    "running": kit.BackendStatus.RUNNING,
+    "successful": kit.BackendStatus.SUCCEEDED,
+    "failed": kit.BackendStatus.FAILED,
+    "error": kit.BackendStatus.FAILED,
+    "canceled": kit.BackendStatus.ABORTED,
 }
 _TEMPLATE_WORDS = {"job": "job template", "workflow_job": "workflow job template"}
 
 
 @dataclass(frozen=True)
-class Instance(RestInstance):
+class Instance(kit.RestInstance):
     kind = "awx"
     api_prefix: str = DEFAULT_API_PREFIX
     run_variable: str = DEFAULT_RUN_VARIABLE
@@ -143,7 +121,7 @@ def _job_id(answer: Mapping[str, Any]) -> int | None:
     return None
 
 
-class AwxBackend(KitBackend[Instance, AwxClient]):
+class AwxBackend(kit.KitBackend[Instance, AwxClient]):
     id = "awxBackend"
     config_section = "awx"
     takes = (JOB_TEMPLATE_LABEL, WORKFLOW_TEMPLATE_LABEL)
@@ -165,12 +143,14 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
         """(kind, id or name) of the template the labels name."""
         job, workflow = labels.get(JOB_TEMPLATE_LABEL), labels.get(WORKFLOW_TEMPLATE_LABEL)
         if job and workflow:
-            raise SpecRejected(f"give {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL}, not both")
+            raise kit.SpecRejected(
+                f"give {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL}, not both"
+            )
         if job:
             return "job", job.strip()
         if workflow:
             return "workflow_job", workflow.strip()
-        raise SpecRejected(
+        raise kit.SpecRejected(
             f"label {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL} is required "
             "(a template id or its exact name)"
         )
@@ -180,9 +160,9 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
         self._template(labels)
 
     def _known(self, keys: Mapping[str, str]) -> Target:
-        kind, job_id = required(keys, "awxKind", "awxJobId")
+        kind, job_id = kit.required(keys, "awxKind", "awxJobId")
         if not job_id.isdigit():
-            raise JobNotFound(f"awxJobId {job_id!r} is not a job id")
+            raise kit.JobNotFound(f"awxJobId {job_id!r} is not a job id")
         instance, client = self.known(keys)
         return Target(instance, client, kind, int(job_id))
 
@@ -196,20 +176,20 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
             return await client.template(kind, int(wanted))
         found = await client.templates_named(kind, wanted)
         if not found:
-            raise SubmitRefused(f"{where}: no {word} named {wanted!r} (or no access to it)")
+            raise kit.SubmitRefused(f"{where}: no {word} named {wanted!r} (or no access to it)")
         if len(found) > 1:
             listed = ", ".join(
                 f"id {t.get('id')} (organization "
                 f"{(t.get('summary_fields') or {}).get('organization', {}).get('name', '?')})"
                 for t in found
             )
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: {len(found)} {word}s are named {wanted!r}: {listed}; "
                 "give the template id instead"
             )
         return found[0]
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         name = inst.name
@@ -218,12 +198,12 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
         where = f"awx {name!r}"
         word = _TEMPLATE_WORDS[kind]
         broken = (KeyError, TypeError, ValueError)
-        with before_sending(where, f"the {word}", f"no {word} {wanted}", also=broken):
+        with kit.before_sending(where, f"the {word}", f"no {word} {wanted}", also=broken):
             template = await self._find_template(client, kind, wanted, where)
             template_id = int(template["id"])
         where = f"awx {name!r} {word} {template_id} ({template.get('name', wanted)!r})"
         if template.get("ask_variables_on_launch") is False and not template.get("survey_enabled"):
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} does not prompt for variables: AWX would ignore the job's parameters "
                 f"and {inst.run_variable}; enable 'Prompt on launch' for Variables on the template"
             )
@@ -241,21 +221,21 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
             job_id = _job_id(answer) if isinstance(answer, dict) else None
             if job_id is None:
                 raise client.protocol_error("the launch answer names no job")
-        except SystemHTTPError as exc:
+        except kit.SystemHTTPError as exc:
             if exc.status_code < 500 and exc.status_code != 408:  # 408: a proxy gave up
-                raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
+                raise kit.SubmitRefused(f"{where}: launch refused, {exc}") from exc
             why = f"launch answered {exc}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
-        except (httpx.HTTPError, SystemProtocolError, ValueError) as exc:
-            if not may_have_arrived(exc):
-                raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-            why = f"launch: {describe(exc)}"
+        except (httpx.HTTPError, kit.SystemProtocolError, ValueError) as exc:
+            if not kit.may_have_arrived(exc):
+                raise kit.SubmitRefused(f"{where}: cannot connect ({kit.describe(exc)})") from exc
+            why = f"launch: {kit.describe(exc)}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
         kind = str(answer.get("type") or kind)  # a sliced job template launches a workflow job
         keys.update(awxKind=kind, awxJobId=str(job_id))
         ignored = answer.get("ignored_fields")
         if ignored:
-            raise SubmitRefused(await self._refuse_ignored(client, inst, kind, job_id, ignored))
+            raise kit.SubmitRefused(await self._refuse_ignored(client, inst, kind, job_id, ignored))
         log.info("run %s: %s launched %s %s", job.run_id, where, kind, job_id)
         return keys
 
@@ -276,10 +256,10 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
                 outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
             else:
                 outcome = f"AWX had already created {kind} {job_id}, and it has already ended"
-        except (SystemHTTPError, httpx.HTTPError) as exc:
+        except (kit.SystemHTTPError, httpx.HTTPError) as exc:
             outcome = (
                 f"AWX had already created {kind} {job_id} and ASCOB could not cancel it "
-                f"({describe(exc)}): cancel it in AWX"
+                f"({kit.describe(exc)}): cancel it in AWX"
             )
         return (
             f"AWX ignored {ignored_text}: the template does not prompt for them. Enable 'Prompt "
@@ -306,8 +286,8 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
             await asyncio.sleep(wait)
             try:
                 recent = await client.recent_jobs(kind, template_id)
-            except CALL_ERRORS as exc:
-                problem = f"listing the template's jobs failed ({describe(exc)})"
+            except kit.CALL_ERRORS as exc:
+                problem = f"listing the template's jobs failed ({kit.describe(exc)})"
                 continue
             mine = [j for j in recent if _extra_vars(j).get(inst.run_variable) == value]
             if len(mine) == 1 and _job_id(mine[0]) is not None:
@@ -321,7 +301,7 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
                     if k not in carried or carried[k] not in (v, "$encrypted$")
                 }
                 if ignored:
-                    raise SubmitRefused(
+                    raise kit.SubmitRefused(
                         await self._refuse_ignored(
                             client, inst, job_kind, job_id, {"extra_vars": ignored}
                         )
@@ -329,49 +309,49 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
                 return {**keys, "awxKind": job_kind, "awxJobId": str(job_id)}
             if len(mine) > 1:
                 ids = ", ".join(str(j.get("id")) for j in mine)
-                raise OutcomeUnknown(
+                raise kit.OutcomeUnknown(
                     f"{where}: {why}; several jobs ({ids}) carry {inst.run_variable}={value}: "
                     "outcome unknown, not launched again"
                 )
-        raise OutcomeUnknown(
+        raise kit.OutcomeUnknown(
             f"{where}: {why}; {problem} ({inst.run_variable}={value}): outcome unknown, "
             "not launched again"
         )
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         target = self._known(keys)
-        with following(f"awx: {target.kind} {target.job_id}"):
+        with kit.following(f"awx: {target.kind} {target.job_id}"):
             data = await target.client.unified_job(target.kind, target.job_id)
         state = data.get("status")
         mapped = STATUSES.get(str(state))
         if mapped is None:
-            raise BackendUnavailable(f"awx: {target.kind} {target.job_id} has status {state!r}")
+            raise kit.BackendUnavailable(f"awx: {target.kind} {target.job_id} has status {state!r}")
         url = target.instance.job_page(target.kind, target.job_id)
         message: str | None = None
-        if mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        if mapped in (kit.BackendStatus.FAILED, kit.BackendStatus.ABORTED):
             explanation = str(data.get("job_explanation") or "").strip()
             message = f"AWX {target.kind} {target.job_id}: {state}"
             if explanation:
                 message += f": {explanation}"
-        return StatusReport(mapped, message, url)
+        return kit.StatusReport(mapped, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         # AWX has no forced cancel: a forced stop is the same cancel.
         target = self._known(keys)
-        with following("awx cancel", missing=()):
+        with kit.following("awx cancel", missing=()):
             await target.client.cancel(target.kind, target.job_id)
 
     # ------------------------------------------------------------------ output
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         target = self._known(keys)
-        with following("awx"):
+        with kit.following("awx"):
             if target.kind == "workflow_job":
                 text, complete = await workflow_text(target.client, target.job_id)
                 data = text.encode()
-                return OutputChunk(
+                return kit.OutputChunk(
                     data[offset:].decode(errors="replace"), max(offset, len(data)), not complete
                 )
             job = (target.instance.name, target.kind, target.job_id)
@@ -383,6 +363,6 @@ class AwxBackend(KitBackend[Instance, AwxClient]):
         data = text.encode()
         end = at + len(data)
         self._checkpoints.remember(job, end, end_line)
-        return OutputChunk(
+        return kit.OutputChunk(
             data[max(0, offset - at) :].decode(errors="replace"), max(offset, end), not complete
         )

@@ -50,29 +50,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from backends.base import (
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    OutcomeUnknown,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
+from backends import kit
 from backends.github.client import GitHubClient, GitHubRateLimited
-from backends.kit import (
-    CALL_ERRORS,
-    KitBackend,
-    RestInstance,
-    SystemHTTPError,
-    SystemProtocolError,
-    before_sending,
-    describe,
-    following,
-    may_have_arrived,
-    required,
-)
 
 __all__ = ["CONCLUSIONS", "STATUSES", "GitHubActionsBackend"]
 
@@ -86,15 +65,15 @@ DEFAULT_RUN_INPUT = "ascob_run"
 
 # Workflow run ``status`` -> ASCOB; ``completed`` is decided by the conclusion.
 STATUSES = {
-    "requested": BackendStatus.QUEUED,
-    "queued": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "waiting": BackendStatus.QUEUED,
-    "in_progress": BackendStatus.RUNNING,
+    "requested": kit.BackendStatus.QUEUED,
+    "queued": kit.BackendStatus.QUEUED,
+    "pending": kit.BackendStatus.QUEUED,
+    "waiting": kit.BackendStatus.QUEUED,
+    "in_progress": kit.BackendStatus.RUNNING,
 }
 # ``completed`` + conclusion; any other conclusion (failure, timed_out, startup_failure,
 # action_required, neutral, skipped, stale, ...) is FAILED with the conclusion in the message.
-CONCLUSIONS = {"success": BackendStatus.SUCCEEDED, "cancelled": BackendStatus.ABORTED}
+CONCLUSIONS = {"success": kit.BackendStatus.SUCCEEDED, "cancelled": kit.BackendStatus.ABORTED}
 
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _LOG_CACHE_BYTES = 32 * 1024 * 1024
@@ -104,7 +83,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Instance(RestInstance):
+class Instance(kit.RestInstance):
     kind = "github"
     run_input: str = DEFAULT_RUN_INPUT
     find_timeout: float = 60.0
@@ -130,7 +109,7 @@ class _Known:
     run_id: str
 
 
-class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
+class GitHubActionsBackend(kit.KitBackend[Instance, GitHubClient]):
     id = "githubActionsBackend"
     config_section = "github"
     takes = (WORKFLOW_LABEL,)
@@ -148,16 +127,18 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
         super().validate(labels)
         repository = labels.get(REPOSITORY_LABEL, "")
         if not repository:
-            raise SpecRejected(f"label {REPOSITORY_LABEL} is required (owner/repo)")
+            raise kit.SpecRejected(f"label {REPOSITORY_LABEL} is required (owner/repo)")
         if not _REPOSITORY.match(repository):
-            raise SpecRejected(f"{REPOSITORY_LABEL}={repository!r} is not of the form owner/repo")
+            raise kit.SpecRejected(
+                f"{REPOSITORY_LABEL}={repository!r} is not of the form owner/repo"
+            )
         if not labels.get(WORKFLOW_LABEL, "").strip():
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label {WORKFLOW_LABEL} is required (a file name such as deploy.yml, or an id)"
             )
 
     def _known(self, keys: Mapping[str, str]) -> _Known:
-        repository, run_id = required(keys, "githubRepository", "githubRunId")
+        repository, run_id = kit.required(keys, "githubRepository", "githubRunId")
         instance, client = self.known(keys)
         return _Known(instance.name, client, repository, run_id)
 
@@ -174,7 +155,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
                 waited = time.monotonic() - started
                 wait = exc.wait()
                 if waited + wait > inst.max_rate_limit_wait:
-                    raise SubmitRefused(
+                    raise kit.SubmitRefused(
                         f"{where}: rate limited by GitHub for {wait:.0f} s more after waiting "
                         f"{waited:.0f} s (max_rate_limit_wait = {inst.max_rate_limit_wait:.0f}); "
                         f"{exc.message}"
@@ -182,7 +163,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
                 log.warning("%s: rate limited (%s); waiting %.0f s", where, exc.message, wait)
                 await asyncio.sleep(max(wait, 0.05))
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         name = inst.name
@@ -191,25 +172,27 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
         workflow = job.labels[WORKFLOW_LABEL].strip()
         where = f"github {name!r} {repository} workflow {workflow!r}"
         if inst.run_input in job.parameters:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: the parameter {inst.run_input} is set by ASCOB itself; rename it"
             )
         started = time.monotonic()
         unseen = f"no repository {repository}, or the token cannot see it"
-        with before_sending(where, "the repository", unseen):
+        with kit.before_sending(where, "the repository", unseen):
             repo = await self._patiently(
                 inst, where, lambda: client.repository(repository), started
             )
-        with before_sending(where, "the workflow", f"no workflow {workflow!r} in {repository}"):
+        with kit.before_sending(where, "the workflow", f"no workflow {workflow!r} in {repository}"):
             definition = await self._patiently(
                 inst, where, lambda: client.workflow(repository, workflow), started
             )
         ref = job.labels.get(REF_LABEL) or repo.get("default_branch")
         if not ref or definition.get("id") is None:
-            raise SubmitRefused(f"{where}: GitHub did not name the default branch or workflow id")
+            raise kit.SubmitRefused(
+                f"{where}: GitHub did not name the default branch or workflow id"
+            )
         state = definition.get("state")
         if state not in (None, "active"):
-            raise SubmitRefused(f"{where}: the workflow is {state}")
+            raise kit.SubmitRefused(f"{where}: the workflow is {state}")
         workflow_id = str(definition["id"])
         correlation = f"ascob-{job.run_id}-{uuid.uuid4().hex[:12]}"
         inputs = {**dict(job.parameters), inst.run_input: correlation}
@@ -235,7 +218,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
             why = unknown
         found = await self._find_run(inst, client, repository, workflow_id, correlation, since)
         if found is None:
-            raise OutcomeUnknown(
+            raise kit.OutcomeUnknown(
                 f"{where}: the dispatch {why}, and no run named with {inst.run_input}="
                 f"{correlation} appeared within {inst.find_timeout:.0f} s: outcome unknown "
                 f"(does the workflow set run-name: ${{{{ inputs.{inst.run_input} }}}}?)"
@@ -265,7 +248,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
 
             try:
                 return await self._patiently(inst, where, call, started), None
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code >= 500:
                     return None, f"answered {exc}"
                 if details and "return_run_details" in exc.message:
@@ -278,11 +261,12 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
                         f" (the workflow must declare the workflow_dispatch input "
                         f"{inst.run_input}, and show it in its run-name)"
                     )
-                raise SubmitRefused(f"{where}: dispatch refused: {exc}{hint}") from exc
-            except (httpx.HTTPError, SystemProtocolError) as exc:
-                if not may_have_arrived(exc):
-                    raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-                return None, f"failed ({describe(exc)})"
+                raise kit.SubmitRefused(f"{where}: dispatch refused: {exc}{hint}") from exc
+            except (httpx.HTTPError, kit.SystemProtocolError) as exc:
+                if not kit.may_have_arrived(exc):
+                    cannot = f"{where}: cannot connect ({kit.describe(exc)})"
+                    raise kit.SubmitRefused(cannot) from exc
+                return None, f"failed ({kit.describe(exc)})"
 
     async def _find_run(
         self,
@@ -304,8 +288,8 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
                         return str(run["id"])
             except GitHubRateLimited as exc:
                 pause = max(pause, exc.wait())
-            except CALL_ERRORS as exc:
-                log.warning("looking for run %s: %s", correlation, describe(exc))
+            except kit.CALL_ERRORS as exc:
+                log.warning("looking for run %s: %s", correlation, kit.describe(exc))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -313,7 +297,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         known = self._known(keys)
         with _following(f"github: run {known.run_id}"):
             run = await known.client.run(known.repository, known.run_id)
@@ -322,21 +306,21 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
         label = f"workflow run {known.run_id}"
         mapped = STATUSES.get(str(state))
         if mapped is not None:
-            return StatusReport(mapped, f"{label}: {state}", url)
+            return kit.StatusReport(mapped, f"{label}: {state}", url)
         if state != "completed":
-            raise BackendUnavailable(f"github: {label} has an unknown status {state!r}")
+            raise kit.BackendUnavailable(f"github: {label} has an unknown status {state!r}")
         if not conclusion:
-            raise BackendUnavailable(f"github: {label} is completed without a conclusion yet")
-        final = CONCLUSIONS.get(str(conclusion), BackendStatus.FAILED)
-        message = None if final is BackendStatus.SUCCEEDED else f"{label}: {conclusion}"
-        return StatusReport(final, message, url)
+            raise kit.BackendUnavailable(f"github: {label} is completed without a conclusion yet")
+        final = CONCLUSIONS.get(str(conclusion), kit.BackendStatus.FAILED)
+        message = None if final is kit.BackendStatus.SUCCEEDED else f"{label}: {conclusion}"
+        return kit.StatusReport(final, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         known = self._known(keys)
         with _following("github cancel", missing=()):
             try:
                 await known.client.cancel(known.repository, known.run_id, force)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code != 409:
                     raise
                 # "Cannot cancel a workflow run that is completed."
@@ -369,7 +353,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
         else:
             try:
                 body = await known.client.job_log(known.repository, job_id)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code not in (404, 410) or isinstance(exc, GitHubRateLimited):
                     raise
                 if not run_completed:
@@ -382,7 +366,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
         self._remember(key, block)
         return block
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         known = self._known(keys)
         with _following(f"github: run {known.run_id}"):
             run = await known.client.run(known.repository, known.run_id)
@@ -407,7 +391,7 @@ class GitHubActionsBackend(KitBackend[Instance, GitHubClient]):
                     text += block[max(0, offset - position) :]
                 position += len(block)
         more = not (run_completed and complete)
-        return OutputChunk(text.decode("utf-8", errors="replace"), max(offset, position), more)
+        return kit.OutputChunk(text.decode("utf-8", errors="replace"), max(offset, position), more)
 
 
 def _job_order(job: Mapping[str, Any]) -> tuple[int, str]:
@@ -419,8 +403,8 @@ def _job_order(job: Mapping[str, Any]) -> tuple[int, str]:
 @contextmanager
 def _following(what: str, missing: tuple[int, ...] = (404,)) -> Iterator[None]:
     """The kit's :func:`~backends.kit.following`, saying how long a rate limit lasts."""
-    with following(what, missing):
+    with kit.following(what, missing):
         try:
             yield
         except GitHubRateLimited as exc:
-            raise BackendUnavailable(f"{what}: rate limited for {exc.wait():.0f} s") from exc
+            raise kit.BackendUnavailable(f"{what}: rate limited for {exc.wait():.0f} s") from exc

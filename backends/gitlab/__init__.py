@@ -35,16 +35,7 @@ from typing import Any
 
 import httpx
 
-from backends.base import (
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    OutcomeUnknown,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
+from backends import kit
 from backends.gitlab.client import GitLabClient
 from backends.gitlab.trace import (
     JOB_ENDED,
@@ -53,18 +44,6 @@ from backends.gitlab.trace import (
     has_started,
     header,
     in_stage_order,
-)
-from backends.kit import (
-    CALL_ERRORS,
-    KitBackend,
-    RestInstance,
-    SystemHTTPError,
-    SystemProtocolError,
-    before_sending,
-    describe,
-    following,
-    may_have_arrived,
-    required,
 )
 
 __all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
@@ -77,18 +56,18 @@ RUN_VARIABLE = "ASCOB_RUN"
 
 # GitLab pipeline status -> ASCOB. ``manual`` (blocked on a manual job) is RUNNING with a message.
 STATUSES = {
-    "created": BackendStatus.QUEUED,
-    "waiting_for_resource": BackendStatus.QUEUED,
-    "preparing": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "scheduled": BackendStatus.QUEUED,
-    "running": BackendStatus.RUNNING,
-    "canceling": BackendStatus.RUNNING,
-    "manual": BackendStatus.RUNNING,
-    "success": BackendStatus.SUCCEEDED,
-    "failed": BackendStatus.FAILED,
-    "canceled": BackendStatus.ABORTED,
-    "skipped": BackendStatus.FAILED,
+    "created": kit.BackendStatus.QUEUED,
+    "waiting_for_resource": kit.BackendStatus.QUEUED,
+    "preparing": kit.BackendStatus.QUEUED,
+    "pending": kit.BackendStatus.QUEUED,
+    "scheduled": kit.BackendStatus.QUEUED,
+    "running": kit.BackendStatus.RUNNING,
+    "canceling": kit.BackendStatus.RUNNING,
+    "manual": kit.BackendStatus.RUNNING,
+    "success": kit.BackendStatus.SUCCEEDED,
+    "failed": kit.BackendStatus.FAILED,
+    "canceled": kit.BackendStatus.ABORTED,
+    "skipped": kit.BackendStatus.FAILED,
 }
 PIPELINE_ENDED = frozenset({"success", "failed", "canceled", "skipped"})
 # When the answer to a creation is lost, look for the pipeline this many times, after these pauses
@@ -97,7 +76,7 @@ LOST_ANSWER_LOOKUPS = (0.0, 1.0, 3.0)
 _LOOKUP_WINDOW = 3600.0  # only pipelines created at most this long before the attempt
 
 
-class Instance(RestInstance):
+class Instance(kit.RestInstance):
     kind = "gitlab"
 
 
@@ -109,7 +88,7 @@ def _created_at(pipeline: Mapping[str, Any]) -> float | None:
         return None
 
 
-class GitLabBackend(KitBackend[Instance, GitLabClient]):
+class GitLabBackend(kit.KitBackend[Instance, GitLabClient]):
     id = "gitlabBackend"
     config_section = "gitlab"
     takes = (PROJECT_LABEL,)
@@ -123,12 +102,12 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
     def validate(self, labels: Mapping[str, str]) -> None:
         super().validate(labels)
         if not labels.get(PROJECT_LABEL, "").strip("/"):
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label {PROJECT_LABEL} is required (a project id, or its path as group/project)"
             )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[GitLabClient, str, str]:
-        project, pipeline_id = required(keys, "gitlabProject", "gitlabPipelineId")
+        project, pipeline_id = kit.required(keys, "gitlabProject", "gitlabPipelineId")
         return self.known(keys)[1], project, pipeline_id
 
     # ------------------------------------------------------------------ submit
@@ -139,18 +118,18 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
             return ref
         default = (await client.project(project)).get("default_branch")
         if not default:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"gitlab project {project!r} has no default branch: set the label {REF_LABEL}"
             )
         return str(default)
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         name = self.instances.for_labels(job.labels).name
         project = job.labels[PROJECT_LABEL].strip("/")
         client = self.client(self.instances[name])
         where = f"gitlab {name!r} project {project!r}"
-        with before_sending(where, "the project"):
+        with kit.before_sending(where, "the project"):
             ref = await self._ref(client, project, job.labels)
         where = f"{where} ref {ref!r}"
         if RUN_VARIABLE in job.parameters:
@@ -167,13 +146,13 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
         attempted = time.time()
         try:
             pipeline = await client.create_pipeline(project, ref, variables)
-        except SystemHTTPError as exc:
+        except kit.SystemHTTPError as exc:
             if exc.status_code < 500:  # GitLab answered: no pipeline was created
-                raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
+                raise kit.SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
             lost: Exception = exc
-        except (httpx.HTTPError, SystemProtocolError) as exc:
-            if not may_have_arrived(exc):
-                raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
+        except (httpx.HTTPError, kit.SystemProtocolError) as exc:
+            if not kit.may_have_arrived(exc):
+                raise kit.SubmitRefused(f"{where}: cannot connect ({kit.describe(exc)})") from exc
             lost = exc
         else:
             if str(pipeline.get("id", "")).isdigit():
@@ -181,15 +160,18 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
                 return {**keys, "gitlabPipelineId": str(pipeline["id"])}
             lost = client.protocol_error("the answer carries no pipeline id")
         log.warning(
-            "run %s: %s: creation answered %s; looking for it", job.run_id, where, describe(lost)
+            "run %s: %s: creation answered %s; looking for it",
+            job.run_id,
+            where,
+            kit.describe(lost),
         )
         found = await self._find_by_run_value(client, project, ref, run_value, attempted)
         if found is not None:
             log.warning("run %s: %s: found pipeline %s by %s", job.run_id, where, found, run_value)
             return {**keys, "gitlabPipelineId": found}
-        raise OutcomeUnknown(
-            f"{where}: the pipeline creation answered {describe(lost)}, and no pipeline carrying "
-            f"{RUN_VARIABLE}={run_value} was found; outcome unknown"
+        raise kit.OutcomeUnknown(
+            f"{where}: the pipeline creation answered {kit.describe(lost)}, and no pipeline "
+            f"carrying {RUN_VARIABLE}={run_value} was found; outcome unknown"
         )
 
     async def _find_by_run_value(
@@ -218,7 +200,7 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
                     ):
                         return pid
                     checked.add(pid)
-            except CALL_ERRORS as exc:
+            except kit.CALL_ERRORS as exc:
                 log.warning("looking for the pipeline carrying %s failed: %s", run_value, exc)
         return None
 
@@ -226,7 +208,7 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
 
     async def _pipeline(self, keys: Mapping[str, str]) -> dict[str, Any]:
         client, project, pipeline_id = self._known(keys)
-        with following(f"gitlab pipeline {pipeline_id}"):
+        with kit.following(f"gitlab pipeline {pipeline_id}"):
             return await client.pipeline(project, pipeline_id)
 
     async def _failed_jobs(self, keys: Mapping[str, str]) -> str:
@@ -244,7 +226,7 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
         ]
         return f" (failed jobs: {', '.join(failed)})" if failed else ""
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         pipeline = await self._pipeline(keys)
         pipeline_id = keys["gitlabPipelineId"]
         state, url = pipeline.get("status"), pipeline.get("web_url")
@@ -252,29 +234,29 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
         if mapped is None:
             if pipeline.get("finished_at"):
                 message = f"pipeline #{pipeline_id} ended with status {state!r}, unknown to ASCOB"
-                return StatusReport(BackendStatus.FAILED, message, url)
-            raise BackendUnavailable(
+                return kit.StatusReport(kit.BackendStatus.FAILED, message, url)
+            raise kit.BackendUnavailable(
                 f"gitlab pipeline {pipeline_id}: status {state!r} is unknown to ASCOB"
             )
         if state == "manual":
-            return StatusReport(mapped, "waiting for a manual action", url)
-        if mapped is BackendStatus.SUCCEEDED:
+            return kit.StatusReport(mapped, "waiting for a manual action", url)
+        if mapped is kit.BackendStatus.SUCCEEDED:
             detail = pipeline.get("detailed_status")
             warned = isinstance(detail, dict) and detail.get("group") == "success-with-warnings"
-            return StatusReport(mapped, "passed with warnings" if warned else None, url)
-        if mapped is BackendStatus.FAILED:
+            return kit.StatusReport(mapped, "passed with warnings" if warned else None, url)
+        if mapped is kit.BackendStatus.FAILED:
             if pipeline.get("yaml_errors"):  # a pipeline created failed, without jobs
                 why = f" (configuration error: {pipeline['yaml_errors']})"
             else:
                 why = await self._failed_jobs(keys) if state == "failed" else ""
-            return StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
-        if mapped is BackendStatus.ABORTED:
-            return StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
-        return StatusReport(mapped, str(state) if state != "running" else None, url)
+            return kit.StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
+        if mapped is kit.BackendStatus.ABORTED:
+            return kit.StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
+        return kit.StatusReport(mapped, str(state) if state != "running" else None, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, project, pipeline_id = self._known(keys)
-        with following(f"gitlab cancel {pipeline_id}"):
+        with kit.following(f"gitlab cancel {pipeline_id}"):
             await client.cancel_pipeline(project, pipeline_id)
             if force:
                 await self._force_cancel_jobs(client, project, pipeline_id)
@@ -293,7 +275,7 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
                     state = (await client.cancel_job(project, job_id)).get("status")
                 if state == "canceling":
                     await client.cancel_job(project, job_id, force=True)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code >= 500:
                     raise
                 # ended meanwhile (422), or the token may not force-cancel (403): say so, go on
@@ -301,11 +283,11 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
                     "gitlab pipeline %s: force-cancel of job %s: %s", pipeline_id, job_id, exc
                 )
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         client, project, pipeline_id = self._known(keys)
         pipeline = await self._pipeline(keys)
         ended = pipeline.get("status") in PIPELINE_ENDED
-        with following(f"gitlab output {pipeline_id}"):
+        with kit.following(f"gitlab output {pipeline_id}"):
             jobs = in_stage_order(await client.pipeline_jobs(project, pipeline_id))
             pieces, position, blocked = [], 0, False
             for job in jobs:
@@ -330,4 +312,4 @@ class GitLabBackend(KitBackend[Instance, GitLabClient]):
                     blocked = True  # its log may still grow
                     break
         text = b"".join(pieces).decode("utf-8", errors="replace")
-        return OutputChunk(text, max(offset, position), blocked or not ended)
+        return kit.OutputChunk(text, max(offset, position), blocked or not ended)

@@ -44,20 +44,10 @@ from typing import Any
 
 import httpx
 
-from backends.base import (
-    BackendStatus,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-    SubmitUnknown,
-)
+from backends import kit
 from backends.jenkins.claims import CLAIMS, QueueClaims
 from backends.jenkins.client import JenkinsClient
 from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
-from backends.kit import KitBackend, RestInstance, before_sending, describe, following, required
 
 __all__ = ["JenkinsBackend", "JenkinsClient"]
 
@@ -67,16 +57,16 @@ PROJECT_LABEL = "jenkins_project_name"
 DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
 
 RESULTS = {
-    "SUCCESS": BackendStatus.SUCCEEDED,
-    "ABORTED": BackendStatus.ABORTED,
-    "FAILURE": BackendStatus.FAILED,
-    "UNSTABLE": BackendStatus.FAILED,
-    "NOT_BUILT": BackendStatus.FAILED,
+    "SUCCESS": kit.BackendStatus.SUCCEEDED,
+    "ABORTED": kit.BackendStatus.ABORTED,
+    "FAILURE": kit.BackendStatus.FAILED,
+    "UNSTABLE": kit.BackendStatus.FAILED,
+    "NOT_BUILT": kit.BackendStatus.FAILED,
 }
 
 
 @dataclass(frozen=True)
-class Instance(RestInstance):
+class Instance(kit.RestInstance):
     kind = "jenkins"
     user: str | None = None
     run_parameter: str = DEFAULT_RUN_PARAMETER
@@ -103,7 +93,7 @@ def with_note(message: str, keys: Mapping[str, str]) -> str:
     return f"{message}; {note}" if note else message
 
 
-class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
+class JenkinsBackend(kit.KitBackend[Instance, JenkinsClient]):
     id = "jenkinsBackend"
     config_section = "jenkins"
     takes = (PROJECT_LABEL,)
@@ -126,36 +116,36 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
         super().validate(labels)
         project = labels.get(PROJECT_LABEL, "").strip("/")
         if not project:
-            raise SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
+            raise kit.SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, JenkinsClient, str]:
-        (project,) = required(keys, "jenkinsProject")
+        (project,) = kit.required(keys, "jenkinsProject")
         return *self.known(keys), project
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         name = inst.name
         project = job.labels[PROJECT_LABEL].strip("/")
         client = self.client(inst)
         where = f"jenkins {name!r} job {project!r}"
-        with before_sending(where, "the job", "no such job"):
+        with kit.before_sending(where, "the job", "no such job"):
             definition = await client.get_job(project)
             await client.ensure_crumb()
         if definition.get("buildable") is False:
-            raise SubmitRefused(f"{where}: the job is disabled")
+            raise kit.SubmitRefused(f"{where}: the job is disabled")
         parameterized, declared = declared_parameters(definition)
         if inst.run_parameter in declared:
             return await self._submit_with_run_value(job, inst, client, project, where)
         if inst.require_run_parameter:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} does not declare the string parameter {inst.run_parameter}, which "
                 f"[jenkins.{name}] requires (require_run_parameter): add it to the job"
             )
         if not parameterized and job.parameters:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} takes no parameters, so Jenkins would drop "
                 f"{', '.join(sorted(job.parameters))}: remove them from the spec, or declare "
                 "them in the job (This project is parameterized)"
@@ -165,7 +155,7 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
         )
 
     async def _submit_with_run_value(
-        self, job: Job, inst: Instance, client: JenkinsClient, project: str, where: str
+        self, job: kit.Job, inst: Instance, client: JenkinsClient, project: str, where: str
     ) -> dict[str, str]:
         """The strong path: a unique value in the run parameter; Jenkins never merges it."""
         run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
@@ -174,17 +164,17 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
         keys["jenkinsRunValue"] = run_value
         try:
             queue_id = await trigger(client, project, where, parameters)
-        except SubmitRefused:
+        except kit.SubmitRefused:
             raise
         except Exception as exc:
             # Jenkins may have queued it: the build that carries run_value is ours
-            raise SubmitUnknown(f"{where}: {describe(exc)}", keys) from exc
+            raise kit.SubmitUnknown(f"{where}: {kit.describe(exc)}", keys) from exc
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
         return {**keys, "jenkinsQueueId": str(queue_id)}
 
     async def _submit_as_is(
         self,
-        job: Job,
+        job: kit.Job,
         inst: Instance,
         client: JenkinsClient,
         project: str,
@@ -220,7 +210,7 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
 
     # ------------------------------------------------------------------ follow
 
-    async def _build_number(self, keys: Mapping[str, str]) -> int | StatusReport:
+    async def _build_number(self, keys: Mapping[str, str]) -> int | kit.StatusReport:
         """The build number, or a report while the job waits in the queue (or left it)."""
         inst, client, project = self._known(keys)
         if keys.get("jenkinsBuildNumber", "").isdigit():
@@ -237,20 +227,22 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
             for waiting in await client.queue_items():
                 if wanted in f"{waiting.get('params') or ''}\n":
                     why = str(waiting.get("why") or "queued")
-                    return StatusReport(BackendStatus.QUEUED, with_note(why, keys))
+                    return kit.StatusReport(kit.BackendStatus.QUEUED, with_note(why, keys))
         item = await client.queue_item(int(queue_id)) if queue_id.isdigit() else None
         if queue_id.isdigit() and (item is None or has_left_queue(item)):
             self._claims.release(inst.url, int(queue_id))  # it can absorb no more triggers
         if item is not None:
             if item.get("cancelled"):
-                return StatusReport(BackendStatus.ABORTED, "cancelled while in the Jenkins queue")
+                return kit.StatusReport(
+                    kit.BackendStatus.ABORTED, "cancelled while in the Jenkins queue"
+                )
             executable = item.get("executable")
             if isinstance(executable, dict) and executable.get("number") is not None:
                 number = int(executable["number"])
                 self._builds[cache_key] = number
                 return number
-            return StatusReport(
-                BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
+            return kit.StatusReport(
+                kit.BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
             )
         # Jenkins forgets left queue items after a few minutes (and a trigger whose answer was
         # lost has none): find the build by our value, or (a job triggered as it is) by the
@@ -269,40 +261,42 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
                 self._builds[cache_key] = number
                 return number
         wanted = f"carries {value}" if value else f"came from it (queueId {queue_id})"
-        raise JobNotFound(
+        raise kit.JobNotFound(
             f"jenkins queue item {queue_id} is gone and none of the last 100 builds {wanted}"
         )
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
-        with following("jenkins"):
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
+        with kit.following("jenkins"):
             found = await self._build_number(keys)
-            if isinstance(found, StatusReport):
+            if isinstance(found, kit.StatusReport):
                 return found
             _, client, project = self._known(keys)
             build = await client.get_build(project, found)
         url = build.get("url")
         result = build.get("result")
         if build.get("building") or result is None:
-            return StatusReport(BackendStatus.RUNNING, with_note(f"build #{found}", keys), url)
+            return kit.StatusReport(
+                kit.BackendStatus.RUNNING, with_note(f"build #{found}", keys), url
+            )
         mapped = RESULTS.get(str(result))
         if mapped is None:
             unknown = f"build #{found}: unknown result {result}"
-            return StatusReport(BackendStatus.FAILED, with_note(unknown, keys), url)
-        if mapped is BackendStatus.SUCCEEDED:
+            return kit.StatusReport(kit.BackendStatus.FAILED, with_note(unknown, keys), url)
+        if mapped is kit.BackendStatus.SUCCEEDED:
             note = keys.get("jenkinsRetriggered")
-            return StatusReport(mapped, f"build #{found}; {note}" if note else None, url)
-        return StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
+            return kit.StatusReport(mapped, f"build #{found}; {note}" if note else None, url)
+        return kit.StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
-        with following("jenkins stop", missing=()):
+        with kit.following("jenkins stop", missing=()):
             found = await self._build_number(keys)
             _, client, project = self._known(keys)
-            if isinstance(found, StatusReport):
-                if found.status is BackendStatus.QUEUED:
+            if isinstance(found, kit.StatusReport):
+                if found.status is kit.BackendStatus.QUEUED:
                     await client.cancel_queue_item(int(keys["jenkinsQueueId"]))
                     # it may have left the queue meanwhile: stop the build too
                     found = await self._build_number(keys)
-                if isinstance(found, StatusReport):
+                if isinstance(found, kit.StatusReport):
                     return
             if not force:
                 await client.build_action(project, found, "stop")
@@ -312,11 +306,11 @@ class JenkinsBackend(KitBackend[Instance, JenkinsClient]):
                 await client.build_action(project, found, "stop")
             await client.build_action(project, found, "kill")
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
-        with following("jenkins"):
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
+        with kit.following("jenkins"):
             found = await self._build_number(keys)
-            if isinstance(found, StatusReport):
-                return OutputChunk("", offset, not found.status.is_final)
+            if isinstance(found, kit.StatusReport):
+                return kit.OutputChunk("", offset, not found.status.is_final)
             _, client, project = self._known(keys)
             text, next_offset, more = await client.progressive_text(project, found, offset)
-        return OutputChunk(text, next_offset, more)
+        return kit.OutputChunk(text, next_offset, more)

@@ -10,10 +10,13 @@
 - :func:`before_sending` and :func:`following`: what those errors mean before the job is sent
   and while it is followed; :func:`not_sent`, :func:`may_have_arrived`, :func:`describe`.
 
-The outcome of a submission that cannot be known is :class:`backends.OutcomeUnknown`, part of the
-contract itself (:mod:`backends.base`). See docs/backends.md, "Writing a backend".
+It also re-exports the contract (:mod:`backends.base`: ``Backend``, ``Job``, ``StatusReport``,
+the exception tree with ``OutcomeUnknown``, ...), so that a backend needs one import,
+``from backends import kit``. See docs/backends.md, "Writing a backend".
 """
 
+from backends.base import *  # noqa: F403 - the contract, re-exported
+from backends.base import __all__ as _contract
 from backends.kit.backend import KitBackend
 from backends.kit.client import ApiClient, ClientsPerLoop
 from backends.kit.errors import (
@@ -29,6 +32,7 @@ from backends.kit.errors import (
 from backends.kit.instances import Instances, RestInstance, required, secret_from_env
 
 __all__ = [
+    *_contract,
     "CALL_ERRORS",
     "ApiClient",
     "ClientsPerLoop",

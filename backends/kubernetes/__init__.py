@@ -50,25 +50,7 @@ from typing import Any
 
 import httpx
 
-from backends.base import (
-    BackendStatus,
-    Job,
-    JobNotFound,
-    OutcomeUnknown,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-from backends.kit import (
-    KitBackend,
-    SystemHTTPError,
-    SystemProtocolError,
-    describe,
-    following,
-    may_have_arrived,
-    required,
-)
+from backends import kit
 from backends.kubernetes.client import KubernetesClient, tls_verify
 from backends.kubernetes.jobs import (
     RUN_ANNOTATION,
@@ -89,10 +71,10 @@ log = logging.getLogger(__name__)
 TEMPLATE_LABEL = "kubernetes_template"
 CREATE_ATTEMPTS = 4
 CREATE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubled each time
-_ANSWER_ERRORS = (httpx.HTTPError, SystemProtocolError, ValueError)
+_ANSWER_ERRORS = (httpx.HTTPError, kit.SystemProtocolError, ValueError)
 
 
-class InvalidParameters(SpecRejected, SubmitRefused):
+class InvalidParameters(kit.SpecRejected, kit.SubmitRefused):
     """Parameters that cannot be environment variables: the spec is wrong (SpecRejected), and the
     Job was certainly not created (SubmitRefused: the run FAILS with this message)."""
 
@@ -107,7 +89,7 @@ class Ref:
     uid: str
 
 
-class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
+class KubernetesBackend(kit.KitBackend[Instance, KubernetesClient]):
     id = "kubernetesBackend"
     config_section = "kubernetes"
     takes = (TEMPLATE_LABEL,)
@@ -125,9 +107,9 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
         try:
             verify = tls_verify(instance.ca_file, instance.insecure)
         except (OSError, ssl.SSLError) as exc:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"kubernetes instance {instance.name!r}: cannot use ca_file {instance.ca_file} "
-                f"({describe(exc)})"
+                f"({kit.describe(exc)})"
             ) from exc
         return KubernetesClient(
             instance.url, token, timeout=instance.timeout, verify=verify, transport=self.transport
@@ -137,22 +119,22 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
         inst = self.instances.for_labels(labels)
         template = labels.get(TEMPLATE_LABEL)
         if not template:
-            raise SpecRejected(f"label {TEMPLATE_LABEL} is required")
+            raise kit.SpecRejected(f"label {TEMPLATE_LABEL} is required")
         if template not in inst.templates:
             known = ", ".join(sorted(inst.templates)) or "none"
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"{TEMPLATE_LABEL}={template!r} is not a template of kubernetes instance "
                 f"{inst.name!r} (templates: {known}; see [kubernetes.{inst.name}.templates.<name>])"
             )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[KubernetesClient, Ref]:
-        namespace, name = required(keys, "kubernetesNamespace", "kubernetesJobName")
+        namespace, name = kit.required(keys, "kubernetesNamespace", "kubernetesJobName")
         instance, client = self.known(keys)
         return client, Ref(instance.name, namespace, name, keys.get("kubernetesJobUid", ""))
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         template = inst.templates[job.labels[TEMPLATE_LABEL]]
@@ -173,7 +155,7 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
                 await asyncio.sleep(CREATE_BACKOFF * 2 ** (attempt - 1))
             try:
                 created = await client.create_job(ns, body)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code == 409 and exc.reason == "AlreadyExists":
                     found = await self._existing(client, ns, name, job, where)
                     if found is not None:
@@ -182,18 +164,18 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
                     connect_only, last = False, f"{exc}; the Job could not be read back"
                     continue
                 if exc.status_code < 500 and exc.status_code != 429:
-                    raise SubmitRefused(f"{where}: {exc}") from exc
+                    raise kit.SubmitRefused(f"{where}: {exc}") from exc
                 connect_only, last = False, str(exc)
                 continue
             except _ANSWER_ERRORS as exc:
-                connect_only = connect_only and not may_have_arrived(exc)
-                last = describe(exc)
+                connect_only = connect_only and not kit.may_have_arrived(exc)
+                last = kit.describe(exc)
                 continue
             break
         else:
             if connect_only:
-                raise SubmitRefused(f"{where}: cannot connect ({last})")
-            raise OutcomeUnknown(
+                raise kit.SubmitRefused(f"{where}: cannot connect ({last})")
+            raise kit.OutcomeUnknown(
                 f"{where}: creating Job {name} failed {CREATE_ATTEMPTS} times ({last}); "
                 "outcome unknown"
             )
@@ -207,17 +189,17 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
         }
 
     async def _existing(
-        self, client: KubernetesClient, ns: str, name: str, job: Job, where: str
+        self, client: KubernetesClient, ns: str, name: str, job: kit.Job, where: str
     ) -> dict[str, Any] | None:
         """The Job a 409 names: this run's (created by an earlier attempt whose answer was
         lost), None if it cannot be read now; SubmitRefused if it belongs to something else."""
         try:
             existing = await client.get_job(ns, name)
-        except (SystemHTTPError, *_ANSWER_ERRORS):
+        except (kit.SystemHTTPError, *_ANSWER_ERRORS):
             return None
         marker = ((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ANNOTATION)
         if marker != run_marker(job):
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: a Job named {name} already exists and is not this run's "
                 f"(annotation {RUN_ANNOTATION}={marker!r})"
             )
@@ -253,10 +235,10 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
 
     async def _job(self, client: KubernetesClient, ref: Ref) -> dict[str, Any] | None:
         """The Job, or None when a forced stop of ASCOB deleted it."""
-        with following(f"kubernetes: Job {ref.name}", also=(ValueError,)):
+        with kit.following(f"kubernetes: Job {ref.name}", also=(ValueError,)):
             try:
                 data = await client.get_job(ref.namespace, ref.name)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code == 404 and self._deleted_by_us(ref):
                     return None
                 raise
@@ -264,19 +246,19 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
         if ref.uid and uid != ref.uid:
             if self._deleted_by_us(ref):
                 return None
-            raise JobNotFound(f"kubernetes: Job {ref.name} is another Job now (uid {uid})")
+            raise kit.JobNotFound(f"kubernetes: Job {ref.name} is another Job now (uid {uid})")
         return data
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         client, ref = self._known(keys)
         data = await self._job(client, ref)
         if data is None:
-            return StatusReport(BackendStatus.ABORTED, "job deleted by a forced stop")
+            return kit.StatusReport(kit.BackendStatus.ABORTED, "job deleted by a forced stop")
         return job_report(data, self._url(ref))
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, ref = self._known(keys)
-        with following(f"kubernetes stop of Job {ref.name}", missing=(), also=(ValueError,)):
+        with kit.following(f"kubernetes stop of Job {ref.name}", missing=(), also=(ValueError,)):
             try:
                 if force:
                     self._remember_deleted(ref)
@@ -287,25 +269,25 @@ class KubernetesBackend(KitBackend[Instance, KubernetesClient]):
                         "spec": {"suspend": True},
                     }
                     await client.patch_job(ref.namespace, ref.name, patch)
-            except SystemHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code != 404 or not self._deleted_by_us(ref):
                     raise
 
     # ------------------------------------------------------------------ output
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         client, ref = self._known(keys)
         data = await self._job(client, ref)
         if data is None:  # deleted with its pods by a forced stop: no log to read any more
-            return OutputChunk("", offset, False)
+            return kit.OutputChunk("", offset, False)
         final = job_report(data).status.is_final
         start = self._cursors.nearest(ref, offset)
-        with following(f"kubernetes logs of Job {ref.name}", missing=(), also=(ValueError,)):
+        with kit.following(f"kubernetes logs of Job {ref.name}", missing=(), also=(ValueError,)):
             cursor, lines, writing = await read_on(client, ref.namespace, ref.name, start)
         more = writing or not final
         produced = "".join(f"{line}\n" for line in lines).encode()
         skip = offset - start.offset
         if skip > len(produced):  # an offset beyond the output so far
-            return OutputChunk("", offset, more)
+            return kit.OutputChunk("", offset, more)
         self._cursors.keep(ref, cursor)
-        return OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)
+        return kit.OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)

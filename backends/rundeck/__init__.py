@@ -34,28 +34,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from backends.base import (
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutcomeUnknown,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-    SubmitUnknown,
-)
-from backends.kit import (
-    KitBackend,
-    RestInstance,
-    SystemHTTPError,
-    SystemProtocolError,
-    before_sending,
-    describe,
-    following,
-    may_have_arrived,
-)
+from backends import kit
 from backends.rundeck.client import DEFAULT_API_VERSION, RundeckClient
 
 __all__ = ["STATUSES", "RundeckBackend", "RundeckClient"]
@@ -69,15 +48,15 @@ JOB_ID_LABEL = "rundeck_job_id"
 # Rundeck execution status -> ASCOB. ``failed-with-retry`` is followed to the retry;
 # ``other`` (a custom status) is final once the execution has ended.
 STATUSES = {
-    "scheduled": BackendStatus.QUEUED,
-    "queued": BackendStatus.QUEUED,
-    "running": BackendStatus.RUNNING,
-    "succeeded": BackendStatus.SUCCEEDED,
-    "failed": BackendStatus.FAILED,
-    "aborted": BackendStatus.ABORTED,
-    "timedout": BackendStatus.FAILED,
-    "incomplete": BackendStatus.FAILED,
-    "missed": BackendStatus.FAILED,
+    "scheduled": kit.BackendStatus.QUEUED,
+    "queued": kit.BackendStatus.QUEUED,
+    "running": kit.BackendStatus.RUNNING,
+    "succeeded": kit.BackendStatus.SUCCEEDED,
+    "failed": kit.BackendStatus.FAILED,
+    "aborted": kit.BackendStatus.ABORTED,
+    "timedout": kit.BackendStatus.FAILED,
+    "incomplete": kit.BackendStatus.FAILED,
+    "missed": kit.BackendStatus.FAILED,
 }
 _MAX_RETRIES_FOLLOWED = 20
 DEFAULT_RUN_OPTION = "ASCOB_RUN"
@@ -86,7 +65,7 @@ _SEARCH_PAGES, _SEARCH_PAGE_SIZE = 10, 50
 
 
 @dataclass(frozen=True)
-class Instance(RestInstance):
+class Instance(kit.RestInstance):
     kind = "rundeck"
     api_version: int = DEFAULT_API_VERSION
     run_option: str = DEFAULT_RUN_OPTION
@@ -100,7 +79,7 @@ class Instance(RestInstance):
         )
 
 
-class RundeckBackend(KitBackend[Instance, RundeckClient]):
+class RundeckBackend(kit.KitBackend[Instance, RundeckClient]):
     id = "rundeckBackend"
     config_section = "rundeck"
     takes = (JOB_ID_LABEL, JOB_NAME_LABEL)
@@ -122,7 +101,7 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
         if labels.get(JOB_ID_LABEL):
             return
         if not (labels.get(PROJECT_LABEL) and labels.get(JOB_NAME_LABEL)):
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label {JOB_ID_LABEL}, or labels {PROJECT_LABEL} and {JOB_NAME_LABEL}, "
                 "are required"
             )
@@ -133,7 +112,7 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
         execution_id = keys.get("rundeckExecutionId")
         value, job_id = keys.get("rundeckRunValue", ""), keys.get("rundeckJobId", "")
         if not execution_id and not (value and job_id):
-            raise JobNotFound("identification keys carry no rundeckExecutionId")
+            raise kit.JobNotFound("identification keys carry no rundeckExecutionId")
         inst, client = self.known(keys)
         if execution_id:
             return client, execution_id
@@ -154,7 +133,7 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
                         return str(execution["id"])
                 if len(executions) < _SEARCH_PAGE_SIZE:
                     break
-        raise JobNotFound(
+        raise kit.JobNotFound(
             f"rundeck {inst.name!r}: no execution of job {job_id} among its latest "
             f"{_SEARCH_PAGES * _SEARCH_PAGE_SIZE} carries {inst.run_option}={value}"
         )
@@ -170,21 +149,21 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
         group, _, name = full_name.rpartition("/")
         jobs = await client.find_jobs(project, name, group or None)
         if not jobs:
-            raise SubmitRefused(f"{where}: no job named {full_name!r} in project {project!r}")
+            raise kit.SubmitRefused(f"{where}: no job named {full_name!r} in project {project!r}")
         if len(jobs) > 1:
             found = ", ".join(f"{j.get('group') or '(no group)'}/{j.get('name')}" for j in jobs)
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: {len(jobs)} jobs named {name!r} in project {project!r} ({found}); "
                 f"give the group as {JOB_NAME_LABEL}=group/{name} or use {JOB_ID_LABEL}"
             )
         return str(jobs[0]["id"])
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         client = self.client(inst)
         where = f"rundeck {inst.name!r}"
-        with before_sending(where, "the job", "no such job or project", also=(KeyError,)):
+        with kit.before_sending(where, "the job", "no such job or project", also=(KeyError,)):
             job_id = await self._job_id(client, job.labels, where)
         options = dict(job.parameters)
         keys = {"rundeckInstance": inst.name, "rundeckJobId": job_id}
@@ -195,14 +174,15 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
             execution = await client.run_job(job_id, options)
             if execution.get("id") is None:
                 raise client.protocol_error("run answered without an execution id")
-        except SystemHTTPError as exc:
+        except kit.SystemHTTPError as exc:
             if exc.status_code < 500:
-                raise SubmitRefused(f"{where} job {job_id}: {exc}") from exc
+                raise kit.SubmitRefused(f"{where} job {job_id}: {exc}") from exc
             _lost(f"{where} job {job_id}: run answered {exc}; outcome unknown", keys, exc)
-        except (httpx.HTTPError, SystemProtocolError) as exc:
-            if not may_have_arrived(exc):  # nothing was sent
-                raise BackendUnavailable(f"{where}: cannot connect ({describe(exc)})") from exc
-            _lost(f"{where} job {job_id}: {describe(exc)}; outcome unknown", keys, exc)
+        except (httpx.HTTPError, kit.SystemProtocolError) as exc:
+            if not kit.may_have_arrived(exc):  # nothing was sent
+                cannot = f"{where}: cannot connect ({kit.describe(exc)})"
+                raise kit.BackendUnavailable(cannot) from exc
+            _lost(f"{where} job {job_id}: {kit.describe(exc)}; outcome unknown", keys, exc)
         log.info("run %s: %s job %s is execution %s", job.run_id, where, job_id, execution["id"])
         return {**keys, "rundeckExecutionId": str(execution["id"])}
 
@@ -215,7 +195,7 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
                 return str(other.get("id"))
         return None
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         with _following("rundeck"):
             client, execution_id = await self._known(keys)
             for _ in range(_MAX_RETRIES_FOLLOWED):
@@ -227,33 +207,37 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
                 retry = await self._retry_of(client, keys.get("rundeckJobId", ""), execution_id)
                 if retry is None:
                     pending = f"execution {execution_id} failed; retry pending"
-                    return StatusReport(BackendStatus.RUNNING, pending, url)
+                    return kit.StatusReport(kit.BackendStatus.RUNNING, pending, url)
                 execution_id = retry
         mapped = STATUSES.get(state)
-        if mapped is BackendStatus.QUEUED and execution_id != keys.get("rundeckExecutionId"):
-            mapped = BackendStatus.RUNNING  # a retry waiting to start: the run goes on
+        if mapped is kit.BackendStatus.QUEUED and execution_id != keys.get("rundeckExecutionId"):
+            mapped = kit.BackendStatus.RUNNING  # a retry waiting to start: the run goes on
         ended = bool(execution.get("date-ended"))
         if mapped is None:  # "other": a custom status; anything unknown likewise
             custom = execution.get("customStatus") or state or "unknown"
             if not ended:
-                return StatusReport(BackendStatus.RUNNING, f"status {custom}", url)
-            return StatusReport(
-                BackendStatus.FAILED, f"execution {execution_id} ended with status {custom}", url
+                return kit.StatusReport(kit.BackendStatus.RUNNING, f"status {custom}", url)
+            return kit.StatusReport(
+                kit.BackendStatus.FAILED,
+                f"execution {execution_id} ended with status {custom}",
+                url,
             )
         message: str | None = None
-        if mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        if mapped in (kit.BackendStatus.FAILED, kit.BackendStatus.ABORTED):
             message = f"execution {execution_id}: {state}"
-        return StatusReport(mapped, message, url)
+        return kit.StatusReport(mapped, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, execution_id = await self._known(keys)
-        with following("rundeck abort", missing=()):
+        with kit.following("rundeck abort", missing=()):
             answer = await client.abort(execution_id, force)
         abort = answer.get("abort") or {}
         if isinstance(abort, dict) and abort.get("status") == "failed":
-            raise BackendUnavailable(f"rundeck abort failed: {abort.get('reason') or 'no reason'}")
+            raise kit.BackendUnavailable(
+                f"rundeck abort failed: {abort.get('reason') or 'no reason'}"
+            )
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         client, execution_id = await self._known(keys)
         with _following("rundeck"):
             data = await client.output(execution_id, offset)
@@ -264,20 +248,20 @@ class RundeckBackend(KitBackend[Instance, RundeckClient]):
         )
         completed = bool(data.get("execCompleted", data.get("completed")))
         more = not (completed and data.get("completed", True))
-        return OutputChunk(text, next_offset, more)
+        return kit.OutputChunk(text, next_offset, more)
 
 
 def _following(what: str) -> Any:
     """The kit's :func:`~backends.kit.following`; a Rundeck answer without the fields it should
     have is a broken answer too."""
-    return following(what, also=(KeyError, ValueError, TypeError))
+    return kit.following(what, also=(KeyError, ValueError, TypeError))
 
 
 def _lost(message: str, keys: Mapping[str, str], cause: Exception) -> NoReturn:
     """The run request's outcome is unknown: with a run value the execution can be looked for."""
     if "rundeckRunValue" in keys:
-        raise SubmitUnknown(message, keys) from cause
-    raise OutcomeUnknown(message) from cause
+        raise kit.SubmitUnknown(message, keys) from cause
+    raise kit.OutcomeUnknown(message) from cause
 
 
 def _carries(execution: Mapping[str, Any], option: str, value: str) -> bool:
