@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
+    "BACKEND_ID_LABEL",
     "Backend",
     "BackendContext",
     "BackendError",

@@ -31,6 +31,8 @@ Output: the task instances' logs, ordered by start date (see :mod:`backends.airf
 
 from __future__ import annotations
 
+__all__ = ["STATES", "AirflowBackend", "AirflowClient"]
+
 import asyncio
 import logging
 import re
@@ -50,8 +52,6 @@ from backends.airflow.client import (
     AirflowProtocolError,
 )
 from backends.airflow.logs import TaskLogs
-
-__all__ = ["STATES", "AirflowBackend", "AirflowClient"]
 
 log = logging.getLogger(__name__)
 

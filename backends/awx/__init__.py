@@ -32,6 +32,8 @@ Identification keys: ``awxInstance``, ``awxKind`` (``job`` or ``workflow_job``),
 
 from __future__ import annotations
 
+__all__ = ["STATUSES", "AwxBackend", "AwxClient"]
+
 import asyncio
 import logging
 import uuid
@@ -46,24 +48,19 @@ from backends import kit
 from backends.awx.client import DEFAULT_API_PREFIX, AwxClient, normalize_prefix
 from backends.awx.output import Checkpoints, job_text, workflow_text
 
-__all__ = ["STATUSES", "AwxBackend", "AwxClient"]
-
 log = logging.getLogger(__name__)
 
 JOB_TEMPLATE_LABEL = "awx_job_template"
 WORKFLOW_TEMPLATE_LABEL = "awx_workflow_template"
 DEFAULT_RUN_VARIABLE = "ascob_run"
 
-STATUSES = {
-    "new": kit.BackendStatus.QUEUED,
-    "pending": kit.BackendStatus.QUEUED,
-    "waiting": kit.BackendStatus.QUEUED,
-    "running": kit.BackendStatus.RUNNING,
-    "successful": kit.BackendStatus.SUCCEEDED,
-    "failed": kit.BackendStatus.FAILED,
-    "error": kit.BackendStatus.FAILED,
-    "canceled": kit.BackendStatus.ABORTED,
-}
+STATUSES = kit.statuses(
+    queued=("new", "pending", "waiting"),
+    running=("running",),
+    succeeded=("successful",),
+    failed=("failed", "error"),
+    aborted=("canceled",),
+)
 _TEMPLATE_WORDS = {"job": "job template", "workflow_job": "workflow job template"}
 
 

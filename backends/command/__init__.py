@@ -35,6 +35,8 @@ engine fails the run with the message.
 
 from __future__ import annotations
 
+__all__ = ["CommandBackend", "InvalidParameter"]
+
 import asyncio
 import logging
 import os
@@ -62,8 +64,6 @@ from backends.command.jobdir import (
     read_json,
     write_json,
 )
-
-__all__ = ["CommandBackend", "InvalidParameter"]
 
 log = logging.getLogger(__name__)
 

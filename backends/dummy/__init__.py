@@ -26,6 +26,8 @@ evidence. For compatibility it also takes specs without a backend id whose descr
 
 from __future__ import annotations
 
+__all__ = ["DummyBackend"]
+
 import asyncio
 import json
 import os
@@ -38,8 +40,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from backends import kit
-
-__all__ = ["DummyBackend"]
 
 _FINAL_CHOICES = {"SUCCEEDED", "SUCCEDED", "FAILED", "ABORTED", "RUNNING"}
 

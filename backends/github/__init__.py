@@ -36,6 +36,8 @@ of that concatenation, which only grows: a job is shown only after every job bef
 
 from __future__ import annotations
 
+__all__ = ["CONCLUSIONS", "STATUSES", "GitHubActionsBackend"]
+
 import asyncio
 import logging
 import re
@@ -53,8 +55,6 @@ import httpx
 from backends import kit
 from backends.github.client import GitHubClient, GitHubRateLimited
 
-__all__ = ["CONCLUSIONS", "STATUSES", "GitHubActionsBackend"]
-
 log = logging.getLogger(__name__)
 
 REPOSITORY_LABEL = "github_repository"
@@ -64,13 +64,10 @@ DEFAULT_URL = "https://api.github.com"
 DEFAULT_RUN_INPUT = "ascob_run"
 
 # Workflow run ``status`` -> ASCOB; ``completed`` is decided by the conclusion.
-STATUSES = {
-    "requested": kit.BackendStatus.QUEUED,
-    "queued": kit.BackendStatus.QUEUED,
-    "pending": kit.BackendStatus.QUEUED,
-    "waiting": kit.BackendStatus.QUEUED,
-    "in_progress": kit.BackendStatus.RUNNING,
-}
+STATUSES = kit.statuses(
+    queued=("requested", "queued", "pending", "waiting"),
+    running=("in_progress",),
+)
 # ``completed`` + conclusion; any other conclusion (failure, timed_out, startup_failure,
 # action_required, neutral, skipped, stale, ...) is FAILED with the conclusion in the message.
 CONCLUSIONS = {"success": kit.BackendStatus.SUCCEEDED, "cancelled": kit.BackendStatus.ABORTED}

@@ -25,6 +25,8 @@ jobs that are still ``canceling`` (their runner did not confirm).
 
 from __future__ import annotations
 
+__all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
+
 import asyncio
 import logging
 import time
@@ -46,8 +48,6 @@ from backends.gitlab.trace import (
     in_stage_order,
 )
 
-__all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
-
 log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "gitlab_project"
@@ -55,20 +55,13 @@ REF_LABEL = "gitlab_ref"
 RUN_VARIABLE = "ASCOB_RUN"
 
 # GitLab pipeline status -> ASCOB. ``manual`` (blocked on a manual job) is RUNNING with a message.
-STATUSES = {
-    "created": kit.BackendStatus.QUEUED,
-    "waiting_for_resource": kit.BackendStatus.QUEUED,
-    "preparing": kit.BackendStatus.QUEUED,
-    "pending": kit.BackendStatus.QUEUED,
-    "scheduled": kit.BackendStatus.QUEUED,
-    "running": kit.BackendStatus.RUNNING,
-    "canceling": kit.BackendStatus.RUNNING,
-    "manual": kit.BackendStatus.RUNNING,
-    "success": kit.BackendStatus.SUCCEEDED,
-    "failed": kit.BackendStatus.FAILED,
-    "canceled": kit.BackendStatus.ABORTED,
-    "skipped": kit.BackendStatus.FAILED,
-}
+STATUSES = kit.statuses(
+    queued=("created", "waiting_for_resource", "preparing", "pending", "scheduled"),
+    running=("running", "canceling", "manual"),
+    succeeded=("success",),
+    failed=("failed", "skipped"),
+    aborted=("canceled",),
+)
 PIPELINE_ENDED = frozenset({"success", "failed", "canceled", "skipped"})
 # When the answer to a creation is lost, look for the pipeline this many times, after these pauses
 # (a proxy may give up while GitLab is still creating it).

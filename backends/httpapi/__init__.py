@@ -52,6 +52,8 @@ it already made.
 
 from __future__ import annotations
 
+__all__ = ["HttpBackend", "UnknownVariable"]
+
 import asyncio
 import hashlib
 import logging
@@ -74,8 +76,6 @@ from backends.httpapi.templates import (
     to_json,
     url_value,
 )
-
-__all__ = ["HttpBackend", "UnknownVariable"]
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,8 @@ what happened, shown in the status message) and, when a webhook reports it,
 
 from __future__ import annotations
 
+__all__ = ["JenkinsBackend", "JenkinsClient"]
+
 import logging
 import uuid
 from collections.abc import Mapping
@@ -49,20 +51,16 @@ from backends.jenkins.claims import CLAIMS, QueueClaims
 from backends.jenkins.client import JenkinsClient
 from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
 
-__all__ = ["JenkinsBackend", "JenkinsClient"]
-
 log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "jenkins_project_name"
 DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
 
-RESULTS = {
-    "SUCCESS": kit.BackendStatus.SUCCEEDED,
-    "ABORTED": kit.BackendStatus.ABORTED,
-    "FAILURE": kit.BackendStatus.FAILED,
-    "UNSTABLE": kit.BackendStatus.FAILED,
-    "NOT_BUILT": kit.BackendStatus.FAILED,
-}
+RESULTS = kit.statuses(
+    succeeded=("SUCCESS",),
+    failed=("FAILURE", "UNSTABLE", "NOT_BUILT"),
+    aborted=("ABORTED",),
+)
 
 
 @dataclass(frozen=True)

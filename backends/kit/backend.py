@@ -7,14 +7,39 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 
-from backends.base import Backend, BackendContext, BackendUnavailable, SubmitRefused
+from backends.base import (
+    Backend,
+    BackendContext,
+    BackendStatus,
+    BackendUnavailable,
+    SubmitRefused,
+)
 from backends.kit.client import ClientsPerLoop
-from backends.kit.instances import Instances, RestInstance, _Named
+from backends.kit.instances import Instances, _Named
 
-__all__ = ["KitBackend"]
+__all__ = ["KitBackend", "statuses"]
 
 N = TypeVar("N", bound=_Named)
 C = TypeVar("C", bound=Any)
+
+
+def statuses(
+    *,
+    queued: tuple[str, ...] = (),
+    running: tuple[str, ...] = (),
+    succeeded: tuple[str, ...] = (),
+    failed: tuple[str, ...] = (),
+    aborted: tuple[str, ...] = (),
+) -> dict[str, BackendStatus]:
+    """A system's status words -> ASCOB's, written per ASCOB status."""
+    table = {
+        BackendStatus.QUEUED: queued,
+        BackendStatus.RUNNING: running,
+        BackendStatus.SUCCEEDED: succeeded,
+        BackendStatus.FAILED: failed,
+        BackendStatus.ABORTED: aborted,
+    }
+    return {word: status for status, words in table.items() for word in words}
 
 
 class KitBackend(Backend, Generic[N, C]):
@@ -22,19 +47,19 @@ class KitBackend(Backend, Generic[N, C]):
     through its own client (one per instance and event loop).
 
     A subclass sets ``id``, ``config_section``, ``takes`` (the labels that make a spec without
-    a backend id its own), ``instance_type`` (parsed with ``instance_type.parse(name, table)``,
-    default :class:`~backends.kit.RestInstance`) and ``client_type`` (made with ``client_type(url,
-    token, timeout=..., transport=...)``; override :meth:`make_client` for more), and implements
-    ``submit`` and ``status`` (and ``stop``, ``output``). It gets ``self.instances``
-    (:class:`~backends.kit.Instances`), :meth:`validate` checking the instance label,
-    :meth:`client`, :meth:`known` (the instance and client identification keys name) and
-    :meth:`aclose`; :meth:`setup` makes its own per-process state.
+    a backend id its own), ``instance_type`` (a :class:`~backends.kit.RestInstance` with its
+    ``kind``, parsed with ``instance_type.parse(name, table)``) and ``client_type`` (made with
+    ``client_type(url, token, timeout=..., transport=...)``; override :meth:`make_client` for
+    more), and implements ``submit`` and ``status`` (and ``stop``, ``output``). It gets
+    ``self.instances`` (:class:`~backends.kit.Instances`), :meth:`validate` checking the
+    instance label, :meth:`client`, :meth:`known` (the instance and client identification keys
+    name) and :meth:`aclose`; :meth:`setup` makes its own per-process state.
     """
 
     config_section: ClassVar[str]
     can_stop: ClassVar[bool] = True
     takes: ClassVar[tuple[str, ...]] = ()
-    instance_type: ClassVar[Any] = RestInstance
+    instance_type: ClassVar[Any] = None
     client_type: ClassVar[Any] = None
 
     def __init__(

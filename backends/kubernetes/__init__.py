@@ -40,6 +40,8 @@ the Status object's ``reason`` and ``message``.
 
 from __future__ import annotations
 
+__all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
+
 import asyncio
 import logging
 import ssl
@@ -63,8 +65,6 @@ from backends.kubernetes.jobs import (
     run_marker,
 )
 from backends.kubernetes.logs import CursorStore, read_on
-
-__all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
 
 log = logging.getLogger(__name__)
 

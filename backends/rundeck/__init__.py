@@ -25,6 +25,8 @@ execution was found after a lost answer).
 
 from __future__ import annotations
 
+__all__ = ["STATUSES", "RundeckBackend", "RundeckClient"]
+
 import logging
 import uuid
 from collections.abc import Mapping
@@ -37,8 +39,6 @@ import httpx
 from backends import kit
 from backends.rundeck.client import DEFAULT_API_VERSION, RundeckClient
 
-__all__ = ["STATUSES", "RundeckBackend", "RundeckClient"]
-
 log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "rundeck_project_name"
@@ -47,17 +47,13 @@ JOB_ID_LABEL = "rundeck_job_id"
 
 # Rundeck execution status -> ASCOB. ``failed-with-retry`` is followed to the retry;
 # ``other`` (a custom status) is final once the execution has ended.
-STATUSES = {
-    "scheduled": kit.BackendStatus.QUEUED,
-    "queued": kit.BackendStatus.QUEUED,
-    "running": kit.BackendStatus.RUNNING,
-    "succeeded": kit.BackendStatus.SUCCEEDED,
-    "failed": kit.BackendStatus.FAILED,
-    "aborted": kit.BackendStatus.ABORTED,
-    "timedout": kit.BackendStatus.FAILED,
-    "incomplete": kit.BackendStatus.FAILED,
-    "missed": kit.BackendStatus.FAILED,
-}
+STATUSES = kit.statuses(
+    queued=("scheduled", "queued"),
+    running=("running",),
+    succeeded=("succeeded",),
+    failed=("failed", "timedout", "incomplete", "missed"),
+    aborted=("aborted",),
+)
 _MAX_RETRIES_FOLLOWED = 20
 DEFAULT_RUN_OPTION = "ASCOB_RUN"
 # how far back a lost run request's execution is looked for: pages of the job's executions
