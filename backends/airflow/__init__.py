@@ -31,8 +31,6 @@ Output: the task instances' logs, ordered by start date (see :mod:`backends.airf
 
 from __future__ import annotations
 
-__all__ = ["STATES", "AirflowBackend", "AirflowClient"]
-
 import asyncio
 import logging
 import re
@@ -44,7 +42,6 @@ from urllib.parse import quote
 
 import httpx
 
-from backends import kit
 from backends.airflow.client import (
     API_VERSIONS,
     AirflowClient,
@@ -52,6 +49,29 @@ from backends.airflow.client import (
     AirflowProtocolError,
 )
 from backends.airflow.logs import TaskLogs
+from backends.base import (
+    BackendStatus,
+    BackendUnavailable,
+    Job,
+    JobNotFound,
+    OutcomeUnknown,
+    OutputChunk,
+    SpecRejected,
+    StatusReport,
+    SubmitRefused,
+)
+from backends.kit import (
+    KitBackend,
+    RestInstance,
+    before_sending,
+    describe,
+    following,
+    may_have_arrived,
+    required,
+    secret_from_env,
+)
+
+__all__ = ["STATES", "AirflowBackend", "AirflowClient"]
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +81,17 @@ STOP_NOTE = "Stopped through ASCOB"
 # DagRunState -> ASCOB (``failed`` is ABORTED when ASCOB stopped the run). Any other value is
 # not an answer yet: polling goes on.
 STATES = {
-    "queued": kit.BackendStatus.QUEUED,
-    "running": kit.BackendStatus.RUNNING,
-    "success": kit.BackendStatus.SUCCEEDED,
-    "failed": kit.BackendStatus.FAILED,
+    "queued": BackendStatus.QUEUED,
+    "running": BackendStatus.RUNNING,
+    "success": BackendStatus.SUCCEEDED,
+    "failed": BackendStatus.FAILED,
 }
 _RUN_FINAL = ("success", "failed")
 _ASCOB_RUN = re.compile(r"^ascob-(\d+)-")
 
 
 @dataclass(frozen=True)
-class Instance(kit.RestInstance):
+class Instance(RestInstance):
     kind = "airflow"
     api: str = "v2"
     username: str | None = None
@@ -100,7 +120,7 @@ class Instance(kit.RestInstance):
 
     def password(self) -> str | None:
         what = f"the password of {self.username}"
-        return kit.secret_from_env(self.kind, self.name, self.password_env, what)
+        return secret_from_env(self.kind, self.name, self.password_env, what)
 
     def web_url(self, dag_id: str, run_id: str) -> str:
         if self.api == "v1":
@@ -108,7 +128,7 @@ class Instance(kit.RestInstance):
         return f"{self.url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
-class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
+class AirflowBackend(KitBackend[Instance, AirflowClient]):
     id = "airflowBackend"
     config_section = "airflow"
     takes = (DAG_LABEL,)
@@ -124,7 +144,7 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
     def validate(self, labels: Mapping[str, str]) -> None:
         super().validate(labels)
         if not labels.get(DAG_LABEL, "").strip():
-            raise kit.SpecRejected(f"label {DAG_LABEL} is required (the DAG to trigger)")
+            raise SpecRejected(f"label {DAG_LABEL} is required (the DAG to trigger)")
 
     def make_client(self, instance: Instance) -> AirflowClient:
         token = instance.token()
@@ -139,22 +159,22 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
         )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, AirflowClient, str, str]:
-        dag_id, run_id = kit.required(keys, "airflowDagId", "airflowDagRunId")
+        dag_id, run_id = required(keys, "airflowDagId", "airflowDagRunId")
         return *self.known(keys), dag_id, run_id
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, job: kit.Job) -> dict[str, str]:
+    async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
         inst = self.instances.for_labels(job.labels)
         name = inst.name
         dag_id = job.labels[DAG_LABEL].strip()
         where = f"airflow {name!r} DAG {dag_id!r}"
         client = self.client(inst)
-        with kit.before_sending(where, "the DAG"):
+        with before_sending(where, "the DAG"):
             dag = await client.get_dag(dag_id)
         if dag.get("is_paused"):
-            raise kit.SubmitRefused(
+            raise SubmitRefused(
                 f"{where}: DAG is paused; its run would wait in the queue until someone unpauses "
                 "it, so ASCOB did not trigger it (unpause the DAG in Airflow)"
             )
@@ -189,35 +209,34 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
                         log.info("%s: dag run %s exists already (a lost answer)", where, run_id)
                         return
                     if ours is False and not maybe_sent:
-                        raise kit.SubmitRefused(f"{where}: {exc}") from exc
+                        raise SubmitRefused(f"{where}: {exc}") from exc
                 elif exc.status_code < 500 and not maybe_sent:
-                    raise kit.SubmitRefused(f"{where}: {exc}") from exc
+                    raise SubmitRefused(f"{where}: {exc}") from exc
                 elif exc.status_code >= 500:
                     maybe_sent = True
                 last = exc
             except (httpx.HTTPError, AirflowProtocolError) as exc:
-                maybe_sent = maybe_sent or kit.may_have_arrived(exc)
+                maybe_sent = maybe_sent or may_have_arrived(exc)
                 last = exc
             if attempt < inst.trigger_attempts:
                 log.warning(
                     "%s: trigger of %s unclear (%s); sending it again in %.1f s",
                     where,
                     run_id,
-                    kit.describe(last) if last else "?",
+                    describe(last) if last else "?",
                     delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if not maybe_sent:
-            raise kit.SubmitRefused(
-                f"{where}: cannot reach Airflow ({kit.describe(last) if last else '?'})"
+            raise SubmitRefused(
+                f"{where}: cannot reach Airflow ({describe(last) if last else '?'})"
             )
         if await self._look_for(client, dag_id, run_id, conf, where):
             return  # a last look: the run exists although no answer said so
-        why = kit.describe(last) if last else "?"
-        raise kit.OutcomeUnknown(
+        raise OutcomeUnknown(
             f"{where}: trigger of dag run {run_id} got no clear answer in "
-            f"{inst.trigger_attempts} attempts ({why}); outcome unknown"
+            f"{inst.trigger_attempts} attempts ({describe(last) if last else '?'}); outcome unknown"
         )
 
     async def _look_for(
@@ -233,10 +252,10 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
             log.warning("%s: cannot look for dag run %s: %s", where, run_id, exc)
             return None
         except (httpx.HTTPError, AirflowProtocolError) as exc:
-            log.warning("%s: cannot look for dag run %s: %s", where, run_id, kit.describe(exc))
+            log.warning("%s: cannot look for dag run %s: %s", where, run_id, describe(exc))
             return None
         if (run.get("conf") or {}) != conf:
-            raise kit.SubmitRefused(
+            raise SubmitRefused(
                 f"{where}: a dag run named {run_id} exists with another conf; it is not "
                 "ASCOB's and ASCOB started nothing"
             )
@@ -244,39 +263,39 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> StatusReport:
         inst, client, dag_id, run_id = self._known(keys)
         try:
             run = await client.get_dag_run(dag_id, run_id)
         except AirflowHTTPError as exc:
             if exc.status_code == 404:
-                raise kit.JobNotFound(f"airflow: {exc}") from exc
-            raise kit.BackendUnavailable(f"airflow: {exc}") from exc
+                raise JobNotFound(f"airflow: {exc}") from exc
+            raise BackendUnavailable(f"airflow: {exc}") from exc
         except (httpx.HTTPError, AirflowProtocolError) as exc:
-            raise kit.BackendUnavailable(f"airflow: {kit.describe(exc)}") from exc
+            raise BackendUnavailable(f"airflow: {describe(exc)}") from exc
         url = inst.web_url(dag_id, run_id)
         state = run.get("state")
         mapped = STATES.get(str(state))
         if mapped is None:
-            raise kit.BackendUnavailable(
+            raise BackendUnavailable(
                 f"airflow: dag run {run_id} is in state {state!r}, which ASCOB does not map; "
                 "asking again later"
             )
-        if mapped is kit.BackendStatus.FAILED:
+        if mapped is BackendStatus.FAILED:
             note = str(run.get("note") or "")
             if note.startswith(STOP_NOTE) or (inst.name, dag_id, run_id) in self._stopped:
-                return kit.StatusReport(kit.BackendStatus.ABORTED, note or STOP_NOTE, url)
-            return kit.StatusReport(mapped, await self._failure(client, dag_id, run_id), url)
-        if mapped is kit.BackendStatus.SUCCEEDED:
-            return kit.StatusReport(mapped, None, url)
-        return kit.StatusReport(mapped, f"dag run {run_id}: {state}", url)
+                return StatusReport(BackendStatus.ABORTED, note or STOP_NOTE, url)
+            return StatusReport(mapped, await self._failure(client, dag_id, run_id), url)
+        if mapped is BackendStatus.SUCCEEDED:
+            return StatusReport(mapped, None, url)
+        return StatusReport(mapped, f"dag run {run_id}: {state}", url)
 
     async def _failure(self, client: AirflowClient, dag_id: str, run_id: str) -> str:
         message = f"dag run {run_id} failed"
         try:
             tis = await client.task_instances(dag_id, run_id)
         except Exception as exc:  # only the message is lost
-            log.debug("airflow: cannot list task instances of %s: %s", run_id, kit.describe(exc))
+            log.debug("airflow: cannot list task instances of %s: %s", run_id, describe(exc))
             return message
         failed = sorted({str(t.get("task_id")) for t in tis if t.get("state") == "failed"})
         return f"{message} (failed tasks: {', '.join(failed)})" if failed else message
@@ -287,7 +306,7 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
         inst, client, dag_id, run_id = self._known(keys)
         match = _ASCOB_RUN.match(run_id)
         note = f"{STOP_NOTE} (run {match.group(1) if match else run_id})"
-        with kit.following("airflow stop"):
+        with following("airflow stop"):
             run = await client.get_dag_run(dag_id, run_id)
             if run.get("state") in _RUN_FINAL:
                 return  # over already: marking it would rewrite its outcome
@@ -305,7 +324,7 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
 
     # ------------------------------------------------------------------ output
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
         inst, client, dag_id, run_id = self._known(keys)
         try:
             run = await client.get_dag_run(dag_id, run_id)  # first: then the tasks are as final
@@ -313,11 +332,11 @@ class AirflowBackend(kit.KitBackend[Instance, AirflowClient]):
             text, complete = await self._logs.text(client, inst.name, dag_id, run_id, tis)
         except AirflowHTTPError as exc:
             if exc.status_code == 404:
-                raise kit.JobNotFound(f"airflow: {exc}") from exc
-            raise kit.BackendUnavailable(f"airflow: {exc}") from exc
+                raise JobNotFound(f"airflow: {exc}") from exc
+            raise BackendUnavailable(f"airflow: {exc}") from exc
         except (httpx.HTTPError, AirflowProtocolError) as exc:
-            raise kit.BackendUnavailable(f"airflow: {kit.describe(exc)}") from exc
+            raise BackendUnavailable(f"airflow: {describe(exc)}") from exc
         data = text.encode()
         more = run.get("state") not in _RUN_FINAL or not complete
         piece = data[offset:].decode("utf-8", errors="replace")
-        return kit.OutputChunk(piece, max(offset, len(data)), more)
+        return OutputChunk(piece, max(offset, len(data)), more)
