@@ -29,6 +29,7 @@ from backends import (
 )
 from backends.awx import AwxBackend
 from tests.fakes.fake_awx import FakeAwx
+from tests.fakes.server import InProcess
 
 TOKEN_ENV = "TEST_AWX_TOKEN"
 
@@ -36,7 +37,7 @@ TOKEN_ENV = "TEST_AWX_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeAwx]:
     os.environ[TOKEN_ENV] = "awx-secret"
-    server = FakeAwx().start()
+    server = FakeAwx().start()  # also on loopback: some tests build backends without InProcess
     yield server
     server.stop()
 
@@ -46,7 +47,8 @@ def config(fake: FakeAwx, **extra: Any) -> dict[str, Any]:
 
 
 def make_backend(fake: FakeAwx, tmp_path: Path, **extra: Any) -> AwxBackend:
-    backend = AwxBackend(BackendContext(tmp_path, {"prod": config(fake, **extra)}))
+    context = BackendContext(tmp_path, {"prod": config(fake, **extra)})
+    backend = AwxBackend(context, InProcess(fake.server))
     backend.recovery_waits = (0.2,)
     return backend
 

@@ -28,7 +28,7 @@ from backends import (
 from backends.jenkins import JenkinsBackend
 from backends.jenkins.claims import QueueClaims
 from tests.fakes.fake_jenkins import FakeJenkins
-from tests.fakes.server import free_port
+from tests.fakes.server import InProcess, free_port
 
 TOKEN_ENV = "TEST_JENKINS_TOKEN"
 
@@ -36,14 +36,14 @@ TOKEN_ENV = "TEST_JENKINS_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeJenkins]:
     os.environ[TOKEN_ENV] = "jenkins-secret"
-    server = FakeJenkins().start()
+    server = FakeJenkins().start()  # also on loopback: some tests build backends without InProcess
     yield server
     server.stop()
 
 
 def make_backend(fake: FakeJenkins, tmp_path: Path, **extra: Any) -> JenkinsBackend:
     instance = {"url": fake.url, "user": "ascob", "token_env": TOKEN_ENV, "timeout": 2, **extra}
-    return JenkinsBackend(BackendContext(tmp_path, {"ci": instance}))
+    return JenkinsBackend(BackendContext(tmp_path, {"ci": instance}), InProcess(fake.server))
 
 
 @pytest.fixture
