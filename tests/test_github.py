@@ -28,6 +28,7 @@ from backends import (
 )
 from backends.github import GitHubActionsBackend
 from tests.fakes.fake_github import FakeGitHub, FakeJob, FakeWorkflow
+from tests.fakes.server import InProcess
 
 TOKEN_ENV = "TEST_GITHUB_TOKEN"
 REPO = "acme/deploys"
@@ -50,7 +51,8 @@ def make_backend(fake: FakeGitHub, tmp_path: Path, **extra: Any) -> GitHubAction
         "find_interval": 0.2,
         **extra,
     }
-    return GitHubActionsBackend(BackendContext(tmp_path, {"cloud": instance}))
+    transport = InProcess(fake.server, fake.blob)
+    return GitHubActionsBackend(BackendContext(tmp_path, {"cloud": instance}), transport)
 
 
 @pytest.fixture

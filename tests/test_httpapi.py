@@ -35,6 +35,7 @@ from backends.httpapi import HttpBackend, UnknownVariable
 from backends.httpapi.templates import JsonPath, TemplateError, render, url_value
 from tests.contract.httpapi import instance
 from tests.fakes.fake_http_service import FakeHttpService
+from tests.fakes.server import InProcess
 
 TOKEN = "service-secret"
 
@@ -70,7 +71,7 @@ def config(fake: FakeHttpService, task: str, **extra: Any) -> dict[str, Any]:
 
 
 def make(fake: FakeHttpService, tmp_path: Path, **instances: dict[str, Any]) -> HttpBackend:
-    return HttpBackend(BackendContext(tmp_path, instances))
+    return HttpBackend(BackendContext(tmp_path, instances), InProcess(fake.server))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from backends.kubernetes import KubernetesBackend
 from backends.kubernetes.jobs import job_name, job_report
 from backends.kubernetes.logs import Cursor, LogLine, parse_log, parse_timestamp, take_lines
 from tests.fakes.fake_kubernetes import FakeKubernetes
-from tests.fakes.server import free_port
+from tests.fakes.server import InProcess, free_port
 
 TOKEN_ENV = "TEST_K8S_TOKEN"
 NS = "ascob"
@@ -53,7 +53,7 @@ def make_backend(
         "templates": templates or {},
         **extra,
     }
-    return KubernetesBackend(BackendContext(data_dir, {"k8s": instance}))
+    return KubernetesBackend(BackendContext(data_dir, {"k8s": instance}), InProcess(fake.server))
 
 
 _run_ids = iter(range(500, 10**6))
