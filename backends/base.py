@@ -11,9 +11,10 @@ Exception tree::
     ├── SubmitRefused            the backend certainly did NOT start the job: the run FAILS
     ├── BackendUnavailable       transient: try again later (polling keeps going)
     └── JobNotFound              the backend no longer knows the job
+    OutcomeUnknown               (not a BackendError) submit's outcome cannot be known: IN_DOUBT
 
-Any other exception raised by :meth:`Backend.submit` means the outcome is unknown: ASCOB
-marks the run IN_DOUBT and never sends it again.
+:class:`OutcomeUnknown`, like any other exception raised by :meth:`Backend.submit` that is no
+BackendError, means the outcome is unknown: ASCOB marks the run IN_DOUBT and never sends it again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
+    "BACKEND_ID_LABEL",
     "Backend",
     "BackendContext",
     "BackendError",
@@ -33,10 +35,12 @@ __all__ = [
     "BackendUnavailable",
     "Job",
     "JobNotFound",
+    "OutcomeUnknown",
     "OutputChunk",
     "SpecRejected",
     "StatusReport",
     "SubmitRefused",
+    "SubmitUnknown",
 ]
 
 BACKEND_ID_LABEL = "_execution_backend_id"
@@ -71,6 +75,12 @@ class BackendUnavailable(BackendError):
 
 class JobNotFound(BackendError):
     """The backend does not know the job these identification keys name."""
+
+
+class OutcomeUnknown(RuntimeError):
+    """The submission may or may not have started the job, and nothing can tell: the run ends
+    IN_DOUBT and is never sent again. Deliberately not a :class:`BackendError`: it is neither a
+    refusal nor a transient failure."""
 
 
 class BackendStatus(StrEnum):
@@ -128,6 +138,9 @@ class Backend(abc.ABC):
 
     id: ClassVar[str]
     can_stop: ClassVar[bool] = False
+    # the section of the ASCOB_CONFIG file whose sub-tables are its instances (None: the
+    # entry-point name)
+    config_section: ClassVar[str | None] = None
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context
@@ -160,6 +173,11 @@ class Backend(abc.ABC):
     ) -> dict[str, str]:
         """Identification keys sent later by the job through the webhook."""
         return {**current, **reported}
+
+    @property
+    def broken_instances(self) -> Mapping[str, str]:
+        """Configured instances it cannot use, with the reason (reported by the registry)."""
+        return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -24,7 +24,7 @@ class UnknownBackend(SpecRejected):
 class BackendState:
     id: str
     state: str  # "loaded" or "failed"
-    error: str | None = None
+    error: str | None = None  # why it failed, or which of its instances are misconfigured
     instances: tuple[str, ...] = ()
 
 
@@ -44,14 +44,14 @@ class BackendRegistry:
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             try:
                 backend_cls = ep.load()
-                section = (
-                    backend_cls.config_section
-                    if hasattr(backend_cls, "config_section")
-                    else ep.name
-                )
+                section = backend_cls.config_section or ep.name
                 instances = config.get(section, {}) if isinstance(config, Mapping) else {}
                 backend = backend_cls(
                     BackendContext(data_dir=data_dir / ep.name, instances=instances)
+                )
+                broken = "; ".join(  # loaded, but these instances refuse their specs
+                    f"instance {name} is misconfigured: {why}"
+                    for name, why in sorted(backend.broken_instances.items())
                 )
             except Exception as exc:  # a broken plugin must not take the service down
                 log.error("backend %s failed to load: %s", ep.name, exc, exc_info=True)
@@ -59,7 +59,12 @@ class BackendRegistry:
                 continue
             backends[backend.id] = backend
             states.append(
-                BackendState(id=backend.id, state="loaded", instances=tuple(sorted(instances)))
+                BackendState(
+                    id=backend.id,
+                    state="loaded",
+                    error=broken or None,
+                    instances=tuple(sorted(instances)),
+                )
             )
         return cls(backends, states)
 

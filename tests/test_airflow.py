@@ -25,6 +25,7 @@ from backends import (
 )
 from backends.airflow import AirflowBackend
 from tests.fakes.fake_airflow import STOPPED_LINE, FakeAirflow, FakeTask
+from tests.fakes.server import InProcess
 
 PASSWORD_ENV = "TEST_AIRFLOW_PASSWORD"
 TOKEN_ENV = "TEST_AIRFLOW_TOKEN"
@@ -33,18 +34,14 @@ TOKEN_ENV = "TEST_AIRFLOW_TOKEN"
 @pytest.fixture(scope="module", params=["v1", "v2"])
 def fake(request: pytest.FixtureRequest) -> Iterator[FakeAirflow]:
     os.environ[PASSWORD_ENV] = "airflow-secret"
-    server = FakeAirflow(api=request.param).start()
-    yield server
-    server.stop()
+    yield FakeAirflow(api=request.param)  # served in-process (InProcess): not started
 
 
 @pytest.fixture(scope="module")
 def fake3() -> Iterator[FakeAirflow]:
     """Airflow 3 alone (JWT)."""
     os.environ[PASSWORD_ENV] = "airflow-secret"
-    server = FakeAirflow(api="v2").start()
-    yield server
-    server.stop()
+    yield FakeAirflow(api="v2")  # served in-process (InProcess): not started
 
 
 def make_backend(fake: FakeAirflow, tmp_path: Path, **extra: Any) -> AirflowBackend:
@@ -56,7 +53,7 @@ def make_backend(fake: FakeAirflow, tmp_path: Path, **extra: Any) -> AirflowBack
         "timeout": 1,
         **extra,
     }
-    backend = AirflowBackend(BackendContext(tmp_path, {"etl": instance}))
+    backend = AirflowBackend(BackendContext(tmp_path, {"etl": instance}), InProcess(fake.server))
     backend.retry_delay = 0.05
     return backend
 
@@ -169,8 +166,9 @@ async def test_missing_password_variable_refuses(fake: FakeAirflow, tmp_path: Pa
 
 async def test_an_unreachable_airflow_is_unavailable(tmp_path: Path) -> None:
     """Nothing was sent: ASCOB sends the job again while ASCOB_DISPATCH_RETRY_SECONDS allow."""
-    fake = FakeAirflow()  # never started: nothing listens on its port
+    fake = FakeAirflow()
     backend = make_backend(fake, tmp_path)
+    backend.transport = InProcess()  # served nowhere: the connection is refused
     with pytest.raises(BackendUnavailable, match="cannot read the DAG"):
         await backend.submit(job_for("any"))
     await backend.aclose()
@@ -198,8 +196,9 @@ def test_labels_are_validated(fake: FakeAirflow, tmp_path: Path) -> None:
 def test_bad_configuration_is_explained(
     tmp_path: Path, config: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        AirflowBackend(BackendContext(tmp_path, {"etl": config}))
+    backend = AirflowBackend(BackendContext(tmp_path, {"etl": config}))
+    with pytest.raises(SpecRejected, match=message):  # the instance refuses its specs
+        backend.validate({"airflow_instance": "etl", "airflow_dag_id": "d"})
 
 
 # --------------------------------------------------------------------------- lost answers

@@ -22,12 +22,14 @@ from backends import (
     BackendStatus,
     BackendUnavailable,
     Job,
+    OutcomeUnknown,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
-from backends.awx import AwxBackend, LaunchOutcomeUnknown
+from backends.awx import AwxBackend
 from tests.fakes.fake_awx import FakeAwx
+from tests.fakes.server import InProcess
 
 TOKEN_ENV = "TEST_AWX_TOKEN"
 
@@ -35,7 +37,7 @@ TOKEN_ENV = "TEST_AWX_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeAwx]:
     os.environ[TOKEN_ENV] = "awx-secret"
-    server = FakeAwx().start()
+    server = FakeAwx().start()  # also on loopback: some tests build backends without InProcess
     yield server
     server.stop()
 
@@ -45,7 +47,8 @@ def config(fake: FakeAwx, **extra: Any) -> dict[str, Any]:
 
 
 def make_backend(fake: FakeAwx, tmp_path: Path, **extra: Any) -> AwxBackend:
-    backend = AwxBackend(BackendContext(tmp_path, {"prod": config(fake, **extra)}))
+    context = BackendContext(tmp_path, {"prod": config(fake, **extra)})
+    backend = AwxBackend(context, InProcess(fake.server))
     backend.recovery_waits = (0.2,)
     return backend
 
@@ -446,7 +449,7 @@ async def test_a_launch_without_a_job_to_find_is_in_doubt(
 ) -> None:
     template = fake.add_template(unique())
     fake.faults.add("POST", r"/launch/$", kind)  # answered without launching
-    with pytest.raises(LaunchOutcomeUnknown, match="not launched again") as info:
+    with pytest.raises(OutcomeUnknown, match="not launched again") as info:
         await backend.submit(job_for({"awx_job_template": template.name}))
     assert not isinstance(info.value, BackendError)  # IN_DOUBT, never a refusal
     assert not fake.launches_of(template)  # and never sent a second time
@@ -460,7 +463,7 @@ async def test_two_jobs_carrying_the_value_are_in_doubt(
     monkeypatch.setattr("backends.awx.uuid.uuid4", lambda: fixed)
     await backend.submit(job_for({"awx_job_template": template.name}, run=5))
     fake.faults.add("POST", r"/launch/$", "hang", seconds=3)
-    with pytest.raises(LaunchOutcomeUnknown, match="several jobs"):
+    with pytest.raises(OutcomeUnknown, match="several jobs"):
         await backend.submit(job_for({"awx_job_template": template.name}, run=5))
     assert len(fake.launches_of(template)) == 2
 

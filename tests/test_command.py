@@ -326,10 +326,15 @@ async def test_stop_of_a_finished_job_changes_nothing(backend: CommandBackend) -
 def test_bad_configuration_is_reported_by_the_registry(
     tmp_path: Path, raw: dict[str, Any], said: str
 ) -> None:
-    registry = BackendRegistry.load(tmp_path, {"command": {"broken": raw}})
+    good = {"argv": ["true"]}
+    registry = BackendRegistry.load(tmp_path, {"command": {"broken": raw, "good": good}})
     state = next(s for s in registry.states if s.id == "commandBackend")
-    assert state.state == "failed"
+    assert state.state == "loaded"  # the bad instance is isolated, not fatal to the backend
     assert state.error is not None and said in state.error and "[command.broken]" in state.error
+    backend = registry.get("commandBackend")
+    with pytest.raises(SpecRejected, match=r"'broken' is misconfigured: \[command.broken\]"):
+        backend.validate({"command_instance": "broken"})
+    backend.validate({"command_instance": "good"})
 
 
 def test_labels_select_a_configured_instance(tmp_path: Path) -> None:

@@ -21,12 +21,14 @@ from backends import (
     BackendStatus,
     BackendUnavailable,
     Job,
+    OutcomeUnknown,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
-from backends.github import DispatchOutcomeUnknown, GitHubActionsBackend
+from backends.github import GitHubActionsBackend
 from tests.fakes.fake_github import FakeGitHub, FakeJob, FakeWorkflow
+from tests.fakes.server import InProcess
 
 TOKEN_ENV = "TEST_GITHUB_TOKEN"
 REPO = "acme/deploys"
@@ -49,7 +51,8 @@ def make_backend(fake: FakeGitHub, tmp_path: Path, **extra: Any) -> GitHubAction
         "find_interval": 0.2,
         **extra,
     }
-    return GitHubActionsBackend(BackendContext(tmp_path, {"cloud": instance}))
+    transport = InProcess(fake.server, fake.blob)
+    return GitHubActionsBackend(BackendContext(tmp_path, {"cloud": instance}), transport)
 
 
 @pytest.fixture
@@ -488,7 +491,7 @@ async def test_a_lost_answer_without_run_name_is_in_doubt_and_not_sent_again(
     fake.faults.add("POST", r"/dispatches$", "hang", seconds=3)
     with pytest.raises(Exception) as info:
         await backend.submit(job_for(wf))
-    assert isinstance(info.value, DispatchOutcomeUnknown)
+    assert isinstance(info.value, OutcomeUnknown)
     assert not isinstance(info.value, BackendError)  # neither refused nor transient: IN_DOUBT
     assert "run-name" in str(info.value)
     assert len(fake.runs_of(wf)) == 1  # GitHub did create it; ASCOB did not send it twice
@@ -499,7 +502,7 @@ async def test_a_5xx_dispatch_answer_is_looked_for_then_in_doubt(
 ) -> None:
     wf = new_workflow(fake)
     fake.faults.add("POST", r"/dispatches$", "502")
-    with pytest.raises(DispatchOutcomeUnknown, match="502"):
+    with pytest.raises(OutcomeUnknown, match="502"):
         await backend.submit(job_for(wf))
     assert fake.runs_of(wf) == []
     sent = [p for m, p in fake.requests if m == "POST" and f"/workflows/{wf.id}/dispatches" in p]
@@ -511,7 +514,7 @@ async def test_a_malformed_dispatch_answer_without_a_run_is_in_doubt(
 ) -> None:
     wf = new_workflow(fake)
     fake.faults.add("POST", r"/dispatches$", "malformed")  # answers without acting
-    with pytest.raises(DispatchOutcomeUnknown):
+    with pytest.raises(OutcomeUnknown):
         await backend.submit(job_for(wf))
     assert fake.runs_of(wf) == []
 
@@ -547,7 +550,7 @@ async def test_older_ghes_run_never_found_is_in_doubt(tmp_path: Path) -> None:
     backend = make_backend(ghes, tmp_path, find_timeout=1)
     try:
         wf = ghes.add_workflow("corp/tools", "slow.yml", appear_delay=5)
-        with pytest.raises(DispatchOutcomeUnknown, match="without naming the run"):
+        with pytest.raises(OutcomeUnknown, match="without naming the run"):
             await backend.submit(job_for(wf))
         assert len(ghes.dispatches) == 1
     finally:

@@ -27,6 +27,7 @@ from backends import (
 from backends.gitlab import GitLabBackend
 from backends.gitlab.trace import clean_log
 from tests.fakes.fake_gitlab import FakeGitLab, JobSpec, Project
+from tests.fakes.server import InProcess
 
 TOKEN_ENV = "TEST_GITLAB_TOKEN"
 
@@ -34,14 +35,12 @@ TOKEN_ENV = "TEST_GITLAB_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeGitLab]:
     os.environ[TOKEN_ENV] = "gitlab-secret"
-    server = FakeGitLab().start()
-    yield server
-    server.stop()
+    yield FakeGitLab()  # served in-process (InProcess): not started
 
 
 def make_backend(fake: FakeGitLab, tmp_path: Path, **extra: Any) -> GitLabBackend:
     instance = {"url": fake.url, "token_env": TOKEN_ENV, "timeout": 2, **extra}
-    return GitLabBackend(BackendContext(tmp_path, {"main": instance}))
+    return GitLabBackend(BackendContext(tmp_path, {"main": instance}), InProcess(fake.server))
 
 
 @pytest.fixture

@@ -26,14 +26,16 @@ from backends import (
     BackendUnavailable,
     Job,
     JobNotFound,
+    OutcomeUnknown,
     SpecRejected,
     StatusReport,
     SubmitRefused,
 )
-from backends.httpapi import HttpBackend, StartOutcomeUnknown, UnknownVariable
+from backends.httpapi import HttpBackend, UnknownVariable
 from backends.httpapi.templates import JsonPath, TemplateError, render, url_value
 from tests.contract.httpapi import instance
 from tests.fakes.fake_http_service import FakeHttpService
+from tests.fakes.server import InProcess
 
 TOKEN = "service-secret"
 
@@ -69,7 +71,7 @@ def config(fake: FakeHttpService, task: str, **extra: Any) -> dict[str, Any]:
 
 
 def make(fake: FakeHttpService, tmp_path: Path, **instances: dict[str, Any]) -> HttpBackend:
-    return HttpBackend(BackendContext(tmp_path, instances))
+    return HttpBackend(BackendContext(tmp_path, instances), InProcess(fake.server))
 
 
 @pytest.fixture
@@ -522,7 +524,7 @@ async def test_retries_with_idempotency_key_are_bounded(
     fake.add_task(name)
     backend = make(fake, tmp_path, svc=config(fake, name, start={"attempts": 3}))
     fake.faults.add("POST", r"^/jobs$", "502", times=5)
-    with pytest.raises(StartOutcomeUnknown, match=r"HTTP 502.*after 3 tries; outcome unknown"):
+    with pytest.raises(OutcomeUnknown, match=r"HTTP 502.*after 3 tries; outcome unknown"):
         await backend.submit(job())
     fake.faults.clear()
     assert fake.jobs_of(name) == []
@@ -537,7 +539,7 @@ async def test_a_refusal_after_a_lost_answer_is_in_doubt(
     backend = make(fake, tmp_path, svc=config(fake, name))
     fake.faults.add("POST", r"^/jobs$", "hang", seconds=2)  # made the job, answer lost
     fake.faults.add("POST", r"^/jobs$", "422")  # the retry is refused: not proof of no job
-    with pytest.raises(StartOutcomeUnknown, match=r"retry answered HTTP 422.*outcome unknown"):
+    with pytest.raises(OutcomeUnknown, match=r"retry answered HTTP 422.*outcome unknown"):
         await backend.submit(job())
     assert len(fake.jobs_of(name)) == 1
     await backend.aclose()
@@ -553,7 +555,7 @@ async def test_a_lost_answer_without_idempotency_key_is_in_doubt(
     backend = make(fake, tmp_path, svc=plain)
     fake.faults.add("POST", r"^/jobs$", kind, seconds=2)
     before = len(fake.start_attempts)
-    with pytest.raises(StartOutcomeUnknown, match="outcome unknown") as info:
+    with pytest.raises(OutcomeUnknown, match="outcome unknown") as info:
         await backend.submit(job())
     assert not isinstance(info.value, BackendError)  # ASCOB: IN_DOUBT, never sent again
     assert fake.start_attempts[before:] == [None]  # sent once, no key

@@ -28,7 +28,7 @@ from backends import (
 from backends.jenkins import JenkinsBackend
 from backends.jenkins.claims import QueueClaims
 from tests.fakes.fake_jenkins import FakeJenkins
-from tests.fakes.server import free_port
+from tests.fakes.server import InProcess, free_port
 
 TOKEN_ENV = "TEST_JENKINS_TOKEN"
 
@@ -36,14 +36,14 @@ TOKEN_ENV = "TEST_JENKINS_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeJenkins]:
     os.environ[TOKEN_ENV] = "jenkins-secret"
-    server = FakeJenkins().start()
+    server = FakeJenkins().start()  # also on loopback: some tests build backends without InProcess
     yield server
     server.stop()
 
 
 def make_backend(fake: FakeJenkins, tmp_path: Path, **extra: Any) -> JenkinsBackend:
     instance = {"url": fake.url, "user": "ascob", "token_env": TOKEN_ENV, "timeout": 2, **extra}
-    return JenkinsBackend(BackendContext(tmp_path, {"ci": instance}))
+    return JenkinsBackend(BackendContext(tmp_path, {"ci": instance}), InProcess(fake.server))
 
 
 @pytest.fixture
@@ -497,9 +497,17 @@ def test_queue_claims_remember_who_got_an_item_until_it_has_left() -> None:
 
 
 def test_config_is_checked(tmp_path: Path) -> None:
-    bad = {"ci": {"url": "http://j", "require_run_parameter": "yes"}}
-    with pytest.raises(ValueError, match="require_run_parameter must be true or false"):
-        JenkinsBackend(BackendContext(tmp_path, bad))
+    """A bad instance is refused with the reason; it no longer takes the others down."""
+    bad = {
+        "ci": {"url": "http://j", "require_run_parameter": "yes"},
+        "ok": {"url": "http://k"},
+    }
+    backend = JenkinsBackend(BackendContext(tmp_path, bad))
+    said = "require_run_parameter must be true or false"
+    with pytest.raises(SpecRejected, match=said):
+        backend.validate({"jenkins_instance": "ci", "jenkins_project_name": "x"})
+    assert said in backend.broken_instances["ci"]
+    backend.validate({"jenkins_instance": "ok", "jenkins_project_name": "x"})
 
 
 async def test_an_unavailable_jenkins_is_unavailable_before_the_trigger(

@@ -28,7 +28,7 @@ from backends.kubernetes import KubernetesBackend
 from backends.kubernetes.jobs import job_name, job_report
 from backends.kubernetes.logs import Cursor, LogLine, parse_log, parse_timestamp, take_lines
 from tests.fakes.fake_kubernetes import FakeKubernetes
-from tests.fakes.server import free_port
+from tests.fakes.server import InProcess, free_port
 
 TOKEN_ENV = "TEST_K8S_TOKEN"
 NS = "ascob"
@@ -53,7 +53,7 @@ def make_backend(
         "templates": templates or {},
         **extra,
     }
-    return KubernetesBackend(BackendContext(data_dir, {"k8s": instance}))
+    return KubernetesBackend(BackendContext(data_dir, {"k8s": instance}), InProcess(fake.server))
 
 
 _run_ids = iter(range(500, 10**6))
@@ -203,10 +203,11 @@ def test_unknown_instance_or_template_is_rejected(env: Env) -> None:
 
 
 def test_a_template_without_image_is_a_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"\[kubernetes.k8s.templates.bad\] needs an image"):
-        KubernetesBackend(
-            BackendContext(tmp_path, {"k8s": {"url": "http://x", "templates": {"bad": {}}}})
-        )
+    backend = KubernetesBackend(
+        BackendContext(tmp_path, {"k8s": {"url": "http://x", "templates": {"bad": {}}}})
+    )
+    with pytest.raises(SpecRejected, match=r"\[kubernetes.k8s.templates.bad\] needs an image"):
+        backend.validate({"kubernetes_template": "bad"})
 
 
 @pytest.mark.parametrize(

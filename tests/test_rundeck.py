@@ -1,5 +1,5 @@
-"""Rundeck specifics, against the fake Rundeck on loopback: job lookup, statuses, output offsets,
-abort, the API version, and what happens when Rundeck misbehaves."""
+"""Rundeck specifics, against the fake Rundeck served in-process (no socket): job lookup,
+statuses, output offsets, abort, the API version, and what happens when Rundeck misbehaves."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from backends import (
 )
 from backends.rundeck import RundeckBackend
 from tests.fakes.fake_rundeck import FakeRundeck
-from tests.fakes.server import free_port
+from tests.fakes.server import InProcess, free_port
 
 TOKEN_ENV = "TEST_RUNDECK_TOKEN"
 
@@ -34,14 +34,12 @@ TOKEN_ENV = "TEST_RUNDECK_TOKEN"
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeRundeck]:
     os.environ[TOKEN_ENV] = "rundeck-secret"
-    server = FakeRundeck().start()
-    yield server
-    server.stop()
+    yield FakeRundeck()  # served in-process: not started
 
 
 def make_backend(fake: FakeRundeck, tmp_path: Path, **extra: Any) -> RundeckBackend:
     instance = {"url": fake.url, "token_env": TOKEN_ENV, "timeout": 2, **extra}
-    return RundeckBackend(BackendContext(tmp_path, {"ops": instance}))
+    return RundeckBackend(BackendContext(tmp_path, {"ops": instance}), InProcess(fake.server))
 
 
 @pytest.fixture

@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
 from backends.airflow.client import (
     API_VERSIONS,
     AirflowClient,
@@ -52,23 +50,31 @@ from backends.airflow.client import (
 )
 from backends.airflow.logs import TaskLogs
 from backends.base import (
-    Backend,
-    BackendContext,
     BackendStatus,
     BackendUnavailable,
     Job,
     JobNotFound,
+    OutcomeUnknown,
     OutputChunk,
     SpecRejected,
     StatusReport,
     SubmitRefused,
+)
+from backends.kit import (
+    KitBackend,
+    RestInstance,
+    before_sending,
+    describe,
+    following,
+    may_have_arrived,
+    required,
+    secret_from_env,
 )
 
 __all__ = ["STATES", "AirflowBackend", "AirflowClient"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "airflow_instance"
 DAG_LABEL = "airflow_dag_id"
 STOP_NOTE = "Stopped through ASCOB"
 
@@ -85,20 +91,16 @@ _ASCOB_RUN = re.compile(r"^ascob-(\d+)-")
 
 
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    api: str
-    username: str | None
-    password_env: str | None
-    token_env: str | None
-    timeout: float
-    trigger_attempts: int
+class Instance(RestInstance):
+    kind = "airflow"
+    api: str = "v2"
+    username: str | None = None
+    password_env: str | None = None
+    trigger_attempts: int = 5
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[airflow.{name}] needs a url")
+    def parse(cls, name: str, raw: Any) -> Instance:
+        common = cls.common(name, raw)
         api = str(raw.get("api", "v2"))
         if api not in API_VERSIONS:
             raise ValueError(
@@ -109,26 +111,16 @@ class Instance:
         if username and not password_env:
             raise ValueError(f"[airflow.{name}] username needs password_env")
         return cls(
-            name=name,
-            url=str(raw["url"]).rstrip("/"),
+            **{**common, "url": common["url"].rstrip("/")},
             api=api,
             username=username,
             password_env=password_env,
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
             trigger_attempts=max(1, int(raw.get("trigger_attempts", 5))),
         )
 
     def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise SubmitRefused(
-                f"airflow instance {self.name!r}: environment variable {self.password_env} "
-                f"(the password of {self.username}) is not set"
-            )
-        return value
+        what = f"the password of {self.username}"
+        return secret_from_env(self.kind, self.name, self.password_env, what)
 
     def web_url(self, dag_id: str, run_id: str) -> str:
         if self.api == "v1":
@@ -136,103 +128,51 @@ class Instance:
         return f"{self.url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
-def _unclear(exc: Exception) -> bool:
-    """Whether a failed trigger may have reached Airflow (a refused connection did not)."""
-    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+class AirflowBackend(KitBackend[Instance, AirflowClient]):
+    id = "airflowBackend"
+    config_section = "airflow"
+    takes = (DAG_LABEL,)
+    instance_type = Instance
 
-
-class AirflowBackend(Backend):
-    id: ClassVar[str] = "airflowBackend"
-    config_section: ClassVar[str] = "airflow"
-    can_stop: ClassVar[bool] = True
-
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[AirflowClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._logs = TaskLogs()
         self._stopped: set[tuple[str, str, str]] = set()  # stops sent by this process
         self.retry_delay = 0.5  # first pause between trigger attempts (doubles, up to 5 s)
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return DAG_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [airflow.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         if not labels.get(DAG_LABEL, "").strip():
             raise SpecRejected(f"label {DAG_LABEL} is required (the DAG to trigger)")
 
-    def _client(self, name: str) -> AirflowClient:
-        inst = self.instances[name]
-
-        def make() -> AirflowClient:
-            token = secret_from_env("airflow", inst.name, inst.token_env)
-            return AirflowClient(
-                inst.url,
-                inst.api,
-                username=None if token else inst.username,
-                password=None if token else inst.password(),
-                token=token,
-                timeout=inst.timeout,
-                transport=self._transport,
-            )
-
-        return self._clients.get(name, make)
+    def make_client(self, instance: Instance) -> AirflowClient:
+        token = instance.token()
+        return AirflowClient(
+            instance.url,
+            instance.api,
+            username=None if token else instance.username,
+            password=None if token else instance.password(),
+            token=token,
+            timeout=instance.timeout,
+            transport=self.transport,
+        )
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, AirflowClient, str, str]:
-        try:
-            name, dag_id, run_id = (
-                keys["airflowInstance"],
-                keys["airflowDagId"],
-                keys["airflowDagRunId"],
-            )
-        except KeyError:
-            raise JobNotFound("identification keys name no airflow instance and dag run") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"airflow instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return self.instances[name], client, dag_id, run_id
+        dag_id, run_id = required(keys, "airflowDagId", "airflowDagRunId")
+        return *self.known(keys), dag_id, run_id
 
     # ------------------------------------------------------------------ submit
 
     async def submit(self, job: Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
         dag_id = job.labels[DAG_LABEL].strip()
         where = f"airflow {name!r} DAG {dag_id!r}"
-        client = self._client(name)
-        # Before the trigger nothing has run: a refusal, or an unavailable Airflow (not_sent)
-        try:
+        client = self.client(inst)
+        with before_sending(where, "the DAG"):
             dag = await client.get_dag(dag_id)
-        except AirflowHTTPError as exc:
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, AirflowProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the DAG ({describe(exc)})") from exc
         if dag.get("is_paused"):
             raise SubmitRefused(
                 f"{where}: DAG is paused; its run would wait in the queue until someone unpauses "
@@ -276,7 +216,7 @@ class AirflowBackend(Backend):
                     maybe_sent = True
                 last = exc
             except (httpx.HTTPError, AirflowProtocolError) as exc:
-                maybe_sent = maybe_sent or _unclear(exc)
+                maybe_sent = maybe_sent or may_have_arrived(exc)
                 last = exc
             if attempt < inst.trigger_attempts:
                 log.warning(
@@ -294,7 +234,7 @@ class AirflowBackend(Backend):
             )
         if await self._look_for(client, dag_id, run_id, conf, where):
             return  # a last look: the run exists although no answer said so
-        raise RuntimeError(
+        raise OutcomeUnknown(
             f"{where}: trigger of dag run {run_id} got no clear answer in "
             f"{inst.trigger_attempts} attempts ({describe(last) if last else '?'}); outcome unknown"
         )
@@ -366,7 +306,7 @@ class AirflowBackend(Backend):
         inst, client, dag_id, run_id = self._known(keys)
         match = _ASCOB_RUN.match(run_id)
         note = f"{STOP_NOTE} (run {match.group(1) if match else run_id})"
-        try:
+        with following("airflow stop"):
             run = await client.get_dag_run(dag_id, run_id)
             if run.get("state") in _RUN_FINAL:
                 return  # over already: marking it would rewrite its outcome
@@ -381,12 +321,6 @@ class AirflowBackend(Backend):
                     raise
                 log.warning("airflow %s: cannot set the note of %s: %s", inst.name, run_id, exc)
             await client.patch_dag_run(dag_id, run_id, {"state": "failed"})
-        except AirflowHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"airflow stop: {exc}") from exc
-            raise BackendUnavailable(f"airflow stop: {exc}") from exc
-        except (httpx.HTTPError, AirflowProtocolError) as exc:
-            raise BackendUnavailable(f"airflow stop: {describe(exc)}") from exc
 
     # ------------------------------------------------------------------ output
 
@@ -406,6 +340,3 @@ class AirflowBackend(Backend):
         more = run.get("state") not in _RUN_FINAL or not complete
         piece = data[offset:].decode("utf-8", errors="replace")
         return OutputChunk(piece, max(offset, len(data)), more)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()

@@ -9,9 +9,10 @@ Two generations of the API, chosen per instance:
   key changed); a ready bearer token may be given instead.
 
 It speaks only HTTP; what the answers mean for ASCOB is decided in :mod:`backends.airflow`.
-Every call raises :class:`AirflowHTTPError` (an answer with an error status),
-:class:`AirflowProtocolError` (an answer that is not what the API documents), or an
-``httpx.HTTPError`` (no answer).
+Every call raises the kit's ``SystemHTTPError`` (an answer with an error status),
+``SystemProtocolError`` (an answer that is not what the API documents), or an
+``httpx.HTTPError`` (no answer); ``AirflowHTTPError`` and ``AirflowProtocolError`` are their
+names here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from urllib.parse import quote
 
 import httpx
 
+from backends.kit import ApiClient, SystemHTTPError, SystemProtocolError
+
 __all__ = ["API_VERSIONS", "AirflowClient", "AirflowHTTPError", "AirflowProtocolError"]
 
 API_VERSIONS = ("v1", "v2")
@@ -33,17 +36,8 @@ _PAGE = 100  # task instances per page
 _MAX_LOG_PAGES = 200  # continuation tokens followed for one log read
 
 
-class AirflowHTTPError(Exception):
-    """Airflow answered with an error status."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class AirflowProtocolError(Exception):
-    """Airflow answered something its API does not document (malformed JSON, ...)."""
+AirflowHTTPError = SystemHTTPError
+AirflowProtocolError = SystemProtocolError
 
 
 def error_message(response: httpx.Response) -> str:
@@ -88,8 +82,10 @@ def _p(segment: str) -> str:
     return quote(segment, safe="")
 
 
-class AirflowClient:
+class AirflowClient(ApiClient):
     """One Airflow instance through one API generation."""
+
+    system = "airflow"
 
     def __init__(
         self,
@@ -107,12 +103,11 @@ class AirflowClient:
         self.api = api
         self.root = url.rstrip("/")
         basic = httpx.BasicAuth(username, password or "") if api == "v1" and username else None
-        self._http = httpx.AsyncClient(
-            base_url=f"{self.root}/api/{api}/",
+        super().__init__(
+            f"{self.root}/api/{api}/",
             auth=None if token else basic,
             timeout=timeout,
             transport=transport,
-            headers={"Accept": "application/json"},
         )
         self._static = token
         self._login = (username, password or "") if api == "v2" and username and not token else None
@@ -120,9 +115,6 @@ class AirflowClient:
         self._jwt_expiry: float | None = None
         self._jwt_lock = asyncio.Lock()
         self.logins = 0
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ------------------------------------------------------------------ auth
 
@@ -144,15 +136,17 @@ class AirflowClient:
             f"{self.root}/auth/token", json={"username": username, "password": password}
         )
         if response.status_code >= 400:
-            raise AirflowHTTPError(
-                response.status_code, f"POST /auth/token refused: {error_message(response)}"
+            raise SystemHTTPError(
+                self.system,
+                response.status_code,
+                f"POST /auth/token refused: {error_message(response)}",
             )
         try:
             token = response.json()["access_token"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise AirflowProtocolError("POST /auth/token: no access_token in the answer") from exc
+            raise self.protocol_error("POST /auth/token: no access_token in the answer") from exc
         if not isinstance(token, str) or not token:
-            raise AirflowProtocolError("POST /auth/token: access_token is not a string")
+            raise self.protocol_error("POST /auth/token: access_token is not a string")
         now, expiry = time.time(), jwt_expiry(token)
         if expiry is not None:  # renew a little early: 30 s, or a tenth of a short lifetime
             expiry -= min(_RENEW_MARGIN, max(0.0, expiry - now) / 10)
@@ -195,17 +189,17 @@ class AirflowClient:
                 headers={**headers, **await self._bearer(True)},
             )
         if response.status_code >= 400:
-            raise AirflowHTTPError(response.status_code, error_message(response))
+            raise self.error(response)
         return response
+
+    def error_message(self, response: httpx.Response) -> str:
+        return error_message(response)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self.request(method, path, **kwargs)
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise AirflowProtocolError(f"{method} {path}: malformed JSON") from exc
+        data = self.decode(response, f"{method} {path}")
         if not isinstance(data, dict):
-            raise AirflowProtocolError(f"{method} {path}: expected a JSON object")
+            raise self.protocol_error(f"{method} {path}: expected a JSON object")
         return data
 
     # ------------------------------------------------------------------ API
@@ -239,7 +233,7 @@ class AirflowClient:
             data = await self._json("GET", path, params={"limit": _PAGE, "offset": len(found)})
             page = data.get("task_instances")
             if not isinstance(page, list):
-                raise AirflowProtocolError(f"GET {path}: no task_instances list")
+                raise self.protocol_error(f"GET {path}: no task_instances list")
             found.extend(ti for ti in page if isinstance(ti, dict))
             total = data.get("total_entries")
             if not page or not isinstance(total, int) or len(found) >= total:
@@ -265,7 +259,7 @@ class AirflowClient:
             data = await self._json("GET", path, params=params)
             content = data.get("content")
             if not isinstance(content, list):
-                raise AirflowProtocolError(f"GET {path}: content is not a list")
+                raise self.protocol_error(f"GET {path}: content is not a list")
             entries.extend(content)
             token = data.get("continuation_token")
             if not token or not content:  # the end, or nothing more yet (the task runs on)

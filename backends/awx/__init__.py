@@ -32,6 +32,8 @@ Identification keys: ``awxInstance``, ``awxKind`` (``job`` or ``workflow_job``),
 
 from __future__ import annotations
 
+__all__ = ["STATUSES", "AwxBackend", "AwxClient"]
+
 import asyncio
 import logging
 import uuid
@@ -42,79 +44,40 @@ from typing import Any, ClassVar
 import httpx
 import yaml
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
-from backends.awx.client import (
-    DEFAULT_API_PREFIX,
-    AwxClient,
-    AwxHTTPError,
-    AwxProtocolError,
-    normalize_prefix,
-)
+from backends import kit
+from backends.awx.client import DEFAULT_API_PREFIX, AwxClient, normalize_prefix
 from backends.awx.output import Checkpoints, job_text, workflow_text
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-
-__all__ = ["STATUSES", "AwxBackend", "AwxClient", "LaunchOutcomeUnknown"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "awx_instance"
 JOB_TEMPLATE_LABEL = "awx_job_template"
 WORKFLOW_TEMPLATE_LABEL = "awx_workflow_template"
 DEFAULT_RUN_VARIABLE = "ascob_run"
 
-STATUSES = {
-    "new": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "waiting": BackendStatus.QUEUED,
-    "running": BackendStatus.RUNNING,
-    "successful": BackendStatus.SUCCEEDED,
-    "failed": BackendStatus.FAILED,
-    "error": BackendStatus.FAILED,
-    "canceled": BackendStatus.ABORTED,
-}
+STATUSES = kit.statuses(
+    queued=("new", "pending", "waiting"),
+    running=("running",),
+    succeeded=("successful",),
+    failed=("failed", "error"),
+    aborted=("canceled",),
+)
 _TEMPLATE_WORDS = {"job": "job template", "workflow_job": "workflow job template"}
 
 
-class LaunchOutcomeUnknown(RuntimeError):
-    """The launch answer was lost and the job could not be found again: IN_DOUBT (not a
-    BackendError on purpose: ASCOB must not treat it as a refusal)."""
-
-
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    api_prefix: str
-    timeout: float
-    run_variable: str
+class Instance(kit.RestInstance):
+    kind = "awx"
+    api_prefix: str = DEFAULT_API_PREFIX
+    run_variable: str = DEFAULT_RUN_VARIABLE
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[awx.{name}] needs a url")
+    def parse(cls, name: str, raw: Any) -> Instance:
+        common = cls.common(name, raw)
         return cls(
-            name=name,
-            url=str(raw["url"]).rstrip("/"),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            **{**common, "url": common["url"].rstrip("/")},
             api_prefix=normalize_prefix(str(raw.get("api_prefix") or DEFAULT_API_PREFIX)),
-            timeout=float(raw.get("timeout", 30.0)),
             run_variable=str(raw.get("run_variable") or DEFAULT_RUN_VARIABLE),
         )
-
-    def token(self) -> str | None:
-        return secret_from_env("awx", self.name, self.token_env)
 
     def job_page(self, kind: str, job_id: int) -> str:
         """The job's page in the web UI (AAP's gateway UI, or AWX's)."""
@@ -155,83 +118,50 @@ def _job_id(answer: Mapping[str, Any]) -> int | None:
     return None
 
 
-class AwxBackend(Backend):
-    id: ClassVar[str] = "awxBackend"
-    config_section: ClassVar[str] = "awx"
-    can_stop: ClassVar[bool] = True
+class AwxBackend(kit.KitBackend[Instance, AwxClient]):
+    id = "awxBackend"
+    config_section = "awx"
+    takes = (JOB_TEMPLATE_LABEL, WORKFLOW_TEMPLATE_LABEL)
+    instance_type = Instance
     # After a lost launch answer: search the template's recent jobs now, then after these waits
     # (AWX may still be creating the job when the answer was lost).
     recovery_waits: ClassVar[tuple[float, ...]] = (1.0, 3.0)
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[AwxClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._checkpoints = Checkpoints()
 
+    def make_client(self, instance: Instance) -> AwxClient:
+        url = instance.url + instance.api_prefix
+        return AwxClient(url, instance.token(), timeout=instance.timeout, transport=self.transport)
+
     # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return JOB_TEMPLATE_LABEL in labels or WORKFLOW_TEMPLATE_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [awx.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
 
     def _template(self, labels: Mapping[str, str]) -> tuple[str, str]:
         """(kind, id or name) of the template the labels name."""
         job, workflow = labels.get(JOB_TEMPLATE_LABEL), labels.get(WORKFLOW_TEMPLATE_LABEL)
         if job and workflow:
-            raise SpecRejected(f"give {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL}, not both")
+            raise kit.SpecRejected(
+                f"give {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL}, not both"
+            )
         if job:
             return "job", job.strip()
         if workflow:
             return "workflow_job", workflow.strip()
-        raise SpecRejected(
+        raise kit.SpecRejected(
             f"label {JOB_TEMPLATE_LABEL} or {WORKFLOW_TEMPLATE_LABEL} is required "
             "(a template id or its exact name)"
         )
 
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         self._template(labels)
 
-    def _client(self, name: str) -> AwxClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: AwxClient(
-                inst.url, inst.token(), inst.api_prefix, inst.timeout, transport=self._transport
-            ),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> Target:
-        try:
-            name, kind, job_id = keys["awxInstance"], keys["awxKind"], int(keys["awxJobId"])
-        except (KeyError, ValueError):
-            raise JobNotFound("identification keys name no AWX instance and job") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"awx instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return Target(self.instances[name], client, kind, job_id)
+        kind, job_id = kit.required(keys, "awxKind", "awxJobId")
+        if not job_id.isdigit():
+            raise kit.JobNotFound(f"awxJobId {job_id!r} is not a job id")
+        instance, client = self.known(keys)
+        return Target(instance, client, kind, int(job_id))
 
     # ------------------------------------------------------------------ submit
 
@@ -243,40 +173,34 @@ class AwxBackend(Backend):
             return await client.template(kind, int(wanted))
         found = await client.templates_named(kind, wanted)
         if not found:
-            raise SubmitRefused(f"{where}: no {word} named {wanted!r} (or no access to it)")
+            raise kit.SubmitRefused(f"{where}: no {word} named {wanted!r} (or no access to it)")
         if len(found) > 1:
             listed = ", ".join(
                 f"id {t.get('id')} (organization "
                 f"{(t.get('summary_fields') or {}).get('organization', {}).get('name', '?')})"
                 for t in found
             )
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: {len(found)} {word}s are named {wanted!r}: {listed}; "
                 "give the template id instead"
             )
         return found[0]
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
         kind, wanted = self._template(job.labels)
-        client = self._client(name)
+        client = self.client(inst)
         where = f"awx {name!r}"
         word = _TEMPLATE_WORDS[kind]
-        # Before the launch nothing has run: a refusal, or an unavailable AWX (not_sent)
-        try:
+        broken = (KeyError, TypeError, ValueError)
+        with kit.before_sending(where, f"the {word}", f"no {word} {wanted}", also=broken):
             template = await self._find_template(client, kind, wanted, where)
             template_id = int(template["id"])
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(f"{where}: no {word} {wanted} ({exc.message})") from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError, KeyError, TypeError, ValueError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the {word} ({describe(exc)})") from exc
         where = f"awx {name!r} {word} {template_id} ({template.get('name', wanted)!r})"
         if template.get("ask_variables_on_launch") is False and not template.get("survey_enabled"):
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} does not prompt for variables: AWX would ignore the job's parameters "
                 f"and {inst.run_variable}; enable 'Prompt on launch' for Variables on the template"
             )
@@ -293,22 +217,22 @@ class AwxBackend(Backend):
             answer = response.json()
             job_id = _job_id(answer) if isinstance(answer, dict) else None
             if job_id is None:
-                raise AwxProtocolError("the launch answer names no job")
-        except AwxHTTPError as exc:
+                raise client.protocol_error("the launch answer names no job")
+        except kit.SystemHTTPError as exc:
             if exc.status_code < 500 and exc.status_code != 408:  # 408: a proxy gave up
-                raise SubmitRefused(f"{where}: launch refused, {exc}") from exc
+                raise kit.SubmitRefused(f"{where}: launch refused, {exc}") from exc
             why = f"launch answered {exc}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-        except (httpx.HTTPError, AwxProtocolError, ValueError) as exc:
-            why = f"launch: {describe(exc)}"
+        except (httpx.HTTPError, kit.SystemProtocolError, ValueError) as exc:
+            if not kit.may_have_arrived(exc):
+                raise kit.SubmitRefused(f"{where}: cannot connect ({kit.describe(exc)})") from exc
+            why = f"launch: {kit.describe(exc)}"
             return await self._recover(client, inst, keys, extra_vars, where, why)
         kind = str(answer.get("type") or kind)  # a sliced job template launches a workflow job
         keys.update(awxKind=kind, awxJobId=str(job_id))
         ignored = answer.get("ignored_fields")
         if ignored:
-            raise SubmitRefused(await self._refuse_ignored(client, inst, kind, job_id, ignored))
+            raise kit.SubmitRefused(await self._refuse_ignored(client, inst, kind, job_id, ignored))
         log.info("run %s: %s launched %s %s", job.run_id, where, kind, job_id)
         return keys
 
@@ -329,10 +253,10 @@ class AwxBackend(Backend):
                 outcome = f"ASCOB canceled AWX {kind} {job_id}, which AWX had already created"
             else:
                 outcome = f"AWX had already created {kind} {job_id}, and it has already ended"
-        except (AwxHTTPError, httpx.HTTPError) as exc:
+        except (kit.SystemHTTPError, httpx.HTTPError) as exc:
             outcome = (
                 f"AWX had already created {kind} {job_id} and ASCOB could not cancel it "
-                f"({describe(exc)}): cancel it in AWX"
+                f"({kit.describe(exc)}): cancel it in AWX"
             )
         return (
             f"AWX ignored {ignored_text}: the template does not prompt for them. Enable 'Prompt "
@@ -359,8 +283,8 @@ class AwxBackend(Backend):
             await asyncio.sleep(wait)
             try:
                 recent = await client.recent_jobs(kind, template_id)
-            except (AwxHTTPError, httpx.HTTPError, AwxProtocolError) as exc:
-                problem = f"listing the template's jobs failed ({describe(exc)})"
+            except kit.CALL_ERRORS as exc:
+                problem = f"listing the template's jobs failed ({kit.describe(exc)})"
                 continue
             mine = [j for j in recent if _extra_vars(j).get(inst.run_variable) == value]
             if len(mine) == 1 and _job_id(mine[0]) is not None:
@@ -374,7 +298,7 @@ class AwxBackend(Backend):
                     if k not in carried or carried[k] not in (v, "$encrypted$")
                 }
                 if ignored:
-                    raise SubmitRefused(
+                    raise kit.SubmitRefused(
                         await self._refuse_ignored(
                             client, inst, job_kind, job_id, {"extra_vars": ignored}
                         )
@@ -382,59 +306,49 @@ class AwxBackend(Backend):
                 return {**keys, "awxKind": job_kind, "awxJobId": str(job_id)}
             if len(mine) > 1:
                 ids = ", ".join(str(j.get("id")) for j in mine)
-                raise LaunchOutcomeUnknown(
+                raise kit.OutcomeUnknown(
                     f"{where}: {why}; several jobs ({ids}) carry {inst.run_variable}={value}: "
                     "outcome unknown, not launched again"
                 )
-        raise LaunchOutcomeUnknown(
+        raise kit.OutcomeUnknown(
             f"{where}: {why}; {problem} ({inst.run_variable}={value}): outcome unknown, "
             "not launched again"
         )
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         target = self._known(keys)
-        try:
+        with kit.following(f"awx: {target.kind} {target.job_id}"):
             data = await target.client.unified_job(target.kind, target.job_id)
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"awx: {target.kind} {target.job_id}: {exc}") from exc
-            raise BackendUnavailable(f"awx: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
         state = data.get("status")
         mapped = STATUSES.get(str(state))
         if mapped is None:
-            raise BackendUnavailable(f"awx: {target.kind} {target.job_id} has status {state!r}")
+            raise kit.BackendUnavailable(f"awx: {target.kind} {target.job_id} has status {state!r}")
         url = target.instance.job_page(target.kind, target.job_id)
         message: str | None = None
-        if mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        if mapped in (kit.BackendStatus.FAILED, kit.BackendStatus.ABORTED):
             explanation = str(data.get("job_explanation") or "").strip()
             message = f"AWX {target.kind} {target.job_id}: {state}"
             if explanation:
                 message += f": {explanation}"
-        return StatusReport(mapped, message, url)
+        return kit.StatusReport(mapped, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         # AWX has no forced cancel: a forced stop is the same cancel.
         target = self._known(keys)
-        try:
+        with kit.following("awx cancel", missing=()):
             await target.client.cancel(target.kind, target.job_id)
-        except AwxHTTPError as exc:
-            raise BackendUnavailable(f"awx cancel: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx cancel: {describe(exc)}") from exc
 
     # ------------------------------------------------------------------ output
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         target = self._known(keys)
-        try:
+        with kit.following("awx"):
             if target.kind == "workflow_job":
                 text, complete = await workflow_text(target.client, target.job_id)
                 data = text.encode()
-                return OutputChunk(
+                return kit.OutputChunk(
                     data[offset:].decode(errors="replace"), max(offset, len(data)), not complete
                 )
             job = (target.instance.name, target.kind, target.job_id)
@@ -443,18 +357,9 @@ class AwxBackend(Backend):
             text, end_line, complete = await job_text(
                 target.client, target.kind, target.job_id, detail, line
             )
-        except AwxHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"awx: {exc}") from exc
-            raise BackendUnavailable(f"awx: {exc}") from exc
-        except (httpx.HTTPError, AwxProtocolError) as exc:
-            raise BackendUnavailable(f"awx: {describe(exc)}") from exc
         data = text.encode()
         end = at + len(data)
         self._checkpoints.remember(job, end, end_line)
-        return OutputChunk(
+        return kit.OutputChunk(
             data[max(0, offset - at) :].decode(errors="replace"), max(offset, end), not complete
         )
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()

@@ -6,8 +6,8 @@ its ``type`` field (``job``, ``workflow_job``, ``project_update``, ...): a unifi
 ``k`` lives at ``{k}s/{id}/``, and templates at ``job_templates/`` and
 ``workflow_job_templates/``.
 
-Every call raises :class:`AwxHTTPError` (an error status; AWX's ``detail`` or field errors kept),
-:class:`AwxProtocolError` (an answer the API does not document), or an ``httpx.HTTPError``.
+Every call raises the kit's ``SystemHTTPError`` (AWX's ``detail`` or field errors kept),
+``SystemProtocolError``, or an ``httpx.HTTPError``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ from typing import Any
 
 import httpx
 
-__all__ = [
-    "DEFAULT_API_PREFIX",
-    "EVENT_PATHS",
-    "TEMPLATE_PATHS",
-    "AwxClient",
-    "AwxHTTPError",
-    "AwxProtocolError",
-]
+from backends.kit import ApiClient, SystemHTTPError
+
+__all__ = ["DEFAULT_API_PREFIX", "EVENT_PATHS", "TEMPLATE_PATHS", "AwxClient"]
 
 DEFAULT_API_PREFIX = "/api/v2/"
 PAGE_SIZE = 200  # AWX's default MAX_PAGE_SIZE
@@ -44,19 +39,6 @@ EVENT_PATHS = {
 }
 
 
-class AwxHTTPError(Exception):
-    """AWX answered with an error status."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class AwxProtocolError(Exception):
-    """AWX answered something its API does not document (malformed JSON, ...)."""
-
-
 def _flatten(data: Any) -> str:
     """AWX's error body in one line: ``detail``, or ``field: message`` pairs."""
     if isinstance(data, dict):
@@ -72,75 +54,33 @@ def _flatten(data: Any) -> str:
     return str(data)
 
 
-def _error(response: httpx.Response) -> AwxHTTPError:
-    message = response.text.strip()[:300] or response.reason_phrase
-    try:
-        message = _flatten(response.json())[:1000] or message
-    except ValueError:
-        pass
-    return AwxHTTPError(response.status_code, message)
-
-
 def normalize_prefix(prefix: str) -> str:
     return "/" + prefix.strip("/") + "/"
 
 
-class AwxClient:
-    """One AWX / AAP controller, one API prefix, one Bearer token."""
+class AwxClient(ApiClient):
+    """One AWX / AAP controller, one API prefix (its URL is ``<server><prefix>``), one Bearer
+    token."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        api_prefix: str = DEFAULT_API_PREFIX,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=url.rstrip("/") + normalize_prefix(api_prefix),
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-        )
+    system = "awx"
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> httpx.Response:
-        response = await self._http.request(method, path, params=params, json=body)
-        if response.status_code >= 400:
-            raise _error(response)
-        return response
-
-    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = await self._call(method, path, **kwargs)
+    def error_message(self, response: httpx.Response) -> str:
+        message = super().error_message(response)
         try:
-            data = response.json()
-        except ValueError as exc:
-            raise AwxProtocolError(f"{method} {path}: malformed JSON") from exc
-        if not isinstance(data, dict):
-            raise AwxProtocolError(f"{method} {path}: expected a JSON object")
-        return data
+            return _flatten(response.json())[:1000] or message
+        except ValueError:
+            return message
 
     async def _list(self, path: str, params: dict[str, str], pages: int = MAX_PAGES) -> list[Any]:
         """Every result of a paginated list (``page``/``page_size``; ``next`` says if more)."""
         results: list[Any] = []
         for page in range(1, pages + 1):
-            data = await self._object(
+            data = await self.object(
                 "GET", path, params={**params, "page_size": str(PAGE_SIZE), "page": str(page)}
             )
             chunk = data.get("results")
             if not isinstance(chunk, list):
-                raise AwxProtocolError(f"GET {path}: no results list")
+                raise self.protocol_error(f"GET {path}: no results list")
             results.extend(item for item in chunk if isinstance(item, dict))
             if not data.get("next"):
                 break
@@ -149,7 +89,7 @@ class AwxClient:
     # ------------------------------------------------------------------ templates
 
     async def template(self, kind: str, template_id: int) -> dict[str, Any]:
-        return await self._object("GET", f"{TEMPLATE_PATHS[kind][0]}/{template_id}/")
+        return await self.object("GET", f"{TEMPLATE_PATHS[kind][0]}/{template_id}/")
 
     async def templates_named(self, kind: str, name: str) -> list[dict[str, Any]]:
         found = await self._list(f"{TEMPLATE_PATHS[kind][0]}/", {"name": name}, pages=5)
@@ -159,10 +99,10 @@ class AwxClient:
         self, kind: str, template_id: int, extra_vars: dict[str, str]
     ) -> httpx.Response:
         """POST .../launch/; the raw answer (the caller decides what a broken one means)."""
-        return await self._call(
+        return await self.send(
             "POST",
             f"{TEMPLATE_PATHS[kind][0]}/{template_id}/launch/",
-            body={"extra_vars": extra_vars},
+            json={"extra_vars": extra_vars},
         )
 
     async def recent_jobs(self, kind: str, template_id: int) -> list[dict[str, Any]]:
@@ -173,13 +113,13 @@ class AwxClient:
     # ------------------------------------------------------------------ unified jobs
 
     async def unified_job(self, kind: str, job_id: int) -> dict[str, Any]:
-        return await self._object("GET", f"{kind}s/{job_id}/")
+        return await self.object("GET", f"{kind}s/{job_id}/")
 
     async def cancel(self, kind: str, job_id: int) -> bool:
         """Ask AWX to cancel; False if the job can no longer be canceled (405: it has ended)."""
         try:
-            await self._call("POST", f"{kind}s/{job_id}/cancel/")
-        except AwxHTTPError as exc:
+            await self.send("POST", f"{kind}s/{job_id}/cancel/")
+        except SystemHTTPError as exc:
             if exc.status_code == 405:
                 return False
             raise

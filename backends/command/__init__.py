@@ -35,6 +35,8 @@ engine fails the run with the message.
 
 from __future__ import annotations
 
+__all__ = ["CommandBackend", "InvalidParameter"]
+
 import asyncio
 import logging
 import os
@@ -50,17 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
+from backends import kit
 from backends.command.jobdir import (
     COMMAND,
     JOB,
@@ -73,8 +65,6 @@ from backends.command.jobdir import (
     write_json,
 )
 
-__all__ = ["CommandBackend", "InvalidParameter"]
-
 log = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "command_instance"
@@ -85,7 +75,7 @@ RUNNER_START_TIMEOUT = 30.0  # seconds for the runner to fork off and record its
 STARTING_WAIT = 5.0  # seconds a second submit waits for the runner an earlier one started
 
 
-class InvalidParameter(SpecRejected, SubmitRefused):
+class InvalidParameter(kit.SpecRejected, kit.SubmitRefused):
     """A parameter name cannot be an environment variable name: the job is not started."""
 
 
@@ -151,16 +141,14 @@ def _decode(data: bytes, final: bool) -> tuple[str, int]:
     return data.decode("utf-8", errors="replace"), len(data)
 
 
-class CommandBackend(Backend):
+class CommandBackend(kit.Backend):
     id: ClassVar[str] = "commandBackend"
     config_section: ClassVar[str] = "command"
     can_stop: ClassVar[bool] = True
 
-    def __init__(self, context: BackendContext) -> None:
+    def __init__(self, context: kit.BackendContext) -> None:
         super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
+        self.instances = kit.Instances("command", context.instances, Instance.parse)
         self.host = socket.gethostname()
 
     @property
@@ -172,26 +160,16 @@ class CommandBackend(Backend):
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return INSTANCE_LABEL in labels
 
-    def _instance(self, labels: Mapping[str, str]) -> Instance:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances.values()))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; see "
-                "[command.<name>] in the ASCOB_CONFIG file)"
-            )
-        return self.instances[name]
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance(labels)
+        self.instances.for_labels(labels)
+
+    @property
+    def broken_instances(self) -> Mapping[str, str]:
+        return self.instances.broken
 
     # ------------------------------------------------------------------ submit
 
-    def _environment(self, inst: Instance, job: Job) -> dict[str, str]:
+    def _environment(self, inst: Instance, job: kit.Job) -> dict[str, str]:
         env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
         env.update(inst.env)
         env.update({k: os.environ[k] for k in inst.pass_env if k in os.environ})
@@ -213,7 +191,7 @@ class CommandBackend(Backend):
         """The workdir, after checking it and the program exist (else SubmitRefused)."""
         workdir = inst.workdir
         if workdir is not None and not Path(workdir).is_dir():
-            raise SubmitRefused(f"command {inst.name!r}: workdir {workdir} is not a directory")
+            raise kit.SubmitRefused(f"command {inst.name!r}: workdir {workdir} is not a directory")
         program = inst.argv[0]
         if "/" in program:
             path = Path(workdir or ".", program) if not Path(program).is_absolute() else None
@@ -222,7 +200,7 @@ class CommandBackend(Backend):
         else:
             ok = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
         if not ok:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"command {inst.name!r}: {program!r} is not an executable file"
                 + ("" if "/" in program else f" on PATH {env.get('PATH', os.defpath)}")
             )
@@ -237,7 +215,7 @@ class CommandBackend(Backend):
             "commandHost": self.host,
         }
 
-    async def _earlier_start(self, job: Job) -> dict[str, str] | None:
+    async def _earlier_start(self, job: kit.Job) -> dict[str, str] | None:
         """The keys of the job an earlier submit of this run started, if any."""
         if not self.jobs_dir.is_dir():
             return None
@@ -260,9 +238,9 @@ class CommandBackend(Backend):
             )
         return None
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        inst = self._instance(job.labels)
+        inst = self.instances.for_labels(job.labels)
         env = self._environment(inst, job)
         earlier = await self._earlier_start(job)
         if earlier is not None:
@@ -285,15 +263,15 @@ class CommandBackend(Backend):
                 },
             )
         except OSError as exc:
-            raise SubmitRefused(f"cannot prepare the job directory {job_dir}: {exc}") from exc
+            raise kit.SubmitRefused(f"cannot prepare the job directory {job_dir}: {exc}") from exc
         try:
             code = await asyncio.to_thread(self._start_runner, job_dir)
         except OSError as exc:
-            raise SubmitRefused(f"cannot start the command runner: {exc}") from exc
+            raise kit.SubmitRefused(f"cannot start the command runner: {exc}") from exc
         runner = read_json(job_dir / RUNNER)
         if code != 0 or runner is None or runner.get("start_time") is None:
             if runner is None:  # the runner never forked off: nothing was started
-                raise SubmitRefused(f"the command runner failed to start (exit code {code})")
+                raise kit.SubmitRefused(f"the command runner failed to start (exit code {code})")
             raise RuntimeError(f"the command runner answered {code}; outcome unknown")
         log.info("run %s: command %r started in %s", job.run_id, inst.name, job_dir)
         return self._keys(inst.name, job_dir, int(runner["pid"]), int(runner["start_time"]))
@@ -327,10 +305,10 @@ class CommandBackend(Backend):
         base = Path(self.context.data_dir).resolve()
         job_dir = (base / rel).resolve()
         if not rel or base not in job_dir.parents:
-            raise JobNotFound(f"identification keys name no command job directory ({rel!r})")
+            raise kit.JobNotFound(f"identification keys name no command job directory ({rel!r})")
         if not (job_dir / JOB).is_file():
             host = keys.get("commandHost", "another host")
-            raise JobNotFound(
+            raise kit.JobNotFound(
                 f"no job directory {rel} here (on {self.host}); the job was started on {host}"
             )
         return job_dir
@@ -344,16 +322,16 @@ class CommandBackend(Backend):
             pid, started = int(runner.get("pid") or 0), int(runner.get("start_time") or -1)
         return process_alive(pid, started)
 
-    def _result(self, job_dir: Path) -> StatusReport | None:
+    def _result(self, job_dir: Path) -> kit.StatusReport | None:
         result = read_json(job_dir / RESULT)
         if result is None:
             return None
         if result.get("error"):
-            return StatusReport(BackendStatus.FAILED, str(result["error"]))
+            return kit.StatusReport(kit.BackendStatus.FAILED, str(result["error"]))
         stopped = read_json(job_dir / STOPPED)
         if result.get("timed_out") is not None:
-            return StatusReport(
-                BackendStatus.FAILED, f"timed out after {result['timed_out']:g} s (stopped)"
+            return kit.StatusReport(
+                kit.BackendStatus.FAILED, f"timed out after {result['timed_out']:g} s (stopped)"
             )
         sig = result.get("signal")
         how = "exit code 0" if sig is None else f"killed by {_signal_name(int(sig))}"
@@ -361,37 +339,39 @@ class CommandBackend(Backend):
             how = f"exit code {result['exit_code']}"
         if stopped is not None:
             forced = "forced stop" if stopped.get("force") else "stop"
-            return StatusReport(BackendStatus.ABORTED, f"stopped by ASCOB ({forced}; {how})")
+            return kit.StatusReport(
+                kit.BackendStatus.ABORTED, f"stopped by ASCOB ({forced}; {how})"
+            )
         if sig is not None:
-            return StatusReport(BackendStatus.FAILED, how)
+            return kit.StatusReport(kit.BackendStatus.FAILED, how)
         if result.get("exit_code") == 0:
-            return StatusReport(BackendStatus.SUCCEEDED, None)
-        return StatusReport(BackendStatus.FAILED, how)
+            return kit.StatusReport(kit.BackendStatus.SUCCEEDED, None)
+        return kit.StatusReport(kit.BackendStatus.FAILED, how)
 
-    def _finished(self, keys: Mapping[str, str], job_dir: Path) -> StatusReport | None:
+    def _finished(self, keys: Mapping[str, str], job_dir: Path) -> kit.StatusReport | None:
         """The final report, or None while the runner is still alive."""
         report = self._result(job_dir)
         if report is not None:
             return report
         if keys.get("commandHost", self.host) != self.host:
-            raise JobNotFound(
+            raise kit.JobNotFound(
                 f"the command runs on host {keys['commandHost']}, this ASCOB is on {self.host}"
             )
         if self._runner_alive(keys, job_dir):
             return None
         # it may have written its result just before it ended
-        return self._result(job_dir) or StatusReport(
-            BackendStatus.FAILED, "the runner died without an exit code"
+        return self._result(job_dir) or kit.StatusReport(
+            kit.BackendStatus.FAILED, "the runner died without an exit code"
         )
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         job_dir = self._job_dir(keys)
         report = self._finished(keys, job_dir)
         if report is not None:
             return report
         command = read_json(job_dir / COMMAND)
         pid = f"pid {command['pid']}" if command else "starting"
-        return StatusReport(BackendStatus.RUNNING, f"running on {self.host} ({pid})")
+        return kit.StatusReport(kit.BackendStatus.RUNNING, f"running on {self.host} ({pid})")
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         job_dir = self._job_dir(keys)
@@ -411,7 +391,7 @@ class CommandBackend(Backend):
             pass
         log.info("command job %s: sent %s to process group %s", job_dir.name, sig.name, pid)
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         job_dir = self._job_dir(keys)
         final = self._finished(keys, job_dir) is not None  # before reading: nothing is missed
         try:
@@ -420,9 +400,9 @@ class CommandBackend(Backend):
                 data = fh.read(MAX_CHUNK)
                 rest = bool(fh.read(1))
         except FileNotFoundError:
-            return OutputChunk("", offset, not final)
+            return kit.OutputChunk("", offset, not final)
         text, used = _decode(data, final and not rest)
-        return OutputChunk(text, offset + used, rest or not final)
+        return kit.OutputChunk(text, offset + used, rest or not final)
 
 
 def _signal_name(number: int) -> str:

@@ -26,6 +26,8 @@ evidence. For compatibility it also takes specs without a backend id whose descr
 
 from __future__ import annotations
 
+__all__ = ["DummyBackend"]
+
 import asyncio
 import json
 import os
@@ -37,28 +39,16 @@ from contextlib import closing
 from pathlib import Path
 from typing import ClassVar
 
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-
-__all__ = ["DummyBackend"]
+from backends import kit
 
 _FINAL_CHOICES = {"SUCCEEDED", "SUCCEDED", "FAILED", "ABORTED", "RUNNING"}
 
 
-class DummyBackend(Backend):
+class DummyBackend(kit.Backend):
     id: ClassVar[str] = "dummyBackend"
     can_stop: ClassVar[bool] = True
 
-    def __init__(self, context: BackendContext) -> None:
+    def __init__(self, context: kit.BackendContext) -> None:
         super().__init__(context)
         world = Path(os.environ.get("ASCOB_DUMMY_DIR") or context.data_dir)
         world.mkdir(parents=True, exist_ok=True)
@@ -79,30 +69,30 @@ class DummyBackend(Backend):
     def validate(self, labels: Mapping[str, str]) -> None:
         status = labels.get("status", "SUCCEEDED").upper()
         if status not in _FINAL_CHOICES:
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label status={labels['status']!r}: expected SUCCEEDED, FAILED, ABORTED or RUNNING"
             )
         try:
             duration = float(labels.get("duration", "0"))
         except ValueError:
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label duration={labels['duration']!r} is not a number of seconds"
             ) from None
         if not 0 <= duration < 10**7:
-            raise SpecRejected(f"label duration={labels['duration']!r} is out of range")
+            raise kit.SpecRejected(f"label duration={labels['duration']!r} is out of range")
         try:
             delay = float(labels.get("submit_delay", "0"))
         except ValueError:
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label submit_delay={labels['submit_delay']!r} is not a number"
             ) from None
         if not 0 <= delay <= 3600:
-            raise SpecRejected(f"label submit_delay={labels['submit_delay']!r} is out of range")
+            raise kit.SpecRejected(f"label submit_delay={labels['submit_delay']!r} is out of range")
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         labels = job.labels
         if labels.get("fail", "").lower() == "true":
-            raise SubmitRefused("dummyBackend: submission failed as asked (label fail=true)")
+            raise kit.SubmitRefused("dummyBackend: submission failed as asked (label fail=true)")
         delay = float(labels.get("submit_delay", "0"))
         if delay:
             await asyncio.sleep(delay)
@@ -137,25 +127,25 @@ class DummyBackend(Backend):
         try:
             return keys["dummyJobId"]
         except KeyError:
-            raise JobNotFound("identification keys carry no dummyJobId") from None
+            raise kit.JobNotFound("identification keys carry no dummyJobId") from None
 
     def _stopped_at(self, job_id: str) -> float | None:
         with closing(self._connect()) as db:
             row = db.execute("select at from stopped where job_id = ?", (job_id,)).fetchone()
         return None if row is None else float(row[0])
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         job_id = self._job_id(keys)
         if keys.get("lost") == "true":
-            raise JobNotFound(f"dummy job {job_id} is gone (label lost=true)")
-        final = BackendStatus(keys.get("status", "SUCCEEDED"))
+            raise kit.JobNotFound(f"dummy job {job_id} is gone (label lost=true)")
+        final = kit.BackendStatus(keys.get("status", "SUCCEEDED"))
         ends_at = float(keys.get("startedAt", "0")) + float(keys.get("duration", "0"))
         stopped_at = await asyncio.to_thread(self._stopped_at, job_id)
-        if stopped_at is not None and (final is BackendStatus.RUNNING or stopped_at < ends_at):
-            return StatusReport(BackendStatus.ABORTED, "stopped")
-        if final is not BackendStatus.RUNNING and time.time() >= ends_at:
-            return StatusReport(final)
-        return StatusReport(BackendStatus.RUNNING)
+        if stopped_at is not None and (final is kit.BackendStatus.RUNNING or stopped_at < ends_at):
+            return kit.StatusReport(kit.BackendStatus.ABORTED, "stopped")
+        if final is not kit.BackendStatus.RUNNING and time.time() >= ends_at:
+            return kit.StatusReport(final)
+        return kit.StatusReport(kit.BackendStatus.RUNNING)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         job_id = self._job_id(keys)
@@ -169,7 +159,7 @@ class DummyBackend(Backend):
 
         await asyncio.to_thread(record)
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         data = keys.get("output", "Dummy output").encode()
         report = await self.status(keys)
         if keys.get("progressive") == "true" and not report.status.is_final:
@@ -180,6 +170,6 @@ class DummyBackend(Backend):
             shown = min(len(lines), int(elapsed / duration * (len(lines) + 1)))
             data = b"".join(lines[:shown])
         chunk = data[offset:].decode(errors="replace")
-        return OutputChunk(
+        return kit.OutputChunk(
             text=chunk, next_offset=max(offset, len(data)), more=not report.status.is_final
         )

@@ -23,7 +23,7 @@ unique to the run), which the workflow declares and shows in its ``run-name``. T
 the run when the answer does not name it: an older GHES that refuses the field (a 4xx naming it;
 retried once without it, and remembered) or ignores it (204), and a dispatch whose answer was
 lost (timeout, 5xx, malformed). If no run carries it within ``find_timeout`` the submission
-raises :class:`DispatchOutcomeUnknown`: the run ends IN_DOUBT and is never dispatched again. A
+raises :class:`~backends.OutcomeUnknown`: the run ends IN_DOUBT and is never dispatched again. A
 rate-limit answer (403/429) proves that nothing was created: the dispatch waits and is sent again.
 
 Identification keys: ``githubInstance``, ``githubRepository``, ``githubWorkflowId``,
@@ -36,44 +36,27 @@ of that concatenation, which only grows: a job is shown only after every job bef
 
 from __future__ import annotations
 
+__all__ = ["CONCLUSIONS", "STATUSES", "GitHubActionsBackend"]
+
 import asyncio
 import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-from backends.github.client import (
-    GitHubClient,
-    GitHubHTTPError,
-    GitHubProtocolError,
-    GitHubRateLimited,
-)
-
-__all__ = ["CONCLUSIONS", "STATUSES", "DispatchOutcomeUnknown", "GitHubActionsBackend"]
+from backends import kit
+from backends.github.client import GitHubClient, GitHubRateLimited
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "github_instance"
 REPOSITORY_LABEL = "github_repository"
 WORKFLOW_LABEL = "github_workflow"
 REF_LABEL = "github_ref"
@@ -81,16 +64,13 @@ DEFAULT_URL = "https://api.github.com"
 DEFAULT_RUN_INPUT = "ascob_run"
 
 # Workflow run ``status`` -> ASCOB; ``completed`` is decided by the conclusion.
-STATUSES = {
-    "requested": BackendStatus.QUEUED,
-    "queued": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "waiting": BackendStatus.QUEUED,
-    "in_progress": BackendStatus.RUNNING,
-}
+STATUSES = kit.statuses(
+    queued=("requested", "queued", "pending", "waiting"),
+    running=("in_progress",),
+)
 # ``completed`` + conclusion; any other conclusion (failure, timed_out, startup_failure,
 # action_required, neutral, skipped, stale, ...) is FAILED with the conclusion in the message.
-CONCLUSIONS = {"success": BackendStatus.SUCCEEDED, "cancelled": BackendStatus.ABORTED}
+CONCLUSIONS = {"success": kit.BackendStatus.SUCCEEDED, "cancelled": kit.BackendStatus.ABORTED}
 
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _LOG_CACHE_BYTES = 32 * 1024 * 1024
@@ -99,40 +79,23 @@ _SEARCH_MARGIN = timedelta(minutes=10)  # clock skew between ASCOB and GitHub
 T = TypeVar("T")
 
 
-class DispatchOutcomeUnknown(Exception):
-    """The dispatch may or may not have created a run, and none could be found: IN_DOUBT.
-
-    Deliberately not a :class:`backends.BackendError`: ASCOB must never send it again."""
-
-
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    timeout: float
-    run_input: str
-    find_timeout: float
-    find_interval: float
-    max_rate_limit_wait: float
+class Instance(kit.RestInstance):
+    kind = "github"
+    run_input: str = DEFAULT_RUN_INPUT
+    find_timeout: float = 60.0
+    find_interval: float = 2.0
+    max_rate_limit_wait: float = 3600.0
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"[github.{name}] must be a table")
+    def parse(cls, name: str, raw: Any) -> Instance:
         return cls(
-            name=name,
-            url=str(raw.get("url") or DEFAULT_URL),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
+            **cls.common(name, raw, default_url=DEFAULT_URL),
             run_input=str(raw.get("run_input", DEFAULT_RUN_INPUT)),
             find_timeout=float(raw.get("find_timeout", 60.0)),
             find_interval=float(raw.get("find_interval", 2.0)),
             max_rate_limit_wait=float(raw.get("max_rate_limit_wait", 3600.0)),
         )
-
-    def token(self) -> str | None:
-        return secret_from_env("github", self.name, self.token_env)
 
 
 @dataclass(frozen=True)
@@ -143,20 +106,13 @@ class _Known:
     run_id: str
 
 
-class GitHubActionsBackend(Backend):
-    id: ClassVar[str] = "githubActionsBackend"
-    config_section: ClassVar[str] = "github"
-    can_stop: ClassVar[bool] = True
+class GitHubActionsBackend(kit.KitBackend[Instance, GitHubClient]):
+    id = "githubActionsBackend"
+    config_section = "github"
+    takes = (WORKFLOW_LABEL,)
+    instance_type, client_type = Instance, GitHubClient
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[GitHubClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._run_details: dict[str, bool] = {}  # instance -> knows return_run_details
         self._log_sizes: dict[tuple[str, str, str], int] = {}
         self._logs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
@@ -164,60 +120,24 @@ class GitHubActionsBackend(Backend):
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return WORKFLOW_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [github.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         repository = labels.get(REPOSITORY_LABEL, "")
         if not repository:
-            raise SpecRejected(f"label {REPOSITORY_LABEL} is required (owner/repo)")
+            raise kit.SpecRejected(f"label {REPOSITORY_LABEL} is required (owner/repo)")
         if not _REPOSITORY.match(repository):
-            raise SpecRejected(f"{REPOSITORY_LABEL}={repository!r} is not of the form owner/repo")
+            raise kit.SpecRejected(
+                f"{REPOSITORY_LABEL}={repository!r} is not of the form owner/repo"
+            )
         if not labels.get(WORKFLOW_LABEL, "").strip():
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label {WORKFLOW_LABEL} is required (a file name such as deploy.yml, or an id)"
             )
 
-    def _client(self, name: str) -> GitHubClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: GitHubClient(inst.url, inst.token(), inst.timeout, transport=self._transport),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> _Known:
-        try:
-            name, repository, run_id = (
-                keys["githubInstance"],
-                keys["githubRepository"],
-                keys["githubRunId"],
-            )
-        except KeyError:
-            raise JobNotFound(
-                "identification keys name no github instance, repository and run"
-            ) from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"github instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return _Known(name, client, repository, run_id)
+        repository, run_id = kit.required(keys, "githubRepository", "githubRunId")
+        instance, client = self.known(keys)
+        return _Known(instance.name, client, repository, run_id)
 
     # ------------------------------------------------------------------ submit
 
@@ -232,7 +152,7 @@ class GitHubActionsBackend(Backend):
                 waited = time.monotonic() - started
                 wait = exc.wait()
                 if waited + wait > inst.max_rate_limit_wait:
-                    raise SubmitRefused(
+                    raise kit.SubmitRefused(
                         f"{where}: rate limited by GitHub for {wait:.0f} s more after waiting "
                         f"{waited:.0f} s (max_rate_limit_wait = {inst.max_rate_limit_wait:.0f}); "
                         f"{exc.message}"
@@ -240,51 +160,36 @@ class GitHubActionsBackend(Backend):
                 log.warning("%s: rate limited (%s); waiting %.0f s", where, exc.message, wait)
                 await asyncio.sleep(max(wait, 0.05))
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
-        client = self._client(name)
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
+        client = self.client(inst)
         repository = job.labels[REPOSITORY_LABEL]
         workflow = job.labels[WORKFLOW_LABEL].strip()
         where = f"github {name!r} {repository} workflow {workflow!r}"
         if inst.run_input in job.parameters:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: the parameter {inst.run_input} is set by ASCOB itself; rename it"
             )
         started = time.monotonic()
-        # Before the dispatch nothing has run: a refusal, or an unavailable GitHub (not_sent)
-        try:
+        unseen = f"no repository {repository}, or the token cannot see it"
+        with kit.before_sending(where, "the repository", unseen):
             repo = await self._patiently(
                 inst, where, lambda: client.repository(repository), started
             )
-        except GitHubHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(
-                    f"{where}: no repository {repository} (or the token cannot see it): "
-                    f"{exc.message}"
-                ) from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the repository ({describe(exc)})") from exc
-        try:
+        with kit.before_sending(where, "the workflow", f"no workflow {workflow!r} in {repository}"):
             definition = await self._patiently(
                 inst, where, lambda: client.workflow(repository, workflow), started
             )
-        except GitHubHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(
-                    f"{where}: no workflow {workflow!r} in {repository}: {exc.message}"
-                ) from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the workflow ({describe(exc)})") from exc
         ref = job.labels.get(REF_LABEL) or repo.get("default_branch")
         if not ref or definition.get("id") is None:
-            raise SubmitRefused(f"{where}: GitHub did not name the default branch or workflow id")
+            raise kit.SubmitRefused(
+                f"{where}: GitHub did not name the default branch or workflow id"
+            )
         state = definition.get("state")
         if state not in (None, "active"):
-            raise SubmitRefused(f"{where}: the workflow is {state}")
+            raise kit.SubmitRefused(f"{where}: the workflow is {state}")
         workflow_id = str(definition["id"])
         correlation = f"ascob-{job.run_id}-{uuid.uuid4().hex[:12]}"
         inputs = {**dict(job.parameters), inst.run_input: correlation}
@@ -310,7 +215,7 @@ class GitHubActionsBackend(Backend):
             why = unknown
         found = await self._find_run(inst, client, repository, workflow_id, correlation, since)
         if found is None:
-            raise DispatchOutcomeUnknown(
+            raise kit.OutcomeUnknown(
                 f"{where}: the dispatch {why}, and no run named with {inst.run_input}="
                 f"{correlation} appeared within {inst.find_timeout:.0f} s: outcome unknown "
                 f"(does the workflow set run-name: ${{{{ inputs.{inst.run_input} }}}}?)"
@@ -340,7 +245,7 @@ class GitHubActionsBackend(Backend):
 
             try:
                 return await self._patiently(inst, where, call, started), None
-            except GitHubHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code >= 500:
                     return None, f"answered {exc}"
                 if details and "return_run_details" in exc.message:
@@ -353,11 +258,12 @@ class GitHubActionsBackend(Backend):
                         f" (the workflow must declare the workflow_dispatch input "
                         f"{inst.run_input}, and show it in its run-name)"
                     )
-                raise SubmitRefused(f"{where}: dispatch refused: {exc}{hint}") from exc
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-            except (httpx.HTTPError, GitHubProtocolError) as exc:
-                return None, f"failed ({describe(exc)})"
+                raise kit.SubmitRefused(f"{where}: dispatch refused: {exc}{hint}") from exc
+            except (httpx.HTTPError, kit.SystemProtocolError) as exc:
+                if not kit.may_have_arrived(exc):
+                    cannot = f"{where}: cannot connect ({kit.describe(exc)})"
+                    raise kit.SubmitRefused(cannot) from exc
+                return None, f"failed ({kit.describe(exc)})"
 
     async def _find_run(
         self,
@@ -379,8 +285,8 @@ class GitHubActionsBackend(Backend):
                         return str(run["id"])
             except GitHubRateLimited as exc:
                 pause = max(pause, exc.wait())
-            except (GitHubHTTPError, httpx.HTTPError, GitHubProtocolError) as exc:
-                log.warning("looking for run %s: %s", correlation, describe(exc))
+            except kit.CALL_ERRORS as exc:
+                log.warning("looking for run %s: %s", correlation, kit.describe(exc))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -388,45 +294,34 @@ class GitHubActionsBackend(Backend):
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         known = self._known(keys)
-        try:
+        with _following(f"github: run {known.run_id}"):
             run = await known.client.run(known.repository, known.run_id)
-        except GitHubRateLimited as exc:
-            raise BackendUnavailable(f"github: rate limited for {exc.wait():.0f} s") from exc
-        except GitHubHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"github: run {known.run_id}: {exc}") from exc
-            raise BackendUnavailable(f"github: {exc}") from exc
-        except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise BackendUnavailable(f"github: {describe(exc)}") from exc
         state, conclusion = run.get("status"), run.get("conclusion")
         url = run.get("html_url") if isinstance(run.get("html_url"), str) else None
         label = f"workflow run {known.run_id}"
         mapped = STATUSES.get(str(state))
         if mapped is not None:
-            return StatusReport(mapped, f"{label}: {state}", url)
+            return kit.StatusReport(mapped, f"{label}: {state}", url)
         if state != "completed":
-            raise BackendUnavailable(f"github: {label} has an unknown status {state!r}")
+            raise kit.BackendUnavailable(f"github: {label} has an unknown status {state!r}")
         if not conclusion:
-            raise BackendUnavailable(f"github: {label} is completed without a conclusion yet")
-        final = CONCLUSIONS.get(str(conclusion), BackendStatus.FAILED)
-        message = None if final is BackendStatus.SUCCEEDED else f"{label}: {conclusion}"
-        return StatusReport(final, message, url)
+            raise kit.BackendUnavailable(f"github: {label} is completed without a conclusion yet")
+        final = CONCLUSIONS.get(str(conclusion), kit.BackendStatus.FAILED)
+        message = None if final is kit.BackendStatus.SUCCEEDED else f"{label}: {conclusion}"
+        return kit.StatusReport(final, message, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         known = self._known(keys)
-        try:
-            await known.client.cancel(known.repository, known.run_id, force)
-        except GitHubRateLimited as exc:
-            raise BackendUnavailable(f"github cancel: rate limited for {exc.wait():.0f} s") from exc
-        except GitHubHTTPError as exc:
-            if exc.status_code == 409:  # "Cannot cancel a workflow run that is completed."
+        with _following("github cancel", missing=()):
+            try:
+                await known.client.cancel(known.repository, known.run_id, force)
+            except kit.SystemHTTPError as exc:
+                if exc.status_code != 409:
+                    raise
+                # "Cannot cancel a workflow run that is completed."
                 log.info("github cancel of run %s: %s", known.run_id, exc.message)
-                return
-            raise BackendUnavailable(f"github cancel: {exc}") from exc
-        except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise BackendUnavailable(f"github cancel: {describe(exc)}") from exc
 
     # ------------------------------------------------------------------ output
 
@@ -455,7 +350,7 @@ class GitHubActionsBackend(Backend):
         else:
             try:
                 body = await known.client.job_log(known.repository, job_id)
-            except GitHubHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code not in (404, 410) or isinstance(exc, GitHubRateLimited):
                     raise
                 if not run_completed:
@@ -468,9 +363,9 @@ class GitHubActionsBackend(Backend):
         self._remember(key, block)
         return block
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         known = self._known(keys)
-        try:
+        with _following(f"github: run {known.run_id}"):
             run = await known.client.run(known.repository, known.run_id)
             run_completed = run.get("status") == "completed"
             jobs = await known.client.jobs(known.repository, known.run_id)
@@ -492,22 +387,21 @@ class GitHubActionsBackend(Backend):
                 if position + len(block) > offset:
                     text += block[max(0, offset - position) :]
                 position += len(block)
-        except GitHubRateLimited as exc:
-            raise BackendUnavailable(f"github: rate limited for {exc.wait():.0f} s") from exc
-        except GitHubHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"github: run {known.run_id}: {exc}") from exc
-            raise BackendUnavailable(f"github: {exc}") from exc
-        except (httpx.HTTPError, GitHubProtocolError) as exc:
-            raise BackendUnavailable(f"github: {describe(exc)}") from exc
         more = not (run_completed and complete)
-        return OutputChunk(text.decode("utf-8", errors="replace"), max(offset, position), more)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
+        return kit.OutputChunk(text.decode("utf-8", errors="replace"), max(offset, position), more)
 
 
 def _job_order(job: Mapping[str, Any]) -> tuple[int, str]:
     """Jobs in the order GitHub created them (ids grow), so the output only ever grows."""
     job_id = job.get("id")
     return (job_id if isinstance(job_id, int) else 0, str(job_id))
+
+
+@contextmanager
+def _following(what: str, missing: tuple[int, ...] = (404,)) -> Iterator[None]:
+    """The kit's :func:`~backends.kit.following`, saying how long a rate limit lasts."""
+    with kit.following(what, missing):
+        try:
+            yield
+        except GitHubRateLimited as exc:
+            raise kit.BackendUnavailable(f"{what}: rate limited for {exc.wait():.0f} s") from exc

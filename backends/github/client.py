@@ -5,9 +5,9 @@ It speaks only HTTP; what the answers mean for ASCOB is decided in :mod:`backend
 
 Exception tree::
 
-    GitHubHTTPError          GitHub answered with an error status (its ``message`` kept)
+    SystemHTTPError          (the kit's) GitHub answered with an error status (its ``message``)
     └── GitHubRateLimited    403/429 that is a rate limit: ``resume_at`` says when to try again
-    GitHubProtocolError      an answer the API does not document (malformed JSON, ...)
+    SystemProtocolError      (the kit's) an answer the API does not document (malformed JSON, ...)
     httpx.HTTPError          no answer (connection refused, timeout, ...)
 
 Conditional requests: GET answers are kept with their ``ETag`` and asked for again with
@@ -30,13 +30,9 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = [
-    "API_VERSION",
-    "GitHubClient",
-    "GitHubHTTPError",
-    "GitHubProtocolError",
-    "GitHubRateLimited",
-]
+from backends.kit import ApiClient, SystemHTTPError
+
+__all__ = ["API_VERSION", "GitHubClient", "GitHubRateLimited"]
 
 API_VERSION = "2022-11-28"  # the REST API version every GitHub and GHES release knows
 _SECONDARY_LIMIT_WAIT = 60.0  # GitHub: without headers, wait at least a minute
@@ -44,28 +40,15 @@ _PAGE = 100
 _ETAGS = 256  # GET answers kept for conditional requests, per client
 
 
-class GitHubHTTPError(Exception):
-    """GitHub answered with an error status."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class GitHubRateLimited(GitHubHTTPError):
+class GitHubRateLimited(SystemHTTPError):
     """A rate limit: nothing was done; try again at ``resume_at`` (``time.time()`` seconds)."""
 
     def __init__(self, status_code: int, message: str, resume_at: float) -> None:
-        super().__init__(status_code, message)
+        super().__init__("github", status_code, message)
         self.resume_at = resume_at
 
     def wait(self) -> float:
         return max(0.0, self.resume_at - time.time())
-
-
-class GitHubProtocolError(Exception):
-    """GitHub answered something its API does not document."""
 
 
 def _message(response: httpx.Response) -> str:
@@ -114,80 +97,52 @@ def _repo_path(repository: str) -> str:
     return f"repos/{quote(owner, safe='')}/{quote(name, safe='')}"
 
 
-class GitHubClient:
+class GitHubClient(ApiClient):
     """One GitHub (or GHES) API root, one token."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION,
-            "User-Agent": "ascob",
-        }
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout, transport=transport
-        )
+    system = "github"
+    headers = {
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": API_VERSION,
+        "User-Agent": "ascob",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.resume_at = 0.0  # rate limited until then: send nothing
         self._etags: OrderedDict[str, tuple[str, Any]] = OrderedDict()
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
     # ------------------------------------------------------------------ plumbing
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None,
-        follow_redirects: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    def error(self, response: httpx.Response) -> SystemHTTPError:
+        message = _message(response)
+        resume_at = _rate_limit_resume(response, message)
+        if resume_at is None:
+            return SystemHTTPError(self.system, response.status_code, message)
+        self.resume_at = max(self.resume_at, resume_at)
+        return GitHubRateLimited(response.status_code, message, resume_at)
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if time.time() < self.resume_at:
             raise GitHubRateLimited(
                 429, "rate limited (waiting before the next call)", self.resume_at
             )
-        response = await self._http.request(
-            method,
-            path,
-            params=params,
-            json=body,
-            follow_redirects=follow_redirects,
-            headers=headers,
-        )
-        if response.status_code < 400:
-            return response
-        message = _message(response)
-        resume_at = _rate_limit_resume(response, message)
-        if resume_at is not None:
-            self.resume_at = max(self.resume_at, resume_at)
-            raise GitHubRateLimited(response.status_code, message, resume_at)
-        raise GitHubHTTPError(response.status_code, message)
+        return await super().send(method, path, **kwargs)
 
-    async def _object(
-        self, method: str, path: str, params: dict[str, str] | None = None
+    async def object(
+        self, method: str, path: str, params: dict[str, str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
+        """A JSON object; a GET is asked again with its ETag (a 304 costs no rate limit)."""
         key = f"{path}?{sorted((params or {}).items())}" if method == "GET" else ""
         cached = self._etags.get(key) if key else None
         headers = {"If-None-Match": cached[0]} if cached else None
-        response = await self._request(method, path, params=params, headers=headers)
+        response = await self.send(method, path, params=params, headers=headers, **kwargs)
         if response.status_code == 304 and cached:
             self._etags.move_to_end(key)
             return dict(cached[1])
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise GitHubProtocolError(f"{method} {path}: malformed JSON") from exc
+        data = self.decode(response, f"{method} {path}")
         if not isinstance(data, dict):
-            raise GitHubProtocolError(f"{method} {path}: expected a JSON object")
+            raise self.protocol_error(f"{method} {path}: expected a JSON object")
         etag = response.headers.get("etag")
         if key and etag:
             self._etags[key] = (etag, data)
@@ -200,12 +155,12 @@ class GitHubClient:
 
     async def repository(self, repository: str) -> dict[str, Any]:
         """GET /repos/{owner}/{repo} (``default_branch``, ``html_url``)."""
-        return await self._object("GET", _repo_path(repository))
+        return await self.object("GET", _repo_path(repository))
 
     async def workflow(self, repository: str, workflow: str) -> dict[str, Any]:
         """A workflow by file name or id (``id``, ``state``, ``path``)."""
         path = f"{_repo_path(repository)}/actions/workflows/{quote(workflow, safe='')}"
-        return await self._object("GET", path)
+        return await self.object("GET", path)
 
     async def dispatch(
         self,
@@ -222,15 +177,12 @@ class GitHubClient:
         path = (
             f"{_repo_path(repository)}/actions/workflows/{quote(workflow_id, safe='')}/dispatches"
         )
-        response = await self._request("POST", path, body=body)
+        response = await self.send("POST", path, json=body)
         if response.status_code == 204 or not response.content.strip():
             return None
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise GitHubProtocolError("dispatch: malformed JSON") from exc
+        data = self.decode(response, "dispatch")
         if not isinstance(data, dict):
-            raise GitHubProtocolError("dispatch: expected a JSON object")
+            raise self.protocol_error("dispatch: expected a JSON object")
         return data
 
     async def workflow_runs(
@@ -240,7 +192,7 @@ class GitHubClient:
         path = f"{_repo_path(repository)}/actions/workflows/{quote(workflow_id, safe='')}/runs"
         runs: list[dict[str, Any]] = []
         for page in range(1, pages + 1):
-            data = await self._object(
+            data = await self.object(
                 "GET",
                 path,
                 params={
@@ -252,14 +204,14 @@ class GitHubClient:
             )
             found = data.get("workflow_runs")
             if not isinstance(found, list):
-                raise GitHubProtocolError("workflow runs: expected a list")
+                raise self.protocol_error("workflow runs: expected a list")
             runs.extend(r for r in found if isinstance(r, dict))
             if len(found) < _PAGE:
                 break
         return runs
 
     async def run(self, repository: str, run_id: str) -> dict[str, Any]:
-        return await self._object(
+        return await self.object(
             "GET", f"{_repo_path(repository)}/actions/runs/{quote(run_id, safe='')}"
         )
 
@@ -269,14 +221,14 @@ class GitHubClient:
         jobs: list[dict[str, Any]] = []
         page = 1
         while True:
-            data = await self._object(
+            data = await self.object(
                 "GET",
                 path,
                 params={"filter": "latest", "per_page": str(_PAGE), "page": str(page)},
             )
             found = data.get("jobs")
             if not isinstance(found, list):
-                raise GitHubProtocolError("run jobs: expected a list")
+                raise self.protocol_error("run jobs: expected a list")
             jobs.extend(j for j in found if isinstance(j, dict))
             total = data.get("total_count")
             if len(found) < _PAGE or (isinstance(total, int) and len(jobs) >= total):
@@ -287,11 +239,11 @@ class GitHubClient:
         """A job's plain-text log. GitHub answers 302 to a short-lived download URL; httpx
         follows it and drops the Authorization header when the URL is on another host."""
         path = f"{_repo_path(repository)}/actions/jobs/{quote(job_id, safe='')}/logs"
-        response = await self._request("GET", path, follow_redirects=True)
+        response = await self.send("GET", path, follow_redirects=True)
         return response.content
 
     async def cancel(self, repository: str, run_id: str, force: bool) -> None:
         action = "force-cancel" if force else "cancel"
-        await self._request(
+        await self.send(
             "POST", f"{_repo_path(repository)}/actions/runs/{quote(run_id, safe='')}/{action}"
         )

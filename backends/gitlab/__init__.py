@@ -25,31 +25,20 @@ jobs that are still ``canceling`` (their runner did not confirm).
 
 from __future__ import annotations
 
+__all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
+
 import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-from backends.gitlab.client import GitLabClient, GitLabHTTPError, GitLabProtocolError
+from backends import kit
+from backends.gitlab.client import GitLabClient
 from backends.gitlab.trace import (
     JOB_ENDED,
     LengthCache,
@@ -59,30 +48,20 @@ from backends.gitlab.trace import (
     in_stage_order,
 )
 
-__all__ = ["STATUSES", "GitLabBackend", "GitLabClient"]
-
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "gitlab_instance"
 PROJECT_LABEL = "gitlab_project"
 REF_LABEL = "gitlab_ref"
 RUN_VARIABLE = "ASCOB_RUN"
 
 # GitLab pipeline status -> ASCOB. ``manual`` (blocked on a manual job) is RUNNING with a message.
-STATUSES = {
-    "created": BackendStatus.QUEUED,
-    "waiting_for_resource": BackendStatus.QUEUED,
-    "preparing": BackendStatus.QUEUED,
-    "pending": BackendStatus.QUEUED,
-    "scheduled": BackendStatus.QUEUED,
-    "running": BackendStatus.RUNNING,
-    "canceling": BackendStatus.RUNNING,
-    "manual": BackendStatus.RUNNING,
-    "success": BackendStatus.SUCCEEDED,
-    "failed": BackendStatus.FAILED,
-    "canceled": BackendStatus.ABORTED,
-    "skipped": BackendStatus.FAILED,
-}
+STATUSES = kit.statuses(
+    queued=("created", "waiting_for_resource", "preparing", "pending", "scheduled"),
+    running=("running", "canceling", "manual"),
+    succeeded=("success",),
+    failed=("failed", "skipped"),
+    aborted=("canceled",),
+)
 PIPELINE_ENDED = frozenset({"success", "failed", "canceled", "skipped"})
 # When the answer to a creation is lost, look for the pipeline this many times, after these pauses
 # (a proxy may give up while GitLab is still creating it).
@@ -90,26 +69,8 @@ LOST_ANSWER_LOOKUPS = (0.0, 1.0, 3.0)
 _LOOKUP_WINDOW = 3600.0  # only pipelines created at most this long before the attempt
 
 
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    timeout: float
-
-    @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[gitlab.{name}] needs a url")
-        return cls(
-            name=name,
-            url=str(raw["url"]),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
-        )
-
-    def token(self) -> str | None:
-        return secret_from_env("gitlab", self.name, self.token_env)
+class Instance(kit.RestInstance):
+    kind = "gitlab"
 
 
 def _created_at(pipeline: Mapping[str, Any]) -> float | None:
@@ -120,67 +81,27 @@ def _created_at(pipeline: Mapping[str, Any]) -> float | None:
         return None
 
 
-class GitLabBackend(Backend):
-    id: ClassVar[str] = "gitlabBackend"
-    config_section: ClassVar[str] = "gitlab"
-    can_stop: ClassVar[bool] = True
+class GitLabBackend(kit.KitBackend[Instance, GitLabClient]):
+    id = "gitlabBackend"
+    config_section = "gitlab"
+    takes = (PROJECT_LABEL,)
+    instance_type, client_type = Instance, GitLabClient
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[GitLabClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._lengths = LengthCache()
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return PROJECT_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [gitlab.<name>] in the ASCOB_CONFIG file)"
-            )
-        return name
-
     def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
+        super().validate(labels)
         if not labels.get(PROJECT_LABEL, "").strip("/"):
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"label {PROJECT_LABEL} is required (a project id, or its path as group/project)"
             )
 
-    def _client(self, name: str) -> GitLabClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: GitLabClient(inst.url, inst.token(), inst.timeout, transport=self._transport),
-        )
-
     def _known(self, keys: Mapping[str, str]) -> tuple[GitLabClient, str, str]:
-        try:
-            name, project = keys["gitlabInstance"], keys["gitlabProject"]
-            pipeline_id = keys["gitlabPipelineId"]
-        except KeyError:
-            raise JobNotFound("identification keys name no gitlab pipeline") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"gitlab instance {name!r} is no longer configured")
-        try:
-            return self._client(name), project, pipeline_id
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        project, pipeline_id = kit.required(keys, "gitlabProject", "gitlabPipelineId")
+        return self.known(keys)[1], project, pipeline_id
 
     # ------------------------------------------------------------------ submit
 
@@ -190,23 +111,19 @@ class GitLabBackend(Backend):
             return ref
         default = (await client.project(project)).get("default_branch")
         if not default:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"gitlab project {project!r} has no default branch: set the label {REF_LABEL}"
             )
         return str(default)
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
+        name = self.instances.for_labels(job.labels).name
         project = job.labels[PROJECT_LABEL].strip("/")
-        client = self._client(name)
+        client = self.client(self.instances[name])
         where = f"gitlab {name!r} project {project!r}"
-        try:  # nothing has run yet: a refusal, or an unavailable GitLab (not_sent)
+        with kit.before_sending(where, "the project"):
             ref = await self._ref(client, project, job.labels)
-        except GitLabHTTPError as exc:
-            raise not_sent(exc, f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the project ({describe(exc)})") from exc
         where = f"{where} ref {ref!r}"
         if RUN_VARIABLE in job.parameters:
             log.warning("run %s: parameter %s is replaced by ASCOB's own", job.run_id, RUN_VARIABLE)
@@ -222,29 +139,32 @@ class GitLabBackend(Backend):
         attempted = time.time()
         try:
             pipeline = await client.create_pipeline(project, ref, variables)
-        except GitLabHTTPError as exc:
+        except kit.SystemHTTPError as exc:
             if exc.status_code < 500:  # GitLab answered: no pipeline was created
-                raise SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
+                raise kit.SubmitRefused(f"{where}: {exc.message} (HTTP {exc.status_code})") from exc
             lost: Exception = exc
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
+        except (httpx.HTTPError, kit.SystemProtocolError) as exc:
+            if not kit.may_have_arrived(exc):
+                raise kit.SubmitRefused(f"{where}: cannot connect ({kit.describe(exc)})") from exc
             lost = exc
         else:
             if str(pipeline.get("id", "")).isdigit():
                 log.info("run %s: %s is pipeline %s", job.run_id, where, pipeline["id"])
                 return {**keys, "gitlabPipelineId": str(pipeline["id"])}
-            lost = GitLabProtocolError("the answer carries no pipeline id")
+            lost = client.protocol_error("the answer carries no pipeline id")
         log.warning(
-            "run %s: %s: creation answered %s; looking for it", job.run_id, where, describe(lost)
+            "run %s: %s: creation answered %s; looking for it",
+            job.run_id,
+            where,
+            kit.describe(lost),
         )
         found = await self._find_by_run_value(client, project, ref, run_value, attempted)
         if found is not None:
             log.warning("run %s: %s: found pipeline %s by %s", job.run_id, where, found, run_value)
             return {**keys, "gitlabPipelineId": found}
-        raise RuntimeError(
-            f"{where}: the pipeline creation answered {describe(lost)}, and no pipeline carrying "
-            f"{RUN_VARIABLE}={run_value} was found; outcome unknown"
+        raise kit.OutcomeUnknown(
+            f"{where}: the pipeline creation answered {kit.describe(lost)}, and no pipeline "
+            f"carrying {RUN_VARIABLE}={run_value} was found; outcome unknown"
         )
 
     async def _find_by_run_value(
@@ -273,7 +193,7 @@ class GitLabBackend(Backend):
                     ):
                         return pid
                     checked.add(pid)
-            except (GitLabHTTPError, GitLabProtocolError, httpx.HTTPError) as exc:
+            except kit.CALL_ERRORS as exc:
                 log.warning("looking for the pipeline carrying %s failed: %s", run_value, exc)
         return None
 
@@ -281,14 +201,8 @@ class GitLabBackend(Backend):
 
     async def _pipeline(self, keys: Mapping[str, str]) -> dict[str, Any]:
         client, project, pipeline_id = self._known(keys)
-        try:
+        with kit.following(f"gitlab pipeline {pipeline_id}"):
             return await client.pipeline(project, pipeline_id)
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab pipeline {pipeline_id}: {describe(exc)}") from exc
 
     async def _failed_jobs(self, keys: Mapping[str, str]) -> str:
         """`` (failed jobs: a, b)`` for a failed pipeline's message; empty if unknown."""
@@ -305,7 +219,7 @@ class GitLabBackend(Backend):
         ]
         return f" (failed jobs: {', '.join(failed)})" if failed else ""
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         pipeline = await self._pipeline(keys)
         pipeline_id = keys["gitlabPipelineId"]
         state, url = pipeline.get("status"), pipeline.get("web_url")
@@ -313,38 +227,32 @@ class GitLabBackend(Backend):
         if mapped is None:
             if pipeline.get("finished_at"):
                 message = f"pipeline #{pipeline_id} ended with status {state!r}, unknown to ASCOB"
-                return StatusReport(BackendStatus.FAILED, message, url)
-            raise BackendUnavailable(
+                return kit.StatusReport(kit.BackendStatus.FAILED, message, url)
+            raise kit.BackendUnavailable(
                 f"gitlab pipeline {pipeline_id}: status {state!r} is unknown to ASCOB"
             )
         if state == "manual":
-            return StatusReport(mapped, "waiting for a manual action", url)
-        if mapped is BackendStatus.SUCCEEDED:
+            return kit.StatusReport(mapped, "waiting for a manual action", url)
+        if mapped is kit.BackendStatus.SUCCEEDED:
             detail = pipeline.get("detailed_status")
             warned = isinstance(detail, dict) and detail.get("group") == "success-with-warnings"
-            return StatusReport(mapped, "passed with warnings" if warned else None, url)
-        if mapped is BackendStatus.FAILED:
+            return kit.StatusReport(mapped, "passed with warnings" if warned else None, url)
+        if mapped is kit.BackendStatus.FAILED:
             if pipeline.get("yaml_errors"):  # a pipeline created failed, without jobs
                 why = f" (configuration error: {pipeline['yaml_errors']})"
             else:
                 why = await self._failed_jobs(keys) if state == "failed" else ""
-            return StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
-        if mapped is BackendStatus.ABORTED:
-            return StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
-        return StatusReport(mapped, str(state) if state != "running" else None, url)
+            return kit.StatusReport(mapped, f"pipeline #{pipeline_id} {state}{why}", url)
+        if mapped is kit.BackendStatus.ABORTED:
+            return kit.StatusReport(mapped, f"pipeline #{pipeline_id} canceled", url)
+        return kit.StatusReport(mapped, str(state) if state != "running" else None, url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, project, pipeline_id = self._known(keys)
-        try:
+        with kit.following(f"gitlab cancel {pipeline_id}"):
             await client.cancel_pipeline(project, pipeline_id)
             if force:
                 await self._force_cancel_jobs(client, project, pipeline_id)
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab cancel {pipeline_id}: {describe(exc)}") from exc
 
     async def _force_cancel_jobs(
         self, client: GitLabClient, project: str, pipeline_id: str
@@ -360,7 +268,7 @@ class GitLabBackend(Backend):
                     state = (await client.cancel_job(project, job_id)).get("status")
                 if state == "canceling":
                     await client.cancel_job(project, job_id, force=True)
-            except GitLabHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code >= 500:
                     raise
                 # ended meanwhile (422), or the token may not force-cancel (403): say so, go on
@@ -368,11 +276,11 @@ class GitLabBackend(Backend):
                     "gitlab pipeline %s: force-cancel of job %s: %s", pipeline_id, job_id, exc
                 )
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         client, project, pipeline_id = self._known(keys)
         pipeline = await self._pipeline(keys)
         ended = pipeline.get("status") in PIPELINE_ENDED
-        try:
+        with kit.following(f"gitlab output {pipeline_id}"):
             jobs = in_stage_order(await client.pipeline_jobs(project, pipeline_id))
             pieces, position, blocked = [], 0, False
             for job in jobs:
@@ -396,14 +304,5 @@ class GitLabBackend(Backend):
                 if not settled:
                     blocked = True  # its log may still grow
                     break
-        except GitLabHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"gitlab pipeline {pipeline_id}: {exc.message}") from exc
-            raise BackendUnavailable(f"gitlab output {pipeline_id}: {exc}") from exc
-        except (httpx.HTTPError, GitLabProtocolError) as exc:
-            raise BackendUnavailable(f"gitlab output {pipeline_id}: {describe(exc)}") from exc
         text = b"".join(pieces).decode("utf-8", errors="replace")
-        return OutputChunk(text, max(offset, position), blocked or not ended)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
+        return kit.OutputChunk(text, max(offset, position), blocked or not ended)

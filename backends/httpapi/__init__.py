@@ -43,8 +43,8 @@ SubmitRefused: the API's validate() sees only labels, so the run ends FAILED).
 Identification keys: ``httpInstance``, ``httpJobId``, ``httpRunId``.
 
 Lost start answers: without ``idempotency_header``, a start whose answer is lost (timeout after
-sending, 5xx, broken connection) raises :class:`StartOutcomeUnknown` (not a BackendError: the run
-ends IN_DOUBT). With it, the start is sent again with the same key
+sending, 5xx, broken connection) raises :class:`~backends.OutcomeUnknown` (not a BackendError:
+the run ends IN_DOUBT). With it, the start is sent again with the same key
 (``ascob-<run_id>-<nonce>``, the nonce derived from the run's secret webhook id, so it is the same
 in every process), up to ``attempts`` times; the service must answer a repeated key with the job
 it already made.
@@ -52,31 +52,21 @@ it already made.
 
 from __future__ import annotations
 
+__all__ = ["HttpBackend", "UnknownVariable"]
+
 import asyncio
 import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
+from backends import kit
 from backends.httpapi.client import HttpServiceClient, snippet
-from backends.httpapi.config import ConfigError, Instance, RequestSpec
+from backends.httpapi.config import Instance, RequestSpec
 from backends.httpapi.templates import (
     TemplateError,
     header_value,
@@ -87,71 +77,25 @@ from backends.httpapi.templates import (
     url_value,
 )
 
-__all__ = ["HttpBackend", "StartOutcomeUnknown", "UnknownVariable"]
-
 log = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "http_instance"
+
 _GONE = (404, 409, 410)  # a stop answered so: the job is already over (or never was)
 
 
-class UnknownVariable(SpecRejected, SubmitRefused):
+class UnknownVariable(kit.SpecRejected, kit.SubmitRefused):
     """A template names a variable the job does not provide (e.g. a missing parameter)."""
 
 
-class StartOutcomeUnknown(RuntimeError):
-    """The start request may have reached the service, and no answer says what it did."""
+class HttpBackend(kit.KitBackend[Instance, HttpServiceClient]):
+    id = "httpBackend"
+    config_section = "http"
+    takes = (INSTANCE_LABEL,)
+    instance_type = Instance
 
-
-class HttpBackend(Backend):
-    id: ClassVar[str] = "httpBackend"
-    config_section: ClassVar[str] = "http"
-    can_stop: ClassVar[bool] = True
-
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances: dict[str, Instance] = {}
-        self.broken: dict[str, str] = {}  # a bad instance is refused, not fatal to the others
-        for name, raw in dict(context.instances).items():
-            try:
-                self.instances[name] = Instance.parse(name, raw)
-            except (ConfigError, TypeError, ValueError) as exc:
-                log.error("http instance %s is misconfigured: %s", name, exc)
-                self.broken[name] = str(exc)
-        self._transport = transport
-        self._clients: ClientsPerLoop[HttpServiceClient] = ClientsPerLoop()
-
-    # ------------------------------------------------------------------ spec
-
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return INSTANCE_LABEL in labels
-
-    def _instance(self, labels: Mapping[str, str]) -> Instance:
-        name = labels.get(INSTANCE_LABEL)
-        everything = sorted([*self.instances, *self.broken])
-        configured = ", ".join(everything) or "none"
-        if not name:
-            if len(everything) != 1:
-                raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-            name = everything[0]
-        if name in self.broken:
-            raise SpecRejected(f"http instance {name!r} is misconfigured: {self.broken[name]}")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [http.<name>] in the ASCOB_CONFIG file)"
-            )
-        return self.instances[name]
-
-    def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance(labels)
-
-    def _client(self, inst: Instance) -> HttpServiceClient:
-        return self._clients.get(
-            inst.name, lambda: HttpServiceClient(inst.timeout, transport=self._transport)
-        )
+    def make_client(self, instance: Instance) -> HttpServiceClient:
+        return HttpServiceClient("", timeout=instance.timeout, transport=self.transport)
 
     # ------------------------------------------------------------------ requests
 
@@ -196,46 +140,41 @@ class HttpBackend(Backend):
         404 (the service no longer knows the job). ``gone_ok``: 404/409/410 are answers too."""
         try:
             url, headers, body = self._render(
-                inst, spec, values, self._secrets(inst, BackendUnavailable)
+                inst, spec, values, self._secrets(inst, kit.BackendUnavailable)
             )
         except (TemplateError, ValueError) as exc:
-            raise BackendUnavailable(f"http {inst.name!r} {what}: {exc}") from exc
+            raise kit.BackendUnavailable(f"http {inst.name!r} {what}: {exc}") from exc
         try:
-            response = await self._client(inst).send(spec.method, url, headers, body)
+            response = await self.client(inst).exchange(spec.method, url, headers, body)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"http {inst.name!r} {what}: {describe(exc)}") from exc
+            raise kit.BackendUnavailable(f"http {inst.name!r} {what}: {kit.describe(exc)}") from exc
         if gone_ok and response.status_code in _GONE:
             return response
         if response.status_code == 404:
-            raise JobNotFound(f"http {inst.name!r} {what}: HTTP 404: {snippet(response)}")
+            raise kit.JobNotFound(f"http {inst.name!r} {what}: HTTP 404: {snippet(response)}")
         if response.status_code >= 400:
-            raise BackendUnavailable(
+            raise kit.BackendUnavailable(
                 f"http {inst.name!r} {what}: HTTP {response.status_code}: {snippet(response)}"
             )
         return response
 
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, dict[str, str]]:
-        try:
-            name, job_id = keys["httpInstance"], keys["httpJobId"]
-        except KeyError:
-            raise JobNotFound("identification keys carry no httpInstance/httpJobId") from None
-        inst = self.instances.get(name)
-        if inst is None:
-            raise BackendUnavailable(f"http instance {name!r} is no longer configured")
+        (job_id,) = kit.required(keys, "httpJobId")
+        inst = self.instances.for_keys(keys)
         return inst, {"job_id": job_id, "run_id": keys.get("httpRunId", "")}
 
     # ------------------------------------------------------------------ submit
 
     @staticmethod
-    def idempotency_key(job: Job) -> str:
+    def idempotency_key(job: kit.Job) -> str:
         nonce = hashlib.sha256(f"ascob-start:{job.webhook_id}".encode()).hexdigest()[:16]
         return f"ascob-{job.run_id}-{nonce}"
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         try:
-            inst = self._instance(job.labels)
-        except SpecRejected as exc:
-            raise SubmitRefused(str(exc)) from exc
+            inst = self.instances.for_labels(job.labels)
+        except kit.SpecRejected as exc:
+            raise kit.SubmitRefused(str(exc)) from exc
         start = inst.start
         where = f"http {inst.name!r} start"
         values = {
@@ -245,7 +184,7 @@ class HttpBackend(Backend):
         }
         try:
             url, headers, body = self._render(
-                inst, start.request, values, self._secrets(inst, SubmitRefused)
+                inst, start.request, values, self._secrets(inst, kit.SubmitRefused)
             )
         except TemplateError as exc:
             given = ", ".join(sorted(job.parameters)) or "none"
@@ -254,24 +193,24 @@ class HttpBackend(Backend):
                 f"(its parameters: {given})"
             ) from exc
         except ValueError as exc:
-            raise SubmitRefused(f"{where}: {exc}") from exc
+            raise kit.SubmitRefused(f"{where}: {exc}") from exc
         attempts = 1
         if start.idempotency_header:
             headers[start.idempotency_header] = self.idempotency_key(job)
             attempts = start.attempts
-        client = self._client(inst)
+        client = self.client(inst)
         reached, last = False, ""
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(start.retry_pause * 2 ** (attempt - 1))
                 log.warning("run %s: %s: trying again (%s)", job.run_id, where, last)
             try:
-                response = await client.send(start.request.method, url, headers, body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last = f"cannot connect ({describe(exc)})"
-                continue
+                response = await client.exchange(start.request.method, url, headers, body)
             except httpx.HTTPError as exc:
-                reached, last = True, f"no answer ({describe(exc)})"
+                if kit.may_have_arrived(exc):
+                    reached, last = True, f"no answer ({kit.describe(exc)})"
+                else:
+                    last = f"cannot connect ({kit.describe(exc)})"
                 continue
             code = response.status_code
             if code >= 500:
@@ -279,17 +218,17 @@ class HttpBackend(Backend):
                 continue
             if 400 <= code < 500:
                 if not reached:
-                    raise SubmitRefused(f"{where}: HTTP {code}: {snippet(response)}")
+                    raise kit.SubmitRefused(f"{where}: HTTP {code}: {snippet(response)}")
                 last = f"HTTP {code}: {snippet(response)}"
                 if code == 409 and attempt < attempts - 1:
                     continue  # the first try is still being processed under that key
-                raise StartOutcomeUnknown(
+                raise kit.OutcomeUnknown(
                     f"{where}: an earlier try may have started the job, and the retry answered "
                     f"{last}; outcome unknown"
                 )
             if code not in start.accept:
                 accepted = ", ".join(str(c) for c in sorted(start.accept))
-                raise StartOutcomeUnknown(
+                raise kit.OutcomeUnknown(
                     f"{where}: answered HTTP {code}, not one of the accepted codes ({accepted}); "
                     "outcome unknown"
                 )
@@ -297,10 +236,10 @@ class HttpBackend(Backend):
             log.info("run %s: %s made job %s", job.run_id, where, job_id)
             return {"httpInstance": inst.name, "httpJobId": job_id, "httpRunId": str(job.run_id)}
         if not reached:
-            raise SubmitRefused(f"{where}: {last}")
+            raise kit.SubmitRefused(f"{where}: {last}")
         tries = f" after {attempts} tries" if attempts > 1 else ""
         hint = "" if start.idempotency_header else " (set idempotency_header to retry safely)"
-        raise StartOutcomeUnknown(f"{where}: {last}{tries}; outcome unknown{hint}")
+        raise kit.OutcomeUnknown(f"{where}: {last}{tries}; outcome unknown{hint}")
 
     @staticmethod
     def _job_id(inst: Instance, response: httpx.Response, where: str) -> str:
@@ -309,7 +248,7 @@ class HttpBackend(Backend):
             value = response.headers.get(start.job_id_header)
             segment = unquote(urlsplit(value).path.rstrip("/").rsplit("/", 1)[-1]) if value else ""
             if not segment:
-                raise SubmitRefused(
+                raise kit.SubmitRefused(
                     f"{where}: the answer (HTTP {response.status_code}) has no "
                     f"{start.job_id_header} header with the job id: {snippet(response)}"
                 )
@@ -320,7 +259,7 @@ class HttpBackend(Backend):
         except (ValueError, LookupError):
             found = None
         if not found:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: the answer (HTTP {response.status_code}) has no job id at "
                 f"{start.job_id_path.text}: {snippet(response)}"
             )
@@ -328,7 +267,7 @@ class HttpBackend(Backend):
 
     # ------------------------------------------------------------------ follow
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         inst, values = self._known(keys)
         spec = inst.status
         response = await self._follow_call(inst, spec.request, values, "status")
@@ -336,20 +275,20 @@ class HttpBackend(Backend):
 
     def _report(
         self, inst: Instance, values: Mapping[str, str], response: httpx.Response
-    ) -> StatusReport:
+    ) -> kit.StatusReport:
         spec = inst.status
         where = f"http {inst.name!r} status of job {values['job_id']}"
         try:
             data: Any = response.json()
         except ValueError as exc:
-            raise BackendUnavailable(f"{where}: not JSON: {snippet(response)}") from exc
+            raise kit.BackendUnavailable(f"{where}: not JSON: {snippet(response)}") from exc
         try:
             value = scalar_text(spec.path.find(data))
         except LookupError as exc:
-            raise BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
+            raise kit.BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
         mapped = spec.statuses.get(value) if value is not None else None
         if mapped is None:
-            raise BackendUnavailable(
+            raise kit.BackendUnavailable(
                 f"{where}: unknown status value {value!r} (not in [http.{inst.name}.status] map); "
                 "polling goes on"
             )
@@ -359,7 +298,7 @@ class HttpBackend(Backend):
                 message = scalar_text(spec.message_path.find(data))
             except LookupError:
                 message = None
-        if message is None and mapped in (BackendStatus.FAILED, BackendStatus.ABORTED):
+        if message is None and mapped in (kit.BackendStatus.FAILED, kit.BackendStatus.ABORTED):
             message = f"job {values['job_id']}: {value}"
         url = None
         if spec.web_url is not None:
@@ -367,16 +306,16 @@ class HttpBackend(Backend):
                 url = render(spec.web_url, values, url_value)
             except TemplateError:
                 url = None
-        return StatusReport(mapped, message, url)
+        return kit.StatusReport(mapped, message, url)
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         inst, values = self._known(keys)
         spec = inst.output
         if spec is None:
-            return OutputChunk("", offset, False)
+            return kit.OutputChunk("", offset, False)
         try:  # first the status: if final now, the text read next is complete
             more = not (await self.status(keys)).status.is_final
-        except BackendUnavailable:
+        except kit.BackendUnavailable:
             more = True
         where = f"http {inst.name!r} output of job {values['job_id']}"
         response = await self._follow_call(
@@ -388,13 +327,13 @@ class HttpBackend(Backend):
             try:
                 found = spec.path.find(response.json())
             except (ValueError, LookupError) as exc:
-                raise BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
+                raise kit.BackendUnavailable(f"{where}: {exc}: {snippet(response)}") from exc
             text = "" if found is None else scalar_text(found) or ""
         if spec.by_offset:
-            return OutputChunk(text, offset + len(text.encode()), more)
+            return kit.OutputChunk(text, offset + len(text.encode()), more)
         whole = text.encode()
         rest = whole[offset:].decode("utf-8", errors="replace")
-        return OutputChunk(rest, max(offset, len(whole)), more)
+        return kit.OutputChunk(rest, max(offset, len(whole)), more)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         inst, values = self._known(keys)

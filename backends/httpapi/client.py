@@ -1,8 +1,8 @@
-"""A thin async HTTP client for ``httpBackend``, over ``httpx.AsyncClient``.
+"""A thin async HTTP client for ``httpBackend``, a kit :class:`~backends.kit.ApiClient`.
 
 The service's URLs come whole from the instance's templates, so the client has no base URL: it
 sends one request and hands back the answer. Errors are the caller's to interpret (a start and a
-poll read the same failure differently), so :meth:`HttpServiceClient.send` raises only
+poll read the same failure differently), so :meth:`HttpServiceClient.exchange` raises only
 ``httpx.HTTPError`` for transport failures and returns every answer, whatever its status.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import httpx
+
+from backends.kit import ApiClient
 
 __all__ = ["HttpServiceClient", "snippet"]
 
@@ -23,20 +25,12 @@ def snippet(response: httpx.Response, limit: int = 300) -> str:
     return text or response.reason_phrase
 
 
-class HttpServiceClient:
+class HttpServiceClient(ApiClient):
     """One configured service instance."""
 
-    def __init__(
-        self, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        self._http = httpx.AsyncClient(
-            timeout=timeout, transport=transport, headers={"Accept": "application/json"}
-        )
+    system = "http"
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def send(
+    async def exchange(
         self,
         method: str,
         url: str,

@@ -36,79 +36,53 @@ what happened, shown in the status message) and, when a webhook reports it,
 
 from __future__ import annotations
 
+__all__ = ["JenkinsBackend", "JenkinsClient"]
+
 import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, not_sent, secret_from_env
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-    SubmitUnknown,
-)
+from backends import kit
 from backends.jenkins.claims import CLAIMS, QueueClaims
-from backends.jenkins.client import JenkinsClient, JenkinsHTTPError, JenkinsProtocolError
+from backends.jenkins.client import JenkinsClient
 from backends.jenkins.triggering import AsIs, declared_parameters, has_left_queue, trigger
-
-__all__ = ["JenkinsBackend", "JenkinsClient"]
 
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "jenkins_instance"
 PROJECT_LABEL = "jenkins_project_name"
 DEFAULT_RUN_PARAMETER = "ASCOB_RUN"
 
-RESULTS = {
-    "SUCCESS": BackendStatus.SUCCEEDED,
-    "ABORTED": BackendStatus.ABORTED,
-    "FAILURE": BackendStatus.FAILED,
-    "UNSTABLE": BackendStatus.FAILED,
-    "NOT_BUILT": BackendStatus.FAILED,
-}
+RESULTS = kit.statuses(
+    succeeded=("SUCCESS",),
+    failed=("FAILURE", "UNSTABLE", "NOT_BUILT"),
+    aborted=("ABORTED",),
+)
 
 
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    user: str | None
-    token_env: str | None
-    timeout: float
-    run_parameter: str
+class Instance(kit.RestInstance):
+    kind = "jenkins"
+    user: str | None = None
+    run_parameter: str = DEFAULT_RUN_PARAMETER
     require_run_parameter: bool = False
     merge_wait: float = 600.0
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[jenkins.{name}] needs a url")
+    def parse(cls, name: str, raw: Any) -> Instance:
+        common = cls.common(name, raw)
         if not isinstance(raw.get("require_run_parameter", False), bool):
             raise ValueError(f"[jenkins.{name}] require_run_parameter must be true or false")
         return cls(
-            name=name,
-            url=str(raw["url"]),
+            **common,
             user=str(raw["user"]) if raw.get("user") else None,
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
-            timeout=float(raw.get("timeout", 30.0)),
             run_parameter=str(raw.get("run_parameter", DEFAULT_RUN_PARAMETER)),
             require_run_parameter=raw.get("require_run_parameter", False),
             merge_wait=float(raw.get("merge_wait", 600.0)),
         )
-
-    def token(self) -> str | None:
-        return secret_from_env("jenkins", self.name, self.token_env)
 
 
 def with_note(message: str, keys: Mapping[str, str]) -> str:
@@ -117,104 +91,59 @@ def with_note(message: str, keys: Mapping[str, str]) -> str:
     return f"{message}; {note}" if note else message
 
 
-class JenkinsBackend(Backend):
-    id: ClassVar[str] = "jenkinsBackend"
-    config_section: ClassVar[str] = "jenkins"
-    can_stop: ClassVar[bool] = True
+class JenkinsBackend(kit.KitBackend[Instance, JenkinsClient]):
+    id = "jenkinsBackend"
+    config_section = "jenkins"
+    takes = (PROJECT_LABEL,)
+    instance_type = Instance
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[JenkinsClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._builds: dict[tuple[str, str], int] = {}  # (instance, queue id) -> build number
         self._claims: QueueClaims = CLAIMS
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return PROJECT_LABEL in labels
-
-    def _instance_name(self, labels: Mapping[str, str]) -> str:
-        name = labels.get(INSTANCE_LABEL)
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances))
-            raise SpecRejected(
-                f"label {INSTANCE_LABEL} is required (configured: "
-                f"{', '.join(sorted(self.instances)) or 'none'})"
-            )
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: "
-                f"{', '.join(sorted(self.instances)) or 'none'}; see [jenkins.<name>] in "
-                "the ASCOB_CONFIG file)"
-            )
-        return name
-
-    def validate(self, labels: Mapping[str, str]) -> None:
-        self._instance_name(labels)
-        project = labels.get(PROJECT_LABEL, "").strip("/")
-        if not project:
-            raise SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
-
-    def _client(self, name: str) -> JenkinsClient:
-        inst = self.instances[name]
-        return self._clients.get(
-            name,
-            lambda: JenkinsClient(
-                inst.url, inst.user, inst.token(), inst.timeout, transport=self._transport
-            ),
+    def make_client(self, instance: Instance) -> JenkinsClient:
+        token, user = instance.token(), instance.user
+        auth = httpx.BasicAuth(user, token or "") if user else None
+        return JenkinsClient(
+            instance.url, auth=auth, timeout=instance.timeout, transport=self.transport
         )
 
+    def validate(self, labels: Mapping[str, str]) -> None:
+        super().validate(labels)
+        project = labels.get(PROJECT_LABEL, "").strip("/")
+        if not project:
+            raise kit.SpecRejected(f"label {PROJECT_LABEL} is required (folders as a/b)")
+
     def _known(self, keys: Mapping[str, str]) -> tuple[Instance, JenkinsClient, str]:
-        try:
-            name, project = keys["jenkinsInstance"], keys["jenkinsProject"]
-        except KeyError:
-            raise JobNotFound("identification keys name no jenkins instance and job") from None
-        if name not in self.instances:
-            raise BackendUnavailable(f"jenkins instance {name!r} is no longer configured")
-        try:
-            client = self._client(name)
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        return self.instances[name], client, project
+        (project,) = kit.required(keys, "jenkinsProject")
+        return *self.known(keys), project
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        name = self._instance_name(job.labels)
-        inst = self.instances[name]
+        inst = self.instances.for_labels(job.labels)
+        name = inst.name
         project = job.labels[PROJECT_LABEL].strip("/")
-        client = self._client(name)
+        client = self.client(inst)
         where = f"jenkins {name!r} job {project!r}"
-        # Before the trigger nothing has run: a refusal, or an unavailable Jenkins (not_sent)
-        try:
+        with kit.before_sending(where, "the job", "no such job"):
             definition = await client.get_job(project)
             await client.ensure_crumb()
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise SubmitRefused(f"{where}: no such job") from exc
-            raise not_sent(exc, f"{where}: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise not_sent(exc, f"{where}: cannot read the job ({describe(exc)})") from exc
         if definition.get("buildable") is False:
-            raise SubmitRefused(f"{where}: the job is disabled")
+            raise kit.SubmitRefused(f"{where}: the job is disabled")
         parameterized, declared = declared_parameters(definition)
         if inst.run_parameter in declared:
             return await self._submit_with_run_value(job, inst, client, project, where)
         if inst.require_run_parameter:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} does not declare the string parameter {inst.run_parameter}, which "
                 f"[jenkins.{name}] requires (require_run_parameter): add it to the job"
             )
         if not parameterized and job.parameters:
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where} takes no parameters, so Jenkins would drop "
                 f"{', '.join(sorted(job.parameters))}: remove them from the spec, or declare "
                 "them in the job (This project is parameterized)"
@@ -224,7 +153,7 @@ class JenkinsBackend(Backend):
         )
 
     async def _submit_with_run_value(
-        self, job: Job, inst: Instance, client: JenkinsClient, project: str, where: str
+        self, job: kit.Job, inst: Instance, client: JenkinsClient, project: str, where: str
     ) -> dict[str, str]:
         """The strong path: a unique value in the run parameter; Jenkins never merges it."""
         run_value = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
@@ -233,17 +162,17 @@ class JenkinsBackend(Backend):
         keys["jenkinsRunValue"] = run_value
         try:
             queue_id = await trigger(client, project, where, parameters)
-        except SubmitRefused:
+        except kit.SubmitRefused:
             raise
         except Exception as exc:
             # Jenkins may have queued it: the build that carries run_value is ours
-            raise SubmitUnknown(f"{where}: {describe(exc)}", keys) from exc
+            raise kit.SubmitUnknown(f"{where}: {kit.describe(exc)}", keys) from exc
         log.info("run %s: %s queued as item %s", job.run_id, where, queue_id)
         return {**keys, "jenkinsQueueId": str(queue_id)}
 
     async def _submit_as_is(
         self,
-        job: Job,
+        job: kit.Job,
         inst: Instance,
         client: JenkinsClient,
         project: str,
@@ -279,7 +208,7 @@ class JenkinsBackend(Backend):
 
     # ------------------------------------------------------------------ follow
 
-    async def _build_number(self, keys: Mapping[str, str]) -> int | StatusReport:
+    async def _build_number(self, keys: Mapping[str, str]) -> int | kit.StatusReport:
         """The build number, or a report while the job waits in the queue (or left it)."""
         inst, client, project = self._known(keys)
         if keys.get("jenkinsBuildNumber", "").isdigit():
@@ -296,20 +225,22 @@ class JenkinsBackend(Backend):
             for waiting in await client.queue_items():
                 if wanted in f"{waiting.get('params') or ''}\n":
                     why = str(waiting.get("why") or "queued")
-                    return StatusReport(BackendStatus.QUEUED, with_note(why, keys))
+                    return kit.StatusReport(kit.BackendStatus.QUEUED, with_note(why, keys))
         item = await client.queue_item(int(queue_id)) if queue_id.isdigit() else None
         if queue_id.isdigit() and (item is None or has_left_queue(item)):
             self._claims.release(inst.url, int(queue_id))  # it can absorb no more triggers
         if item is not None:
             if item.get("cancelled"):
-                return StatusReport(BackendStatus.ABORTED, "cancelled while in the Jenkins queue")
+                return kit.StatusReport(
+                    kit.BackendStatus.ABORTED, "cancelled while in the Jenkins queue"
+                )
             executable = item.get("executable")
             if isinstance(executable, dict) and executable.get("number") is not None:
                 number = int(executable["number"])
                 self._builds[cache_key] = number
                 return number
-            return StatusReport(
-                BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
+            return kit.StatusReport(
+                kit.BackendStatus.QUEUED, with_note(str(item.get("why") or "queued"), keys)
             )
         # Jenkins forgets left queue items after a few minutes (and a trigger whose answer was
         # lost has none): find the build by our value, or (a job triggered as it is) by the
@@ -328,46 +259,42 @@ class JenkinsBackend(Backend):
                 self._builds[cache_key] = number
                 return number
         wanted = f"carries {value}" if value else f"came from it (queueId {queue_id})"
-        raise JobNotFound(
+        raise kit.JobNotFound(
             f"jenkins queue item {queue_id} is gone and none of the last 100 builds {wanted}"
         )
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
-        try:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
+        with kit.following("jenkins"):
             found = await self._build_number(keys)
-            if isinstance(found, StatusReport):
+            if isinstance(found, kit.StatusReport):
                 return found
             _, client, project = self._known(keys)
             build = await client.get_build(project, found)
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"jenkins: {exc}") from exc
-            raise BackendUnavailable(f"jenkins: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
         url = build.get("url")
         result = build.get("result")
         if build.get("building") or result is None:
-            return StatusReport(BackendStatus.RUNNING, with_note(f"build #{found}", keys), url)
+            return kit.StatusReport(
+                kit.BackendStatus.RUNNING, with_note(f"build #{found}", keys), url
+            )
         mapped = RESULTS.get(str(result))
         if mapped is None:
             unknown = f"build #{found}: unknown result {result}"
-            return StatusReport(BackendStatus.FAILED, with_note(unknown, keys), url)
-        if mapped is BackendStatus.SUCCEEDED:
+            return kit.StatusReport(kit.BackendStatus.FAILED, with_note(unknown, keys), url)
+        if mapped is kit.BackendStatus.SUCCEEDED:
             note = keys.get("jenkinsRetriggered")
-            return StatusReport(mapped, f"build #{found}; {note}" if note else None, url)
-        return StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
+            return kit.StatusReport(mapped, f"build #{found}; {note}" if note else None, url)
+        return kit.StatusReport(mapped, with_note(f"build #{found}: {result}", keys), url)
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
-        try:
+        with kit.following("jenkins stop", missing=()):
             found = await self._build_number(keys)
             _, client, project = self._known(keys)
-            if isinstance(found, StatusReport):
-                if found.status is BackendStatus.QUEUED:
+            if isinstance(found, kit.StatusReport):
+                if found.status is kit.BackendStatus.QUEUED:
                     await client.cancel_queue_item(int(keys["jenkinsQueueId"]))
                     # it may have left the queue meanwhile: stop the build too
                     found = await self._build_number(keys)
-                if isinstance(found, StatusReport):
+                if isinstance(found, kit.StatusReport):
                     return
             if not force:
                 await client.build_action(project, found, "stop")
@@ -376,25 +303,12 @@ class JenkinsBackend(Backend):
             if not await client.build_action(project, found, "term"):
                 await client.build_action(project, found, "stop")
             await client.build_action(project, found, "kill")
-        except JenkinsHTTPError as exc:
-            raise BackendUnavailable(f"jenkins stop: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins stop: {describe(exc)}") from exc
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
-        try:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
+        with kit.following("jenkins"):
             found = await self._build_number(keys)
-            if isinstance(found, StatusReport):
-                return OutputChunk("", offset, not found.status.is_final)
+            if isinstance(found, kit.StatusReport):
+                return kit.OutputChunk("", offset, not found.status.is_final)
             _, client, project = self._known(keys)
             text, next_offset, more = await client.progressive_text(project, found, offset)
-        except JenkinsHTTPError as exc:
-            if exc.status_code == 404:
-                raise JobNotFound(f"jenkins: {exc}") from exc
-            raise BackendUnavailable(f"jenkins: {exc}") from exc
-        except (httpx.HTTPError, JenkinsProtocolError) as exc:
-            raise BackendUnavailable(f"jenkins: {describe(exc)}") from exc
-        return OutputChunk(text, next_offset, more)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
+        return kit.OutputChunk(text, next_offset, more)

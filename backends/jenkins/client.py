@@ -1,8 +1,8 @@
 """A thin async client for the Jenkins remote access API (JSON), over ``httpx.AsyncClient``.
 
 It speaks only HTTP; what the answers mean for ASCOB is decided in :mod:`backends.jenkins`.
-Every call raises :class:`JenkinsHTTPError` (an answer with an error status),
-:class:`JenkinsProtocolError` (an answer that is not what the API documents), or an
+Every call raises the kit's ``SystemHTTPError`` (an answer with an error status),
+``SystemProtocolError`` (an answer that is not what the API documents), or an
 ``httpx.HTTPError`` (no answer).
 """
 
@@ -14,22 +14,11 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["JenkinsClient", "JenkinsHTTPError", "JenkinsProtocolError", "job_url_path"]
+from backends.kit import ApiClient, SystemHTTPError
+
+__all__ = ["JenkinsClient", "job_url_path"]
 
 _QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
-
-
-class JenkinsHTTPError(Exception):
-    """Jenkins answered with an error status."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class JenkinsProtocolError(Exception):
-    """Jenkins answered something the remote API does not document (malformed JSON, ...)."""
 
 
 def job_url_path(project: str) -> str:
@@ -48,48 +37,22 @@ def _describe(response: httpx.Response) -> str:
     return " ".join(text.split())[:300] or response.reason_phrase
 
 
-class JenkinsClient:
-    """One Jenkins server. Keeps its cookies (Jenkins ties a CSRF crumb to the session)."""
+class JenkinsClient(ApiClient):
+    """One Jenkins server, with basic ``auth`` (a user and its API token). Keeps its cookies
+    (Jenkins ties a CSRF crumb to the session)."""
 
-    def __init__(
-        self,
-        url: str,
-        user: str | None,
-        token: str | None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        auth = httpx.BasicAuth(user, token or "") if user else None
-        self._http = httpx.AsyncClient(
-            base_url=url.rstrip("/") + "/",
-            auth=auth,
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json"},
-        )
+    system = "jenkins"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._crumb: dict[str, str] | None = None
         self._crumb_known = False
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        response = await self._http.get(path, params=params)
-        if response.status_code >= 400:
-            raise JenkinsHTTPError(response.status_code, _describe(response))
-        return response
+    def error_message(self, response: httpx.Response) -> str:
+        return _describe(response)
 
     async def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = await self._get(path, params)
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise JenkinsProtocolError(f"GET {path}: malformed JSON") from exc
-        if not isinstance(data, dict):
-            raise JenkinsProtocolError(f"GET {path}: expected a JSON object")
-        return data
+        return await self.object("GET", path, params=params)
 
     async def ensure_crumb(self) -> None:
         """Learn whether the server wants a crumb (before a trigger, so a failure is certain)."""
@@ -102,13 +65,13 @@ class JenkinsClient:
             if response.status_code == 404:
                 self._crumb = None
             elif response.status_code >= 400:
-                raise JenkinsHTTPError(response.status_code, _describe(response))
+                raise self.error(response)
             else:
                 try:
                     data = response.json()
                     self._crumb = {str(data["crumbRequestField"]): str(data["crumb"])}
                 except (ValueError, KeyError, TypeError) as exc:
-                    raise JenkinsProtocolError("crumbIssuer: malformed answer") from exc
+                    raise self.protocol_error("crumbIssuer: malformed answer") from exc
             self._crumb_known = True
         return dict(self._crumb or {})
 
@@ -124,7 +87,7 @@ class JenkinsClient:
                 path, data=data, params=params, headers=await self._crumb_header(refresh=True)
             )
         if response.status_code >= 400:
-            raise JenkinsHTTPError(response.status_code, _describe(response))
+            raise self.error(response)
         return response
 
     # ------------------------------------------------------------------ API
@@ -148,12 +111,11 @@ class JenkinsClient:
         """Trigger a build of a job without parameters; the queue item id from ``Location``."""
         return self._queue_id("build", await self.post(f"{job_url_path(project)}/build"))
 
-    @staticmethod
-    def _queue_id(what: str, response: httpx.Response) -> int:
+    def _queue_id(self, what: str, response: httpx.Response) -> int:
         location = response.headers.get("location", "")
         match = _QUEUE_ITEM.search(location)
         if not match:
-            raise JenkinsProtocolError(
+            raise self.protocol_error(
                 f"{what} answered {response.status_code} without a queue item "
                 f"location ({location!r})"
             )
@@ -163,7 +125,7 @@ class JenkinsClient:
         """The queue item, or None once Jenkins has forgotten it (404)."""
         try:
             return await self._get_json(f"queue/item/{queue_id}/api/json")
-        except JenkinsHTTPError as exc:
+        except SystemHTTPError as exc:
             if exc.status_code == 404:
                 return None
             raise
@@ -173,7 +135,7 @@ class JenkinsClient:
         data = await self._get_json("queue/api/json", {"tree": "items[id,params,why,task[url]]"})
         items = data.get("items") or []
         if not isinstance(items, list):
-            raise JenkinsProtocolError("queue items: expected a list")
+            raise self.protocol_error("queue items: expected a list")
         return [i for i in items if isinstance(i, dict)]
 
     async def cancel_queue_item(self, queue_id: int) -> None:
@@ -192,21 +154,23 @@ class JenkinsClient:
         )
         builds = data.get("builds") or []
         if not isinstance(builds, list):
-            raise JenkinsProtocolError("job builds: expected a list")
+            raise self.protocol_error("job builds: expected a list")
         return [b for b in builds if isinstance(b, dict)]
 
     async def progressive_text(
         self, project: str, number: int, start: int
     ) -> tuple[str, int, bool]:
         """Console text from byte ``start``: the text, the next start, whether more comes."""
-        response = await self._get(
-            f"{job_url_path(project)}/{number}/logText/progressiveText", {"start": str(start)}
+        response = await self.send(
+            "GET",
+            f"{job_url_path(project)}/{number}/logText/progressiveText",
+            params={"start": str(start)},
         )
         size = response.headers.get("x-text-size")
         try:
             next_start = int(size) if size is not None else start + len(response.content)
         except ValueError as exc:
-            raise JenkinsProtocolError(f"X-Text-Size {size!r} is not a number") from exc
+            raise self.protocol_error(f"X-Text-Size {size!r} is not a number") from exc
         more = response.headers.get("x-more-data", "").lower() == "true"
         return response.content.decode("utf-8", errors="replace"), next_start, more
 
@@ -214,7 +178,7 @@ class JenkinsClient:
         """POST ``stop``, ``term`` or ``kill`` to a build; False if the build does not offer it."""
         try:
             await self.post(f"{job_url_path(project)}/{number}/{action}")
-        except JenkinsHTTPError as exc:
+        except SystemHTTPError as exc:
             if exc.status_code in (404, 405):
                 return False
             raise

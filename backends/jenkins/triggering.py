@@ -26,15 +26,10 @@ from typing import Any
 
 import httpx
 
-from backends._http import describe
-from backends.base import SubmitRefused
+from backends.base import OutcomeUnknown, SubmitRefused
 from backends.jenkins.claims import QueueClaims
-from backends.jenkins.client import (
-    JenkinsClient,
-    JenkinsHTTPError,
-    JenkinsProtocolError,
-    job_url_path,
-)
+from backends.jenkins.client import JenkinsClient, job_url_path
+from backends.kit import CALL_ERRORS, SystemHTTPError, describe
 
 __all__ = ["AsIs", "declared_parameters", "has_left_queue", "trigger"]
 
@@ -74,10 +69,10 @@ async def trigger(
         if parameters is None:
             return await client.build(project)
         return await client.build_with_parameters(project, parameters)
-    except JenkinsHTTPError as exc:
+    except SystemHTTPError as exc:
         if exc.status_code < 500:
             raise SubmitRefused(f"{where}: {exc}") from exc
-        raise RuntimeError(f"{where}: trigger answered {exc}; outcome unknown") from exc
+        raise OutcomeUnknown(f"{where}: trigger answered {exc}; outcome unknown") from exc
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise SubmitRefused(f"{where}: cannot connect ({describe(exc)})") from exc
 
@@ -142,7 +137,7 @@ class AsIs:
         suffix = f"/{job_url_path(self.project)}/"
         try:
             items = await self.client.queue_items()
-        except (JenkinsHTTPError, httpx.HTTPError, JenkinsProtocolError) as exc:
+        except CALL_ERRORS as exc:
             log.warning(
                 "%s: cannot read the queue before the trigger: %s", self.where, describe(exc)
             )
@@ -163,7 +158,7 @@ class AsIs:
                 item = await self.client.queue_item(queue_id)
                 if item is None or has_left_queue(item):
                     return
-            except (JenkinsHTTPError, httpx.HTTPError, JenkinsProtocolError) as exc:
+            except CALL_ERRORS as exc:
                 log.warning("%s: reading queue item %s: %s", self.where, queue_id, describe(exc))
             remaining = deadline - time.monotonic()
             if remaining <= 0:

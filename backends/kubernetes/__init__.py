@@ -34,13 +34,13 @@ orphan their pods by default). A Job deleted by a forced stop reads ABORTED; onc
 uid is remembered (in memory and under the backend's data directory) so that its 404 also reads
 ABORTED.
 
-Exception tree (of the client; the backend maps them onto :mod:`backends.base`)::
-
-    KubernetesHTTPError       an error status, with the Status object's reason and message
-    KubernetesProtocolError   an answer the API does not document
+The client raises the kit's errors (:mod:`backends.kit.errors`); a ``SystemHTTPError`` carries
+the Status object's ``reason`` and ``message``.
 """
 
 from __future__ import annotations
+
+__all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
 
 import asyncio
 import logging
@@ -48,28 +48,12 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
-from backends._http import ClientsPerLoop, describe, secret_from_env
-from backends.base import (
-    Backend,
-    BackendContext,
-    BackendStatus,
-    BackendUnavailable,
-    Job,
-    JobNotFound,
-    OutputChunk,
-    SpecRejected,
-    StatusReport,
-    SubmitRefused,
-)
-from backends.kubernetes.client import (
-    KubernetesClient,
-    KubernetesHTTPError,
-    KubernetesProtocolError,
-)
+from backends import kit
+from backends.kubernetes.client import KubernetesClient, tls_verify
 from backends.kubernetes.jobs import (
     RUN_ANNOTATION,
     STOP_ANNOTATION,
@@ -82,18 +66,15 @@ from backends.kubernetes.jobs import (
 )
 from backends.kubernetes.logs import CursorStore, read_on
 
-__all__ = ["InvalidParameters", "KubernetesBackend", "KubernetesClient"]
-
 log = logging.getLogger(__name__)
 
-INSTANCE_LABEL = "kubernetes_instance"
 TEMPLATE_LABEL = "kubernetes_template"
 CREATE_ATTEMPTS = 4
 CREATE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubled each time
-_ANSWER_ERRORS = (httpx.HTTPError, KubernetesProtocolError, ValueError)
+_ANSWER_ERRORS = (httpx.HTTPError, kit.SystemProtocolError, ValueError)
 
 
-class InvalidParameters(SpecRejected, SubmitRefused):
+class InvalidParameters(kit.SpecRejected, kit.SubmitRefused):
     """Parameters that cannot be environment variables: the spec is wrong (SpecRejected), and the
     Job was certainly not created (SubmitRefused: the run FAILS with this message)."""
 
@@ -108,100 +89,54 @@ class Ref:
     uid: str
 
 
-class KubernetesBackend(Backend):
-    id: ClassVar[str] = "kubernetesBackend"
-    config_section: ClassVar[str] = "kubernetes"
-    can_stop: ClassVar[bool] = True
+class KubernetesBackend(kit.KitBackend[Instance, KubernetesClient]):
+    id = "kubernetesBackend"
+    config_section = "kubernetes"
+    takes = (TEMPLATE_LABEL,)
+    instance_type = Instance
 
-    def __init__(
-        self, context: BackendContext, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        super().__init__(context)
-        self.instances = {
-            name: Instance.parse(name, raw) for name, raw in dict(context.instances).items()
-        }
-        self._transport = transport
-        self._clients: ClientsPerLoop[KubernetesClient] = ClientsPerLoop()
+    def setup(self) -> None:
         self._lock = threading.Lock()
         self._cursors: CursorStore[Ref] = CursorStore()
         self._deleted: set[str] = set()
 
     # ------------------------------------------------------------------ spec
 
-    def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
-        return TEMPLATE_LABEL in labels
-
-    def _instance(self, labels: Mapping[str, str]) -> Instance:
-        name = labels.get(INSTANCE_LABEL)
-        configured = ", ".join(sorted(self.instances)) or "none"
-        if not name:
-            if len(self.instances) == 1:
-                return next(iter(self.instances.values()))
-            raise SpecRejected(f"label {INSTANCE_LABEL} is required (configured: {configured})")
-        if name not in self.instances:
-            raise SpecRejected(
-                f"{INSTANCE_LABEL}={name!r} is not configured (configured: {configured}; "
-                "see [kubernetes.<name>] in the ASCOB_CONFIG file)"
-            )
-        return self.instances[name]
+    def make_client(self, instance: Instance) -> KubernetesClient:
+        token = instance.token()
+        try:
+            verify = tls_verify(instance.ca_file, instance.insecure)
+        except (OSError, ssl.SSLError) as exc:
+            raise kit.SubmitRefused(
+                f"kubernetes instance {instance.name!r}: cannot use ca_file {instance.ca_file} "
+                f"({kit.describe(exc)})"
+            ) from exc
+        return KubernetesClient(
+            instance.url, token, timeout=instance.timeout, verify=verify, transport=self.transport
+        )
 
     def validate(self, labels: Mapping[str, str]) -> None:
-        inst = self._instance(labels)
+        inst = self.instances.for_labels(labels)
         template = labels.get(TEMPLATE_LABEL)
         if not template:
-            raise SpecRejected(f"label {TEMPLATE_LABEL} is required")
+            raise kit.SpecRejected(f"label {TEMPLATE_LABEL} is required")
         if template not in inst.templates:
             known = ", ".join(sorted(inst.templates)) or "none"
-            raise SpecRejected(
+            raise kit.SpecRejected(
                 f"{TEMPLATE_LABEL}={template!r} is not a template of kubernetes instance "
                 f"{inst.name!r} (templates: {known}; see [kubernetes.{inst.name}.templates.<name>])"
             )
 
-    def _client(self, inst: Instance) -> KubernetesClient:
-        def make() -> KubernetesClient:
-            token = secret_from_env("kubernetes", inst.name, inst.token_env)
-            try:
-                return KubernetesClient(
-                    inst.url,
-                    token,
-                    inst.ca_file,
-                    inst.insecure,
-                    inst.timeout,
-                    transport=self._transport,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise SubmitRefused(
-                    f"kubernetes instance {inst.name!r}: cannot use ca_file {inst.ca_file} "
-                    f"({describe(exc)})"
-                ) from exc
-
-        return self._clients.get(inst.name, make)
-
     def _known(self, keys: Mapping[str, str]) -> tuple[KubernetesClient, Ref]:
-        try:
-            ref = Ref(
-                keys["kubernetesInstance"],
-                keys["kubernetesNamespace"],
-                keys["kubernetesJobName"],
-                keys.get("kubernetesJobUid", ""),
-            )
-        except KeyError:
-            raise JobNotFound("identification keys name no Kubernetes Job") from None
-        inst = self.instances.get(ref.instance)
-        if inst is None:
-            raise BackendUnavailable(
-                f"kubernetes instance {ref.instance!r} is no longer configured"
-            )
-        try:
-            return self._client(inst), ref
-        except SubmitRefused as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        namespace, name = kit.required(keys, "kubernetesNamespace", "kubernetesJobName")
+        instance, client = self.known(keys)
+        return client, Ref(instance.name, namespace, name, keys.get("kubernetesJobUid", ""))
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, job: Job) -> dict[str, str]:
+    async def submit(self, job: kit.Job) -> dict[str, str]:
         self.validate(job.labels)
-        inst = self._instance(job.labels)
+        inst = self.instances.for_labels(job.labels)
         template = inst.templates[job.labels[TEMPLATE_LABEL]]
         bad = invalid_env_names(job.parameters)
         if bad:
@@ -210,7 +145,7 @@ class KubernetesBackend(Backend):
                 "container: a name is letters, digits and _, not starting with a digit "
                 "(ASCOB_RUN_ID and ASCOB_WEBHOOK_ID are set by ASCOB)"
             )
-        client = self._client(inst)
+        client = self.client(inst)
         body = build_job(job, template)
         name, ns = job_name(job), inst.namespace
         where = f"kubernetes {inst.name!r} namespace {ns!r}"
@@ -220,7 +155,7 @@ class KubernetesBackend(Backend):
                 await asyncio.sleep(CREATE_BACKOFF * 2 ** (attempt - 1))
             try:
                 created = await client.create_job(ns, body)
-            except KubernetesHTTPError as exc:
+            except kit.SystemHTTPError as exc:
                 if exc.status_code == 409 and exc.reason == "AlreadyExists":
                     found = await self._existing(client, ns, name, job, where)
                     if found is not None:
@@ -229,20 +164,18 @@ class KubernetesBackend(Backend):
                     connect_only, last = False, f"{exc}; the Job could not be read back"
                     continue
                 if exc.status_code < 500 and exc.status_code != 429:
-                    raise SubmitRefused(f"{where}: {exc}") from exc
+                    raise kit.SubmitRefused(f"{where}: {exc}") from exc
                 connect_only, last = False, str(exc)
                 continue
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last = describe(exc)
-                continue
             except _ANSWER_ERRORS as exc:
-                connect_only, last = False, describe(exc)
+                connect_only = connect_only and not kit.may_have_arrived(exc)
+                last = kit.describe(exc)
                 continue
             break
         else:
             if connect_only:
-                raise SubmitRefused(f"{where}: cannot connect ({last})")
-            raise RuntimeError(
+                raise kit.SubmitRefused(f"{where}: cannot connect ({last})")
+            raise kit.OutcomeUnknown(
                 f"{where}: creating Job {name} failed {CREATE_ATTEMPTS} times ({last}); "
                 "outcome unknown"
             )
@@ -256,17 +189,17 @@ class KubernetesBackend(Backend):
         }
 
     async def _existing(
-        self, client: KubernetesClient, ns: str, name: str, job: Job, where: str
+        self, client: KubernetesClient, ns: str, name: str, job: kit.Job, where: str
     ) -> dict[str, Any] | None:
         """The Job a 409 names: this run's (created by an earlier attempt whose answer was
         lost), None if it cannot be read now; SubmitRefused if it belongs to something else."""
         try:
             existing = await client.get_job(ns, name)
-        except (KubernetesHTTPError, *_ANSWER_ERRORS):
+        except (kit.SystemHTTPError, *_ANSWER_ERRORS):
             return None
         marker = ((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ANNOTATION)
         if marker != run_marker(job):
-            raise SubmitRefused(
+            raise kit.SubmitRefused(
                 f"{where}: a Job named {name} already exists and is not this run's "
                 f"(annotation {RUN_ANNOTATION}={marker!r})"
             )
@@ -302,71 +235,59 @@ class KubernetesBackend(Backend):
 
     async def _job(self, client: KubernetesClient, ref: Ref) -> dict[str, Any] | None:
         """The Job, or None when a forced stop of ASCOB deleted it."""
-        try:
-            data = await client.get_job(ref.namespace, ref.name)
-        except KubernetesHTTPError as exc:
-            if exc.status_code == 404:
-                if self._deleted_by_us(ref):
+        with kit.following(f"kubernetes: Job {ref.name}", also=(ValueError,)):
+            try:
+                data = await client.get_job(ref.namespace, ref.name)
+            except kit.SystemHTTPError as exc:
+                if exc.status_code == 404 and self._deleted_by_us(ref):
                     return None
-                raise JobNotFound(f"kubernetes: Job {ref.name}: {exc.message}") from exc
-            raise BackendUnavailable(f"kubernetes: Job {ref.name}: {exc}") from exc
-        except _ANSWER_ERRORS as exc:
-            raise BackendUnavailable(f"kubernetes: Job {ref.name}: {describe(exc)}") from exc
+                raise
         uid = (data.get("metadata") or {}).get("uid")
         if ref.uid and uid != ref.uid:
             if self._deleted_by_us(ref):
                 return None
-            raise JobNotFound(f"kubernetes: Job {ref.name} is another Job now (uid {uid})")
+            raise kit.JobNotFound(f"kubernetes: Job {ref.name} is another Job now (uid {uid})")
         return data
 
-    async def status(self, keys: Mapping[str, str]) -> StatusReport:
+    async def status(self, keys: Mapping[str, str]) -> kit.StatusReport:
         client, ref = self._known(keys)
         data = await self._job(client, ref)
         if data is None:
-            return StatusReport(BackendStatus.ABORTED, "job deleted by a forced stop")
+            return kit.StatusReport(kit.BackendStatus.ABORTED, "job deleted by a forced stop")
         return job_report(data, self._url(ref))
 
     async def stop(self, keys: Mapping[str, str], force: bool = False) -> None:
         client, ref = self._known(keys)
-        try:
-            if force:
-                self._remember_deleted(ref)
-                await client.delete_job_foreground(ref.namespace, ref.name)
-            else:
-                patch = {
-                    "metadata": {"annotations": {STOP_ANNOTATION: "suspend"}},
-                    "spec": {"suspend": True},
-                }
-                await client.patch_job(ref.namespace, ref.name, patch)
-        except KubernetesHTTPError as exc:
-            if exc.status_code == 404 and self._deleted_by_us(ref):
-                return
-            raise BackendUnavailable(f"kubernetes stop of Job {ref.name}: {exc}") from exc
-        except _ANSWER_ERRORS as exc:
-            raise BackendUnavailable(f"kubernetes stop of Job {ref.name}: {describe(exc)}") from exc
+        with kit.following(f"kubernetes stop of Job {ref.name}", missing=(), also=(ValueError,)):
+            try:
+                if force:
+                    self._remember_deleted(ref)
+                    await client.delete_job_foreground(ref.namespace, ref.name)
+                else:
+                    patch = {
+                        "metadata": {"annotations": {STOP_ANNOTATION: "suspend"}},
+                        "spec": {"suspend": True},
+                    }
+                    await client.patch_job(ref.namespace, ref.name, patch)
+            except kit.SystemHTTPError as exc:
+                if exc.status_code != 404 or not self._deleted_by_us(ref):
+                    raise
 
     # ------------------------------------------------------------------ output
 
-    async def output(self, keys: Mapping[str, str], offset: int = 0) -> OutputChunk:
+    async def output(self, keys: Mapping[str, str], offset: int = 0) -> kit.OutputChunk:
         client, ref = self._known(keys)
         data = await self._job(client, ref)
         if data is None:  # deleted with its pods by a forced stop: no log to read any more
-            return OutputChunk("", offset, False)
+            return kit.OutputChunk("", offset, False)
         final = job_report(data).status.is_final
         start = self._cursors.nearest(ref, offset)
-        try:
+        with kit.following(f"kubernetes logs of Job {ref.name}", missing=(), also=(ValueError,)):
             cursor, lines, writing = await read_on(client, ref.namespace, ref.name, start)
-        except KubernetesHTTPError as exc:
-            raise BackendUnavailable(f"kubernetes logs of Job {ref.name}: {exc}") from exc
-        except _ANSWER_ERRORS as exc:
-            raise BackendUnavailable(f"kubernetes logs of Job {ref.name}: {describe(exc)}") from exc
         more = writing or not final
         produced = "".join(f"{line}\n" for line in lines).encode()
         skip = offset - start.offset
         if skip > len(produced):  # an offset beyond the output so far
-            return OutputChunk("", offset, more)
+            return kit.OutputChunk("", offset, more)
         self._cursors.keep(ref, cursor)
-        return OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
+        return kit.OutputChunk(produced[skip:].decode(errors="ignore"), cursor.offset, more)

@@ -2,9 +2,9 @@
 over ``httpx.AsyncClient``. No Kubernetes client library: the few calls ASCOB needs are plain HTTP.
 
 It speaks only HTTP; what the answers mean for ASCOB is decided in :mod:`backends.kubernetes`.
-Every call raises :class:`KubernetesHTTPError` (an error status; the API's ``Status`` object's
-``reason`` and ``message`` kept), :class:`KubernetesProtocolError` (an answer the API does not
-document), or an ``httpx.HTTPError`` (no answer).
+Every call raises the kit's ``SystemHTTPError`` (an error status; the API's ``Status`` object's
+``reason`` and ``message`` kept), ``SystemProtocolError`` (an answer the API does not document),
+or an ``httpx.HTTPError`` (no answer).
 """
 
 from __future__ import annotations
@@ -15,94 +15,53 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["KubernetesClient", "KubernetesHTTPError", "KubernetesProtocolError"]
+from backends.kit import ApiClient, SystemHTTPError
+
+__all__ = ["KubernetesClient"]
 
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class KubernetesHTTPError(Exception):
-    """The API server answered with an error status (a ``Status`` object, usually)."""
-
-    def __init__(self, status_code: int, message: str, reason: str = "") -> None:
-        super().__init__(f"HTTP {status_code} {reason}: {message}" if reason else message)
-        self.status_code = status_code
-        self.message = message
-        self.reason = reason
-
-
-class KubernetesProtocolError(Exception):
-    """The API server answered something its API does not document (malformed JSON, ...)."""
-
-
-def _error(response: httpx.Response) -> KubernetesHTTPError:
-    message, reason = response.text.strip()[:300] or response.reason_phrase, ""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and data.get("kind") == "Status":
-        message = str(data.get("message") or message)
-        reason = str(data.get("reason") or "")
-    return KubernetesHTTPError(response.status_code, message, reason)
+def tls_verify(ca_file: str | None, insecure: bool) -> bool | ssl.SSLContext:
+    """How the server's certificate is checked: against ``ca_file``, not at all (``insecure``),
+    or against the system's CAs."""
+    if insecure:
+        return False
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
 def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
-class KubernetesClient:
-    """One API server, bearer-token authentication."""
+class KubernetesClient(ApiClient):
+    """One API server, bearer-token authentication (``verify``: see :func:`tls_verify`)."""
 
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        ca_file: str | None = None,
-        insecure: bool = False,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        verify: bool | ssl.SSLContext = True
-        if insecure:
-            verify = False
-        elif ca_file:
-            verify = ssl.create_default_context(cafile=ca_file)
-        self._http = httpx.AsyncClient(
-            base_url=url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-        )
+    system = "kubernetes"
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def error(self, response: httpx.Response) -> SystemHTTPError:
+        """The ``Status`` object's ``message`` and ``reason`` (``AlreadyExists``, ...)."""
+        message, reason = super().error_message(response), ""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("kind") == "Status":
+            message = str(data.get("message") or message)
+            reason = str(data.get("reason") or "")
+        return SystemHTTPError(self.system, response.status_code, message, reason)
 
     async def _send(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None,
-        content_type: str = "application/json",
+        self, method: str, path: str, content_type: str = "application/json", **kwargs: Any
     ) -> httpx.Response:
-        headers = {"Content-Type": content_type} if body is not None else None
-        response = await self._http.request(method, path, params=params, json=body, headers=headers)
-        if response.status_code >= 400:
-            raise _error(response)
-        return response
+        headers = {"Content-Type": content_type} if kwargs.get("json") is not None else None
+        return await self.send(method, path, headers=headers, **kwargs)
 
     async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._send(method, path, **kwargs)
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise KubernetesProtocolError(f"{method} {path}: malformed JSON") from exc
+        data = self.decode(response, f"{method} {path}")
         if not isinstance(data, dict):
-            raise KubernetesProtocolError(f"{method} {path}: expected a JSON object")
+            raise self.protocol_error(f"{method} {path}: expected a JSON object")
         return data
 
     @staticmethod
@@ -112,7 +71,7 @@ class KubernetesClient:
     # ------------------------------------------------------------------ Jobs
 
     async def create_job(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
-        return await self._object("POST", self._jobs(namespace), body=job)
+        return await self._object("POST", self._jobs(namespace), json=job)
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._object("GET", f"{self._jobs(namespace)}/{_q(name)}")
@@ -120,7 +79,7 @@ class KubernetesClient:
     async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch (RFC 7386) of the Job."""
         return await self._object(
-            "PATCH", f"{self._jobs(namespace)}/{_q(name)}", body=patch, content_type=MERGE_PATCH
+            "PATCH", f"{self._jobs(namespace)}/{_q(name)}", json=patch, content_type=MERGE_PATCH
         )
 
     async def delete_job_foreground(self, namespace: str, name: str) -> None:
@@ -142,7 +101,7 @@ class KubernetesClient:
         )
         items = data.get("items")
         if not isinstance(items, list):
-            raise KubernetesProtocolError("pod list: expected items")
+            raise self.protocol_error("pod list: expected items")
         return [p for p in items if isinstance(p, dict)]
 
     async def pod_log(

@@ -7,10 +7,11 @@ import hashlib
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import BackendStatus, Job, StatusReport
+from backends.kit import RestInstance
 
 __all__ = [
     "CONTAINER",
@@ -72,31 +73,24 @@ class Template:
 
 
 @dataclass(frozen=True)
-class Instance:
-    name: str
-    url: str
-    token_env: str | None
-    namespace: str
-    ca_file: str | None
-    insecure: bool
-    timeout: float
-    templates: Mapping[str, Template]
+class Instance(RestInstance):
+    kind = "kubernetes"
+    namespace: str = "default"
+    ca_file: str | None = None
+    insecure: bool = False
+    templates: Mapping[str, Template] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, name: str, raw: Any) -> Instance:
-        if not isinstance(raw, Mapping) or not raw.get("url"):
-            raise ValueError(f"[kubernetes.{name}] needs a url")
+        common = cls.common(name, raw)
         templates = raw.get("templates") or {}
         if not isinstance(templates, Mapping):
             raise ValueError(f"[kubernetes.{name}.templates] must be a table of templates")
         return cls(
-            name=name,
-            url=str(raw["url"]),
-            token_env=str(raw["token_env"]) if raw.get("token_env") else None,
+            **common,
             namespace=str(raw.get("namespace") or "default"),
             ca_file=str(raw["ca_file"]) if raw.get("ca_file") else None,
             insecure=bool(raw.get("insecure", False)),
-            timeout=float(raw.get("timeout", 30.0)),
             templates={t: Template.parse(name, t, v) for t, v in templates.items()},
         )
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from backends.kubernetes.client import KubernetesClient, KubernetesHTTPError
+from backends.kit import SystemHTTPError
+from backends.kubernetes.client import KubernetesClient
 from backends.kubernetes.jobs import CONTAINER
 
 __all__ = [
@@ -177,7 +178,7 @@ async def read_on(
         since = since_time(cursor.last) if cursor.pod == name and cursor.last else None
         try:
             text = await client.pod_log(namespace, name, CONTAINER, since)
-        except KubernetesHTTPError as exc:
+        except SystemHTTPError as exc:
             if exc.status_code == 404:  # the pod went away meanwhile: nothing more from it
                 text, ended = "", True
             elif exc.status_code == 400 and not ended:  # its container is not started yet

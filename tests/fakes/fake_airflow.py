@@ -152,7 +152,7 @@ class FakeAirflow:
         self.logins = 0
         self.faults = FaultPlan()
         self._key = secrets.token_bytes(16)
-        self._expired_before = 0.0
+        self._generation = 0  # a JWT of an older generation is expired
         self._lock = threading.RLock()
         app = Starlette(
             routes=[
@@ -186,7 +186,7 @@ class FakeAirflow:
 
     def expire_tokens(self) -> None:
         """Every JWT issued so far is expired from now on."""
-        self._expired_before = time.time() + 0.001
+        self._generation += 1
 
     # ------------------------------------------------------------------ auth
 
@@ -194,6 +194,7 @@ class FakeAirflow:
         now = time.time()
         head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         claims = {"sub": user, "iat": now, "nbf": now, "exp": now + self.jwt_lifetime}
+        claims["gen"] = self._generation
         body = _b64(json.dumps(claims).encode())
         sig = _b64(hmac.new(self._key, f"{head}.{body}".encode(), hashlib.sha256).digest())
         return f"{head}.{body}.{sig}"
@@ -207,7 +208,7 @@ class FakeAirflow:
             return self._error(403, "Invalid JWT token")
         if not hmac.compare_digest(sig, good):
             return self._error(403, "Invalid JWT token")
-        if claims["exp"] < time.time() or claims["iat"] < self._expired_before:
+        if claims["exp"] < time.time() or claims.get("gen") != self._generation:
             return self._error(401, "Token Expired")
         return None
 

@@ -1,4 +1,5 @@
-"""Serve a Starlette app on 127.0.0.1 in a thread, with scriptable faults."""
+"""Serve a Starlette app on 127.0.0.1 in a thread, or in-process (:class:`InProcess`), with
+scriptable faults."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -81,6 +83,7 @@ class ServerThread:
     """uvicorn serving ``app`` on loopback from a daemon thread."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], port: int | None = None) -> None:
+        self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -100,3 +103,23 @@ class ServerThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+
+
+class InProcess(httpx.AsyncBaseTransport):
+    """The stand-ins' apps served in-process (httpx's ``ASGITransport``), no socket, as their
+    servers would answer: a request to another address is refused (``ConnectError``), and the
+    client's read timeout holds (``ASGITransport`` alone waits for any answer, however late: a
+    ``hang`` fault would never time out). The servers need not be started."""
+
+    def __init__(self, *servers: ServerThread) -> None:
+        self._apps = {httpx.URL(s.url).netloc: httpx.ASGITransport(app=s.app) for s in servers}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        app = self._apps.get(request.url.netloc)
+        if app is None:
+            raise httpx.ConnectError("connection refused (no stand-in there)", request=request)
+        timeout = request.extensions.get("timeout", {}).get("read")
+        try:
+            return await asyncio.wait_for(app.handle_async_request(request), timeout)
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out (in-process stand-in)", request=request) from None

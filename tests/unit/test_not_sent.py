@@ -1,4 +1,4 @@
-"""What a failure before a job was sent means (backends._http.not_sent): a 5xx or no answer may
+"""What a failure before a job was sent means (backends.kit.not_sent): a 5xx or no answer may
 pass, and ASCOB sends the job again; anything else is a refusal."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from backends import BackendUnavailable, SubmitRefused
-from backends._http import not_sent
+from backends.kit import not_sent
 
 
 class HTTPError(Exception):
