@@ -22,16 +22,16 @@ fail.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -143,7 +143,9 @@ def ascob_fail():
         raise RuntimeError("the table orders is missing")
 
     bash = BashOperator(task_id="bash_exit", bash_command="echo bash starts; exit 3")
-    explode() >> bash
+    after = EmptyOperator(task_id="after_bash")  # upstream failed: it never runs
+    explode()
+    bash >> after
 
 ascob_fail()
 """,
@@ -233,6 +235,9 @@ class AirflowServer:
         env = {k: v for k, v in os.environ.items() if k in keep}
         passwords = self.home / "passwords.json"
         passwords.write_text(json.dumps({USERNAME: PASSWORD}))
+        # SQLite with several writing processes: wait for a lock rather than fail at once (the
+        # scheduler dies of "database is locked" on a busy machine otherwise)
+        (self.home / "ascob_airflow_settings.py").write_text('CONNECT_ARGS = {"timeout": 60}\n')
         settings = {
             "CORE__LOAD_EXAMPLES": "False",
             "CORE__DAGS_FOLDER": str(self.home / "dags"),
@@ -247,6 +252,7 @@ class AirflowServer:
             "CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "CORE__LAZY_LOAD_PLUGINS": "True",
             "DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "ascob_airflow_settings.CONNECT_ARGS",
             "API__HOST": "127.0.0.1",
             "API__PORT": str(self.port),
             "API__BASE_URL": self.url,
@@ -266,6 +272,7 @@ class AirflowServer:
         env.update({f"AIRFLOW__{k}": v for k, v in settings.items()})
         env["AIRFLOW_HOME"] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(self.home)
         return env
 
     def airflow(self, *args: str, timeout: float = 600) -> None:
@@ -281,8 +288,10 @@ class AirflowServer:
                 fresh = self.venv / f".template-{os.getpid()}.db"
                 shutil.copyfile(self.home / "airflow.db", fresh)
                 os.rename(fresh, template)
-                return
-        shutil.copyfile(template, self.home / "airflow.db")
+            else:
+                shutil.copyfile(template, self.home / "airflow.db")
+        with sqlite3.connect(self.home / "airflow.db") as db:  # readers beside one writer
+            db.execute("PRAGMA journal_mode=WAL")
 
     def write_dags(self) -> None:
         folder = self.home / "dags"
@@ -380,6 +389,10 @@ class AirflowServer:
                 found.append((inodes[cols[9]], _address(hex_addr, width), int(hex_port, 16)))
         return found
 
+    def assert_alive(self) -> None:
+        dead = [name for name, p in self.procs.items() if not p.alive()]
+        assert not dead, f"Airflow's {', '.join(dead)} exited:\n{self.tails()}"
+
     def tails(self, n: int = 30) -> str:
         return "\n".join(f"--- {name} ---\n{p.tail(n)}" for name, p in self.procs.items())
 
@@ -394,14 +407,4 @@ def _address(hex_addr: str, width: int) -> str:
     if width == 8:
         return ".".join(str(b) for b in raw[::-1])
     words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
-    import ipaddress
-
     return str(ipaddress.IPv6Address(b"".join(words)))
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    return wait_until(predicate, timeout, what, 0.5)
-
-
-def elapsed(since: float) -> float:
-    return time.monotonic() - since
