@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +205,13 @@ def _tries(tis: list[dict[str, Any]]) -> list[_Try]:
 class TaskLogs:
     """Builds the output text of dag runs, append-only (see the module's docstring)."""
 
-    def __init__(self, folder: Path | None = None, grace: float = 30.0) -> None:
+    def __init__(
+        self, folder: Path | None = None, grace: float = 30.0, cache_size: int = 256
+    ) -> None:
         self.folder = folder
         self.grace = grace
-        self._memory: dict[str, Transcript] = {}
+        self._memory: OrderedDict[str, Transcript] = OrderedDict()  # the latest, bounded
+        self._cache_size = cache_size
 
     # ------------------------------------------------------------------ storage
 
@@ -227,8 +231,17 @@ class TaskLogs:
                 stored = None  # unreadable: start again (only what this process keeps counts)
             mine = self._memory.get(name)
             if stored is not None and (mine is None or stored.version >= mine.version):
-                self._memory[name] = stored
-        return self._memory.setdefault(name, Transcript())
+                self._remember(name, stored)
+        if name not in self._memory:
+            self._remember(name, Transcript())
+        self._memory.move_to_end(name)
+        return self._memory[name]
+
+    def _remember(self, name: str, transcript: Transcript) -> None:
+        self._memory[name] = transcript
+        self._memory.move_to_end(name)
+        while len(self._memory) > self._cache_size:
+            self._memory.popitem(last=False)
 
     def _commit(self, name: str, base: int, new: Transcript) -> Transcript:
         """Keep ``new`` if nothing else extended the transcript since version ``base``;
@@ -238,7 +251,7 @@ class TaskLogs:
             current = self._memory.get(name)
             if current is not None and current.version != base:
                 return current
-            self._memory[name] = new
+            self._remember(name, new)
             return new
         path.parent.mkdir(parents=True, exist_ok=True)
         with (path.parent / ".lock").open("a") as lock:
@@ -249,7 +262,7 @@ class TaskLogs:
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
             tmp.write_text(new.to_json())
             os.replace(tmp, path)
-            self._memory[name] = new
+            self._remember(name, new)
             return new
 
     # ------------------------------------------------------------------ the text
