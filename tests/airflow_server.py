@@ -258,11 +258,11 @@ class AirflowServer:
             "API__BASE_URL": self.url,
             "API__WORKERS": "1",
             "API_AUTH__JWT_SECRET": "ascob-test-jwt-secret-" + os.urandom(8).hex(),
-            "SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
             "SCHEDULER__USE_JOB_SCHEDULE": "False",
             "SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            "DAG_PROCESSOR__REFRESH_INTERVAL": "30",  # the first scan is at start
             "DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
             "DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),

@@ -161,14 +161,21 @@ def sections(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def batch(app: Ascob) -> dict[str, tuple[int, Follower]]:
-    """The short DAGs, triggered together (Airflow runs them side by side)."""
-    return {
-        "success": submit_and_follow(app, spec("ascob_success", TABLE="orders")),
-        "fail": submit_and_follow(app, spec("ascob_fail")),
-        "retry": submit_and_follow(app, spec("ascob_retry")),
-        "mapped": submit_and_follow(app, spec("ascob_mapped")),
-        "wide": submit_and_follow(app, spec("ascob_wide")),
+    """The short DAGs, running side by side in Airflow. They are triggered one after the
+    other: concurrent triggers can deadlock Airflow's api-server on SQLite (seen: three POSTs
+    answered 500 after 120 s, then the scheduler died of "database is locked")."""
+    bodies = {
+        "success": spec("ascob_success", TABLE="orders"),
+        "fail": spec("ascob_fail"),
+        "retry": spec("ascob_retry"),
+        "mapped": spec("ascob_mapped"),
+        "wide": spec("ascob_wide"),
     }
+    started: dict[str, tuple[int, Follower]] = {}
+    for name, body in bodies.items():
+        started[name] = submit_and_follow(app, body)
+        app.wait_status(started[name][0], "SUBMITTED", "RUNNING", "SUCCEDED", "FAILED")
+    return started
 
 
 def test_airflow_listens_on_loopback_only(airflow: AirflowServer) -> None:
