@@ -12,6 +12,7 @@ from ascob_flows.locks import LockStore, LockStoreUnavailable
 from ascob_flows.machine import (
     ABORT_UNDISPATCHED,
     BEGIN_ABORT,
+    REPORT_QUEUED,
     Stage,
     backend_report_step,
 )
@@ -92,7 +93,9 @@ async def apply_backend_report(db: AsyncRunRepository, run_id: int, report: Stat
     """Record what the backend says of the run's job (the flow's poll and a refresh): the one
     place a backend status becomes a run status. True if the run's status changed."""
     step = backend_report_step(report.status)
-    if step is None:
+    if step is None:  # still queued: only why, if the backend says
+        if report.message:
+            await db.apply(run_id, REPORT_QUEUED, message=report.message)
         return False
     message = report.message
     if message is None and report.status in (BackendStatus.FAILED, BackendStatus.ABORTED):

@@ -298,6 +298,12 @@ LOCK_WAIT_EXPIRED = _step(
     _MESSAGE,
 )
 
+REPORT_QUEUED = _step(
+    "report_queued",
+    {S.SUBMITTED: S.SUBMITTED},
+    "the backend holds the job in its queue: why (its message) is recorded, the status stays",
+    fields=_MESSAGE,
+)
 KEYS_REPORTED = _step(
     "keys_reported",
     {s: s for s in (*_NOT_DISPATCHED, *_WITH_BACKEND)},
@@ -323,6 +329,7 @@ STEPS: tuple[Step, ...] = (
     ABORT_UNDISPATCHED,
     BEGIN_ABORT,
     LOCK_WAIT_EXPIRED,
+    REPORT_QUEUED,
     KEYS_REPORTED,
 )
 

@@ -532,3 +532,155 @@ async def test_jwt_logins_are_not_repeated_per_call(fake3: FakeAirflow, tmp_path
     await backend.output(keys)
     assert fake3.logins == logins + 1
     await backend.aclose()
+
+
+# --------------------------------------------------------------------------- issue 22: output
+
+
+async def follow(backend: AirflowBackend, keys: dict[str, str]) -> str:
+    """What a reader following by offset gets, until the output is final."""
+    pieces, _ = await read_all(backend, keys)
+    return "".join(pieces)
+
+
+async def test_live_output_is_append_only_and_matches_the_final_text(
+    fake3: FakeAirflow, tmp_path: Path
+) -> None:
+    """Airflow 3 adds "where the log was read from" notes while a task runs (a path, "Could not
+    read served logs: ...") and changes them once it ended: none of it is output, and a reader
+    following by offset gets exactly the final text."""
+    backend = make_backend(fake3, tmp_path)
+    lines = [f"row {i}" for i in range(8)]
+    dag_id = new_dag(fake3, FakeTask("a", lines), FakeTask("b", lines), line_interval=0.1)
+    keys = await backend.submit(job_for(dag_id))
+    followed = await follow(backend, keys)
+    final = (await make_backend(fake3, tmp_path).output(keys, 0)).text
+    await backend.aclose()
+    assert followed.encode() == final.encode()
+    for noise in ("Could not read served logs", "/opt/airflow/logs", "::endgroup::", "::group::"):
+        assert noise not in final
+    shown = [line.split(" - ", 1)[-1] for line in final.splitlines()]
+    assert shown == ["=== a (try 1) ===", *lines, "=== b (try 1) ===", *lines]
+
+
+class _Rewriting:
+    """A stand-in client whose log of one running try changes lines it gave before."""
+
+    api = "v2"
+
+    def __init__(self) -> None:
+        self.reads = [["one", "two"], ["ONE", "two", "three"], ["two", "three", "four", "five"]]
+
+    async def task_log_entries(self, *where: Any) -> list[Any]:
+        return [{"event": e} for e in self.reads.pop(0)]
+
+
+async def test_a_log_that_rewrites_itself_never_moves_served_bytes(tmp_path: Path) -> None:
+    from backends.airflow.logs import TaskLogs
+
+    logs = TaskLogs(tmp_path)
+    ti = {"task_id": "t", "map_index": -1, "try_number": 1, "state": "running", "start_date": "x"}
+    client: Any = _Rewriting()
+    first, _ = await logs.text(client, "i", "d", "r", [ti])
+    second, complete = await logs.text(client, "i", "d", "r", [ti])
+    assert second.startswith(first) and second == first + "three\n" and not complete
+    # and a restarted ASCOB (a new TaskLogs on the same folder) goes on from the same text
+    again, _ = await TaskLogs(tmp_path).text(client, "i", "d", "r", [{**ti, "state": "success"}])
+    assert again == second + "five\n"
+
+
+async def test_the_exception_of_a_failed_task_is_in_the_output(
+    fake3: FakeAirflow, tmp_path: Path
+) -> None:
+    from tests.fakes.fake_airflow import EXCEPTION
+
+    backend = make_backend(fake3, tmp_path)
+    keys = await backend.submit(job_for(new_dag(fake3, FakeTask("bash", result="failed"))))
+    await final(backend, keys)
+    text = (await backend.output(keys)).text
+    await backend.aclose()
+    assert f"AirflowException: {EXCEPTION}" in text
+    assert "ERROR - Task failed with exception\nTraceback (most recent call last):\n" in text
+
+
+async def test_a_stopped_runs_output_gets_what_its_task_printed_while_stopping(
+    fake3: FakeAirflow, tmp_path: Path
+) -> None:
+    """Airflow marks the task failed at once; its process logs on until it is killed: ASCOB
+    says the run is still stopping (RUNNING) until then, and the output keeps those lines."""
+    from tests.fakes.fake_airflow import KILLED_LINE
+
+    backend = make_backend(fake3, tmp_path)
+    lines = [f"tick {i}" for i in range(100)]
+    dag_id = new_dag(fake3, FakeTask("tick", lines), line_interval=0.1, kill_delay=1.5)
+    keys = await backend.submit(job_for(dag_id))
+    await until(backend, keys, BackendStatus.RUNNING)
+    await asyncio.sleep(0.3)
+    await backend.stop(keys)
+    stopping = await backend.status(keys)
+    assert stopping.status is BackendStatus.RUNNING and "stopping" in (stopping.message or "")
+    assert (await final(backend, keys)).status is BackendStatus.ABORTED
+    chunk = await backend.output(keys)
+    await backend.aclose()
+    assert not chunk.more
+    after = chunk.text.split(STOPPED_LINE, 1)[1]
+    assert "tick" in after and after.rstrip().endswith(KILLED_LINE)
+
+
+async def test_a_stopped_task_that_never_says_it_is_over_ends_after_the_grace(
+    fake3: FakeAirflow, tmp_path: Path
+) -> None:
+    backend = make_backend(fake3, tmp_path)
+    backend._logs.grace = 1.0
+    dag_id = new_dag(fake3, FakeTask("tick", ["x"] * 500), line_interval=0.1, kill_delay=600)
+    keys = await backend.submit(job_for(dag_id))
+    await until(backend, keys, BackendStatus.RUNNING)
+    await backend.stop(keys)
+    assert (await backend.status(keys)).status is BackendStatus.RUNNING
+    await asyncio.sleep(1.1)
+    assert (await final(backend, keys)).status is BackendStatus.ABORTED
+    assert not (await backend.output(keys)).more
+    await backend.aclose()
+
+
+async def test_tasks_that_never_ran_have_no_section(
+    fake: FakeAirflow, backend: AirflowBackend
+) -> None:
+    """Airflow 3 dates skipped and upstream-failed tasks with try number 0 (nothing ran)."""
+    dag_id = new_dag(fake, FakeTask("extract"), FakeTask("load", result="failed"), FakeTask("end"))
+    keys = await backend.submit(job_for(dag_id))
+    await final(backend, keys)
+    text = (await backend.output(keys)).text
+    assert "=== load (try 1) ===" in text and "=== end" not in text
+
+
+async def test_a_succeeded_run_says_so_not_a_stale_progress_note(
+    fake: FakeAirflow, backend: AirflowBackend
+) -> None:
+    keys = await backend.submit(job_for(new_dag(fake)))
+    report = await final(backend, keys)
+    assert report.status is BackendStatus.SUCCEEDED
+    assert report.message == f"dag run {keys['airflowDagRunId']} succeeded"
+
+
+async def test_a_queued_dag_run_says_why(fake: FakeAirflow, backend: AirflowBackend) -> None:
+    dag_id = new_dag(fake, FakeTask("main", result="hang"), max_active_runs=1)
+    first = await backend.submit(job_for(dag_id))
+    await until(backend, first, BackendStatus.RUNNING)
+    second = await backend.submit(job_for(dag_id))
+    fake.run(dag_id, second["airflowDagRunId"]).state_override = "queued"
+    report = await backend.status(second)
+    assert report.status is BackendStatus.QUEUED
+    assert report.message == (
+        f"dag run {second['airflowDagRunId']} is queued in Airflow: DAG {dag_id} allows 1 active "
+        "run(s) at once (max_active_runs) and 1 running"
+    )
+    await backend.stop(first)
+    await backend.stop(second)
+
+
+async def test_api_v1_against_airflow_3_says_to_use_v2(fake3: FakeAirflow, tmp_path: Path) -> None:
+    backend = make_backend(fake3, tmp_path, api="v1")
+    with pytest.raises(SubmitRefused, match=r'404.*api/v1 has been removed.*set api = "v2"'):
+        await backend.submit(job_for(new_dag(fake3)))
+    await backend.aclose()

@@ -37,6 +37,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -67,6 +68,7 @@ from backends.kit import (
     describe,
     following,
     may_have_arrived,
+    not_sent,
     required,
     secret_from_env,
 )
@@ -77,6 +79,9 @@ log = logging.getLogger(__name__)
 
 DAG_LABEL = "airflow_dag_id"
 STOP_NOTE = "Stopped through ASCOB"
+# seconds a stopped run's task may go on logging once Airflow marked it failed (its process is
+# killed after a few seconds); within them ASCOB reads on until the log says the process is over
+STOP_GRACE = 30.0
 
 # DagRunState -> ASCOB (``failed`` is ABORTED when ASCOB stopped the run). Any other value is
 # not an answer yet: polling goes on.
@@ -135,7 +140,8 @@ class AirflowBackend(KitBackend[Instance, AirflowClient]):
     instance_type = Instance
 
     def setup(self) -> None:
-        self._logs = TaskLogs()
+        # what was served of each dag run's output (append-only), kept across restarts
+        self._logs = TaskLogs(Path(self.context.data_dir) / "transcripts", grace=STOP_GRACE)
         self._stopped: set[tuple[str, str, str]] = set()  # stops sent by this process
         self.retry_delay = 0.5  # first pause between trigger attempts (doubles, up to 5 s)
 
@@ -172,7 +178,13 @@ class AirflowBackend(KitBackend[Instance, AirflowClient]):
         where = f"airflow {name!r} DAG {dag_id!r}"
         client = self.client(inst)
         with before_sending(where, "the DAG"):
-            dag = await client.get_dag(dag_id)
+            try:
+                dag = await client.get_dag(dag_id)
+            except AirflowHTTPError as exc:
+                hint = await self._api_hint(inst, client, exc)
+                if not hint:
+                    raise
+                raise not_sent(exc, f"{where}: {exc}{hint}") from exc
         if dag.get("is_paused"):
             raise SubmitRefused(
                 f"{where}: DAG is paused; its run would wait in the queue until someone unpauses "
@@ -189,6 +201,25 @@ class AirflowBackend(KitBackend[Instance, AirflowClient]):
         await self._trigger(inst, client, dag_id, body, where)
         log.info("run %s: %s triggered as dag run %s", job.run_id, where, run_id)
         return {"airflowInstance": name, "airflowDagId": dag_id, "airflowDagRunId": run_id}
+
+    async def _api_hint(self, inst: Instance, client: AirflowClient, exc: AirflowHTTPError) -> str:
+        """What to change when ``api = "v1"`` meets an Airflow 3 (which answers 404 there)."""
+        if inst.api != "v1" or exc.status_code != 404:
+            return ""
+        version = None
+        if "/api/v2" not in exc.message:
+            try:  # the message may not say it (a proxy's 404): ask /api/v2/version
+                answer = await client.request("GET", f"{client.root}/api/v2/version")
+                version = answer.json().get("version")
+            except (httpx.HTTPError, AirflowHTTPError, ValueError, AttributeError):
+                return ""
+            if not version:
+                return ""
+        speaks = f"Airflow {version}" if version else "this Airflow"
+        return (
+            f' ({speaks} speaks the v2 API of Airflow 3, not v1: set api = "v2" in '
+            f"[airflow.{inst.name}])"
+        )
 
     async def _trigger(
         self, inst: Instance, client: AirflowClient, dag_id: str, body: dict[str, Any], where: str
@@ -284,11 +315,54 @@ class AirflowBackend(KitBackend[Instance, AirflowClient]):
         if mapped is BackendStatus.FAILED:
             note = str(run.get("note") or "")
             if note.startswith(STOP_NOTE) or (inst.name, dag_id, run_id) in self._stopped:
+                stopping = await self._stopping(inst, client, dag_id, run_id)
+                if stopping:
+                    return StatusReport(BackendStatus.RUNNING, stopping, url)
                 return StatusReport(BackendStatus.ABORTED, note or STOP_NOTE, url)
             return StatusReport(mapped, await self._failure(client, dag_id, run_id), url)
         if mapped is BackendStatus.SUCCEEDED:
-            return StatusReport(mapped, None, url)
+            return StatusReport(mapped, f"dag run {run_id} succeeded", url)
+        if mapped is BackendStatus.QUEUED:
+            return StatusReport(mapped, await self._queued(client, dag_id, run_id), url)
         return StatusReport(mapped, f"dag run {run_id}: {state}", url)
+
+    async def _stopping(
+        self, inst: Instance, client: AirflowClient, dag_id: str, run_id: str
+    ) -> str | None:
+        """While a stopped run's tasks are still ending (Airflow marked them failed; their
+        processes log on until killed): what to say; None once they are over."""
+        try:
+            tis = await client.task_instances(dag_id, run_id)
+            _, complete = await self._logs.text(client, inst.name, dag_id, run_id, tis)
+        except (httpx.HTTPError, AirflowHTTPError, AirflowProtocolError) as exc:
+            log.debug("airflow: cannot read the logs of stopped %s: %s", run_id, describe(exc))
+            return None  # the stop stands; only its last lines may be missed
+        if complete:
+            return None
+        return (
+            f"stopping: dag run {run_id} is marked failed; its task's process is ending "
+            f"(ASCOB waits up to {self._logs.grace:.0f} s for its last lines)"
+        )
+
+    async def _queued(self, client: AirflowClient, dag_id: str, run_id: str) -> str:
+        """Why the dag run waits, as far as Airflow says: its DAG's max_active_runs reached,
+        the DAG paused (after the trigger), or the scheduler not having started it yet."""
+        message = f"dag run {run_id} is queued in Airflow"
+        try:
+            dag = await client.get_dag(dag_id)
+            running = await client.count_dag_runs(dag_id, "running")
+        except (httpx.HTTPError, AirflowHTTPError, AirflowProtocolError) as exc:
+            log.debug("airflow: cannot tell why %s is queued: %s", run_id, describe(exc))
+            return message
+        if dag.get("is_paused"):
+            return f"{message}: DAG {dag_id} is paused (unpause it in Airflow)"
+        limit = dag.get("max_active_runs")
+        if isinstance(limit, int) and limit > 0 and running is not None and running >= limit:
+            return (
+                f"{message}: DAG {dag_id} allows {limit} active run(s) at once "
+                f"(max_active_runs) and {running} running"
+            )
+        return f"{message}, waiting for its scheduler to start it"
 
     async def _failure(self, client: AirflowClient, dag_id: str, run_id: str) -> str:
         message = f"dag run {run_id} failed"

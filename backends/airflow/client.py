@@ -44,7 +44,8 @@ def error_message(response: httpx.Response) -> str:
     """Airflow's own words from an error answer.
 
     v1 answers RFC 7807 problems (``title``, ``detail``); v2 answers FastAPI's ``detail``, which is
-    a string, a list of validation errors, or an object with ``reason``/``message``.
+    a string, a list of validation errors, or an object with ``reason``/``message``; Airflow 3
+    answers a request to ``/api/v1`` with an ``error``.
     """
     try:
         data = response.json()
@@ -54,6 +55,8 @@ def error_message(response: httpx.Response) -> str:
         return str(data)[:300]
     parts: list[str] = []
     title, detail = data.get("title"), data.get("detail")
+    if isinstance(data.get("error"), str):  # Airflow 3 on a path it no longer serves (/api/v1)
+        parts.append(data["error"])
     if title:
         parts.append(str(title))
     if isinstance(detail, str) and detail:
@@ -225,6 +228,14 @@ class AirflowClient(ApiClient):
         else:
             await self._json("PATCH", path, json_body={"note": note})
 
+    async def count_dag_runs(self, dag_id: str, state: str) -> int | None:
+        """How many runs of the DAG are in ``state`` (None: Airflow does not say)."""
+        data = await self._json(
+            "GET", f"dags/{_p(dag_id)}/dagRuns", params={"state": state, "limit": 1}
+        )
+        total = data.get("total_entries")
+        return total if isinstance(total, int) else None
+
     async def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the dag run (all pages)."""
         found: list[dict[str, Any]] = []
@@ -243,17 +254,34 @@ class AirflowClient(ApiClient):
         self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
     ) -> list[str]:
         """The lines of one try's log, without Airflow's own notes on where it read them."""
-        path = (
-            f"dags/{_p(dag_id)}/dagRuns/{_p(run_id)}/taskInstances/{_p(task_id)}/logs/{try_number}"
-        )
-        params: dict[str, Any] = {"full_content": "true", "map_index": map_index}
         if self.api == "v1":  # text/plain: the whole log so far, no tuples-as-text
-            response = await self.request("GET", path, params=params, accept="text/plain")
+            response = await self.request(
+                "GET",
+                self._log_path(dag_id, run_id, task_id, try_number),
+                params={"full_content": "true", "map_index": map_index},
+                accept="text/plain",
+            )
             return [
                 line
                 for line in response.text.splitlines()
                 if not line.startswith("*** ") and line != "***"
             ]
+        from backends.airflow.logs import render_entries  # here: logs imports this module
+
+        entries = await self.task_log_entries(dag_id, run_id, task_id, try_number, map_index)
+        return render_entries(entries)[0]
+
+    def _log_path(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        return (
+            f"dags/{_p(dag_id)}/dagRuns/{_p(run_id)}/taskInstances/{_p(task_id)}/logs/{try_number}"
+        )
+
+    async def task_log_entries(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
+    ) -> list[Any]:
+        """Airflow 3: the entries of one try's log (``StructuredLogMessage`` objects), all pages."""
+        path = self._log_path(dag_id, run_id, task_id, try_number)
+        params: dict[str, Any] = {"full_content": "true", "map_index": map_index}
         entries: list[Any] = []
         for _ in range(_MAX_LOG_PAGES):
             data = await self._json("GET", path, params=params)
@@ -265,30 +293,4 @@ class AirflowClient(ApiClient):
             if not token or not content:  # the end, or nothing more yet (the task runs on)
                 break
             params = {**params, "token": token}
-        return render_structured(entries)
-
-
-def render_structured(entries: list[Any]) -> list[str]:
-    """Airflow 3 log entries (``StructuredLogMessage``, or plain strings) as text lines; the
-    "Log message source details" group, which says where the server read the log, is left out
-    (it changes when a finished task's log moves to remote storage)."""
-    lines: list[str] = []
-    in_sources = False
-    for entry in entries:
-        if isinstance(entry, str):
-            lines.extend(entry.splitlines() or [""])
-            continue
-        if not isinstance(entry, dict):
-            continue
-        event = str(entry.get("event", ""))
-        if "sources" in entry or event.startswith("::group::Log message source details"):
-            in_sources = True
-            continue
-        if in_sources and event.startswith("::endgroup::"):
-            in_sources = False
-            continue
-        in_sources = False
-        head = f"[{entry['timestamp']}] " if entry.get("timestamp") else ""
-        level = f"{str(entry['level']).upper()} - " if entry.get("level") else ""
-        lines.append(f"{head}{level}{event}")
-    return lines
+        return entries

@@ -42,6 +42,15 @@ from starlette.routing import Route
 from tests.fakes.server import FaultPlan, ServerThread, apply_faults
 
 STOPPED_LINE = "State of this instance has been externally set to failed. Terminating instance."
+# Airflow 3.3.2: a stopped task's process logs on until it is killed, then this
+KILLED_LINE = "Task killed!"
+EXCEPTION = "Bash command failed. The command returned a non-zero exit code 3."
+V1_REMOVED = (
+    "/api/v1 has been removed in Airflow 3, please use its upgraded version /api/v2 instead."
+)
+
+
+_NEVER_RAN = ("skipped", "upstream_failed")
 
 
 def _iso(t: float | None) -> str | None:
@@ -68,6 +77,8 @@ class FakeDag:
     is_paused: bool = False
     queue_delay: float = 0.0
     line_interval: float = 0.05
+    kill_delay: float = 0.0  # v2: a stopped task's process logs on this long, then is killed
+    max_active_runs: int = 16
 
 
 @dataclass
@@ -77,6 +88,9 @@ class TaskSnap:
     start: float | None
     end: float | None
     lines: list[tuple[float, str]]
+    stopped: bool = False  # marked failed by a stop (its process may log on: ``killed``)
+    killed: bool = False
+    error: bool = False  # failed with an exception
 
 
 @dataclass
@@ -88,6 +102,7 @@ class FakeRun:
     created: float
     stopped_at: float | None = None
     state_override: str | None = None  # tests: what the API says, whatever the timeline
+    api: str = "v2"
 
     def snapshot(self, now: float) -> tuple[str, list[TaskSnap]]:
         """The run's state and its task instances at ``now``, replayed from its timeline."""
@@ -100,32 +115,47 @@ class FakeRun:
             return self.state_override or ("failed" if stop is not None else "queued"), snaps
         snaps: list[TaskSnap] = []
         outcome: str | None = None  # None: every task so far succeeded
+        decided = t  # when the tasks that never run were decided on
         for i, task in enumerate(dag.tasks):
             if outcome is not None:  # this task waits, or never runs
                 state = {"running": None, "stopped": "skipped"}.get(outcome, "upstream_failed")
-                snaps.append(TaskSnap(task.task_id, state, None, None, []))
+                at = decided if state and self.api == "v2" else None  # Airflow 3 dates them
+                snaps.append(TaskSnap(task.task_id, state, at, at, []))
                 continue
             if stop is not None and stop < t:
-                snaps.append(TaskSnap(task.task_id, "skipped", None, None, []))
+                at = stop if self.api == "v2" else None
+                snaps.append(TaskSnap(task.task_id, "skipped", at, at, []))
                 outcome = "stopped"
                 continue
             head = [f"conf {k}={v}" for k, v in self.conf.items()] if i == 0 else []
             timed = [(t + k * interval, line) for k, line in enumerate([*head, *task.lines])]
             end = None if task.result == "hang" else t + len(timed) * interval
             if stop is not None and (end is None or stop < end):
-                shown = [(at, line) for at, line in timed if at <= stop]
+                if self.api == "v1":
+                    shown = [(at, line) for at, line in timed if at <= stop]
+                    lines = [*shown, (stop, STOPPED_LINE)]
+                    killed = True
+                else:  # marked failed at once; the process logs on until it is killed
+                    kill = stop + dag.kill_delay
+                    shown = [(at, line) for at, line in timed if at <= min(now, kill)]
+                    lines = sorted([*shown, (stop, STOPPED_LINE)])
+                    killed = now >= kill
+                    if killed:
+                        lines.append((kill, KILLED_LINE))
                 snaps.append(
-                    TaskSnap(task.task_id, "failed", t, stop, [*shown, (stop, STOPPED_LINE)])
+                    TaskSnap(task.task_id, "failed", t, stop, lines, stopped=True, killed=killed)
                 )
                 outcome = "stopped"
+                decided = stop
             elif end is None or now < end:
                 shown = [(at, line) for at, line in timed if at <= now]
                 snaps.append(TaskSnap(task.task_id, "running", t, None, shown))
                 outcome = "running"
             else:
-                snaps.append(TaskSnap(task.task_id, task.result, t, end, timed))
-                outcome = "failed" if task.result == "failed" else None
-                t = end
+                failed = task.result == "failed"
+                snaps.append(TaskSnap(task.task_id, task.result, t, end, timed, error=failed))
+                outcome = "failed" if failed else None
+                t = decided = end
         state = "success" if outcome is None else ("running" if outcome == "running" else "failed")
         return self.state_override or state, snaps
 
@@ -265,6 +295,10 @@ class FakeAirflow:
         if path == "/auth/token" and request.method == "POST" and self.api == "v2":
             return self._login(await self._body(request) or {})
         prefix = f"/api/{self.api}/"
+        if self.api == "v2" and path.startswith("/api/v1/"):
+            return JSONResponse({"error": V1_REMOVED}, status_code=404)
+        if self.api == "v2" and path == "/api/v2/version":
+            return JSONResponse({"version": "3.3.2", "git_version": None})
         if not path.startswith(prefix):
             return self._error(404, "Not Found")
         refusal = self._auth_refusal(request)
@@ -301,6 +335,12 @@ class FakeAirflow:
             return self._error(404, "Not Found")
         if len(parts) == 3 and method == "POST":
             return await self._trigger(request, dag, now)
+        if len(parts) == 3 and method == "GET":
+            wanted_states = request.query_params.getlist("state")
+            runs = [self._run_json(r, now) for r in self.runs_of(dag.dag_id) if r is not None]
+            runs = [r for r in runs if not wanted_states or r["state"] in wanted_states]
+            limit = int(request.query_params.get("limit", "100"))
+            return JSONResponse({"dag_runs": runs[:limit], "total_entries": len(runs)})
         wanted = parts[3] if len(parts) > 3 else ""
         run = self.runs.get((dag.dag_id, wanted))
         if run is None:
@@ -335,6 +375,7 @@ class FakeAirflow:
             "fileloc": f"/opt/airflow/dags/{dag.dag_id}.py",
             "owners": ["airflow"],
             "tags": [],
+            "max_active_runs": dag.max_active_runs,
         }
         if self.api == "v1":
             data["is_active"] = True
@@ -430,7 +471,7 @@ class FakeAirflow:
                     "details - you will find it in api server when you look for ID abc123",
                 },
             )
-        run = FakeRun(dag, run_id, dict(conf), body.get("note"), now)
+        run = FakeRun(dag, run_id, dict(conf), body.get("note"), now, api=self.api)
         self.runs[(dag.dag_id, run_id)] = run
         self.created.append((dag.dag_id, run_id, dict(conf)))
         return JSONResponse(self._run_json(run, now))
@@ -479,8 +520,10 @@ class FakeAirflow:
                 "dag_id": run.dag.dag_id,
                 "dag_run_id": run.run_id,
                 "map_index": -1,
-                "try_number": 1 if s.start is not None else 0,
+                "try_number": 1 if s.start is not None and s.state not in _NEVER_RAN else 0,
                 "state": s.state,
+                "pid": 4242 if s.start is not None and s.state not in _NEVER_RAN else None,
+                "hostname": "worker" if s.start is not None else "",
                 "start_date": _iso(s.start),
                 "end_date": _iso(s.end),
                 "operator": "BashOperator",
@@ -491,13 +534,83 @@ class FakeAirflow:
             {"task_instances": items[offset : offset + limit], "total_entries": len(items)}
         )
 
+    def _entries(self, snap: TaskSnap, path: str, finished: bool) -> list[dict[str, Any]]:
+        """An Airflow 3.3.2 log: where the server read it (while the task runs it also tries
+        the worker's log server), Airflow's Pre/Post Execute groups around the task's lines, the
+        exception of a failed task (``error_detail``), and after a stop the process's last lines
+        until it is killed."""
+        sources: list[dict[str, Any]] = [
+            {"event": "::group::Log message source details"},
+            {"event": path},
+        ]
+        if not finished:
+            sources.append(
+                {
+                    "event": "Could not read served logs: HTTPConnectionPool(host='worker', "
+                    "port=8793): Max retries exceeded with url: /log/" + path.split("/logs/")[-1]
+                }
+            )
+        sources.append({"event": "::endgroup::"})
+
+        def entry(at: float | None, event: str, level: str = "info", **more: Any) -> dict[str, Any]:
+            return {"timestamp": _iso(at), "event": event, "level": level, **more}
+
+        body = [entry(snap.start, "::group::Pre Execute", logger="task")]
+        body.append(entry(snap.start, "::endgroup::", logger="task"))
+        for at, line in snap.lines:
+            if line == KILLED_LINE:
+                body.append(entry(at, line, "error", logger="task"))
+            else:
+                body.append(entry(at, line, logger="task.stdout"))
+        if finished and not snap.stopped:
+            if snap.error:
+                frames = [
+                    {"filename": "/opt/airflow/sdk/task_runner.py", "lineno": 1579, "name": "run"},
+                    {"filename": "/opt/airflow/bash.py", "lineno": 233, "name": "execute"},
+                ]
+                detail = [
+                    {
+                        "exc_type": "AirflowException",
+                        "exc_value": EXCEPTION,
+                        "exc_notes": [],
+                        "syntax_error": None,
+                        "is_cause": False,
+                        "frames": frames,
+                        "is_group": False,
+                        "exceptions": [],
+                    }
+                ]
+                body.append(
+                    entry(snap.end, "Task failed with exception", "error", error_detail=detail)
+                )
+            body.append(entry(snap.end, "::group::Post Execute", logger="task"))
+            body.append(entry(snap.end, "::endgroup::", logger="task"))
+        return [*sources, *body]
+
     def _log(
         self, request: Request, run: FakeRun, task_id: str, attempt: str, now: float
     ) -> Response:
         _, snaps = run.snapshot(now)
         snap = next((s for s in snaps if s.task_id == task_id), None)
         map_index = int(request.query_params.get("map_index", "-1"))
-        if snap is None or snap.start is None or attempt != "1" or map_index != -1:
+        never_ran = snap is not None and snap.state in _NEVER_RAN
+        if self.api == "v2" and never_ran and attempt == "0" and map_index == -1:
+            note = (
+                "Task was skipped \u2014 no logs available."
+                if snap is not None and snap.state == "skipped"
+                else "Task did not run because upstream task(s) failed."
+            )
+            return JSONResponse(
+                {
+                    "content": [
+                        {"timestamp": None, "event": "::group::Log message source details"},
+                        {"timestamp": None, "event": "::endgroup::"},
+                        {"timestamp": _iso(snap.start if snap else None), "event": note},
+                    ],
+                    "continuation_token": None,
+                }
+            )
+        if snap is None or snap.start is None or never_ran or attempt != "1" or map_index != -1:
             if self.api == "v1":
                 return self._error(404, None, "TaskInstance not found", "NotFound")
             return self._error(404, "TaskInstance not found")
@@ -513,14 +626,7 @@ class FakeAirflow:
             if "text/plain" in request.headers.get("accept", ""):
                 return PlainTextResponse(text)
             return JSONResponse({"content": text, "continuation_token": "opaque"})
-        entries: list[dict[str, Any]] = [
-            {"event": "::group::Log message source details", "sources": [path]},
-            {"event": "::endgroup::"},
-            *[
-                {"timestamp": _iso(at), "event": line, "level": "info", "logger": "task.stdout"}
-                for at, line in snap.lines
-            ],
-        ]
+        entries = self._entries(snap, path, finished)
         start = 0
         token = request.query_params.get("token")
         if token:

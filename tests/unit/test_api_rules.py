@@ -219,3 +219,21 @@ def test_post_is_accepted_beside_get_for_start_resubmit_refresh(
     again = api.post(f"/api/runs/{run_id}/resubmit", params={"submitter": "bob"})
     assert again.status_code == 200
     assert services.repo.get_run(again.json()["runId"]).parent_id == run_id
+
+
+async def test_a_queued_report_records_why_and_keeps_the_status(
+    services: Services, api: TestClient
+) -> None:
+    from ascob_flows.control import apply_backend_report
+    from backends import BackendStatus, StatusReport
+
+    run_id = dispatched(services, api)
+    queued = StatusReport(BackendStatus.QUEUED, "dag run x is queued in Airflow: ...")
+    assert not await apply_backend_report(services.db, run_id, queued)
+    run = api.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "SUBMITTED" and run["message"] == queued.message
+    assert await apply_backend_report(services.db, run_id, StatusReport(BackendStatus.RUNNING))
+    assert api.get(f"/api/runs/{run_id}").json()["status"] == "RUNNING"
+    # once it runs, a late queued report changes nothing
+    assert not await apply_backend_report(services.db, run_id, queued)
+    assert api.get(f"/api/runs/{run_id}").json()["status"] == "RUNNING"
