@@ -226,7 +226,10 @@ async def test_another_installations_flow_run_is_never_taken_for_a_run_of_this_o
         def run_for_flow_run(self, flow_run_id: str) -> int | None:
             return 3 if flow_run_id == str(mapped.id) else None
 
-    queries = Queries(uuid4(), SimpleNamespace(repo=Repo()), "mine")  # type: ignore[arg-type]
+    from ascob_flows.ports import AsyncRunRepository
+
+    runtime = SimpleNamespace(db=AsyncRunRepository(Repo()))  # type: ignore[arg-type]
+    queries = Queries(uuid4(), runtime, "mine")  # type: ignore[arg-type]
     assert await queries.owns(_flow_run(["ascob-installation:mine"], 1)) == 1
     assert await queries.owns(_flow_run(["ascob-installation:theirs"], 1)) is None
     assert await queries.owns(_flow_run([], 1)) is None  # run 1 here is another flow run's
