@@ -45,9 +45,9 @@ async def request_stop(
     rec = await db.get_record(run_id)
     if rec.status.is_final:
         raise AlreadyFinal(run_id, rec.status)
-    said = AuditNote(actor, "stop", {"force": force, "status": rec.status.value}, always=True)
+    stop_note = AuditNote(actor, "stop", {"force": force, "status": rec.status.value}, always=True)
     aborted = await db.apply(
-        run_id, ABORT_UNDISPATCHED, audit=said, message=f"{reason} before dispatch"
+        run_id, ABORT_UNDISPATCHED, audit=stop_note, message=f"{reason} before dispatch"
     )
     if aborted is not None:
         try:

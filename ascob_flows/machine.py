@@ -62,9 +62,8 @@ class Stage(StrEnum):
         return cls(status.value)
 
 
-S = Stage
-_NOT_DISPATCHED = (S.DEFINED, S.WAITING_LOCKS, S.PENDING_SUBMIT)
-_WITH_BACKEND = (S.DISPATCHING, S.SUBMITTED, S.RUNNING, S.ABORTING)
+_NOT_DISPATCHED = (Stage.DEFINED, Stage.WAITING_LOCKS, Stage.PENDING_SUBMIT)
+_WITH_BACKEND = (Stage.DISPATCHING, Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING)
 
 
 class Effect(StrEnum):
@@ -142,8 +141,11 @@ class Step:
         if target is None:
             return None
         flag = None
-        if Effect.DISPATCH_FLAG in self.effects and target in (S.PENDING_SUBMIT, S.DISPATCHING):
-            flag = target is S.DISPATCHING
+        if Effect.DISPATCH_FLAG in self.effects and target in (
+            Stage.PENDING_SUBMIT,
+            Stage.DISPATCHING,
+        ):
+            flag = target is Stage.DISPATCHING
         final = target.status.is_final
         ends = final and not stage.status.is_final
         return Move(
@@ -181,32 +183,35 @@ _FLAG = (Effect.DISPATCH_FLAG,)
 
 WAIT_FOR_LOCKS = _step(
     "wait_for_locks",
-    _to(S.WAITING_LOCKS, S.DEFINED),
+    _to(Stage.WAITING_LOCKS, Stage.DEFINED),
     "the run names locks",
     fields=("waiting_since",),
 )
 READY_TO_DISPATCH = _step(
     "ready_to_dispatch",
-    _to(S.PENDING_SUBMIT, S.DEFINED, S.WAITING_LOCKS),
+    _to(Stage.PENDING_SUBMIT, Stage.DEFINED, Stage.WAITING_LOCKS),
     "it holds its locks",
     _FLAG,
 )
 LOCKS_LOST = _step(
     "locks_lost",
-    _to(S.WAITING_LOCKS, S.PENDING_SUBMIT),
+    _to(Stage.WAITING_LOCKS, Stage.PENDING_SUBMIT),
     "its lock lease ran out before the backend was called: wait again",
 )
 BEGIN_DISPATCH = _step(
     "begin_dispatch",
-    _to(S.DISPATCHING, S.PENDING_SUBMIT),
+    _to(Stage.DISPATCHING, Stage.PENDING_SUBMIT),
     "the backend is about to be called",
     _FLAG,
 )
 RECORD_SUBMISSION = _step(
     "record_submission",
     {
-        S.DISPATCHING: S.SUBMITTED,
-        **{s: s for s in (S.RUNNING, S.ABORTING, S.SUCCEDED, S.FAILED, S.ABORTED)},
+        Stage.DISPATCHING: Stage.SUBMITTED,
+        **{
+            s: s
+            for s in (Stage.RUNNING, Stage.ABORTING, Stage.SUCCEDED, Stage.FAILED, Stage.ABORTED)
+        },
     },
     "the backend took the job: identification keys and submission time stored with the status "
     "in one write (a run the job reported on, or stopped, meanwhile keeps its status)",
@@ -215,21 +220,21 @@ RECORD_SUBMISSION = _step(
 )
 REATTACH = _step(
     "reattach",
-    _to(S.SUBMITTED, S.DISPATCHING),
+    _to(Stage.SUBMITTED, Stage.DISPATCHING),
     "resumed after the executor stopped mid-dispatch, and the job's identification keys "
     "(reported by the job) find it on the backend",
     fields=_MESSAGE,
 )
 DISPATCH_REFUSED = _step(
     "dispatch_refused",
-    _to(S.FAILED, S.DISPATCHING, S.ABORTING),
+    _to(Stage.FAILED, Stage.DISPATCHING, Stage.ABORTING),
     "the backend certainly did not start the job",
     ENDS,
     _MESSAGE,
 )
 DISPATCH_DEFERRED = _step(
     "dispatch_deferred",
-    {S.DISPATCHING: S.PENDING_SUBMIT, S.ABORTING: S.ABORTED},
+    {Stage.DISPATCHING: Stage.PENDING_SUBMIT, Stage.ABORTING: Stage.ABORTED},
     "the backend is unavailable and certainly did not start the job: sent again later (a run "
     "stopped meanwhile ends ABORTED)",
     {*_FLAG, *ENDS},
@@ -237,7 +242,7 @@ DISPATCH_DEFERRED = _step(
 )
 DISPATCH_UNKNOWN = _step(
     "dispatch_unknown",
-    _to(S.IN_DOUBT, S.DISPATCHING, S.ABORTING),
+    _to(Stage.IN_DOUBT, Stage.DISPATCHING, Stage.ABORTING),
     "the backend may or may not have the job (failed call, executor died mid-dispatch): never "
     "sent again",
     ENDS,
@@ -245,54 +250,54 @@ DISPATCH_UNKNOWN = _step(
 )
 REPORT_RUNNING = _step(
     "report_running",
-    _to(S.RUNNING, S.DISPATCHING, S.SUBMITTED),
+    _to(Stage.RUNNING, Stage.DISPATCHING, Stage.SUBMITTED),
     "the job runs",
     fields=_MESSAGE,
 )
 REPORT_SUCCEEDED = _step(
     "report_succeeded",
-    _to(S.SUCCEDED, *_WITH_BACKEND),
+    _to(Stage.SUCCEDED, *_WITH_BACKEND),
     "the backend or the job says it ended",
     ENDS,
     _MESSAGE,
 )
 REPORT_FAILED = _step(
     "report_failed",
-    _to(S.FAILED, *_WITH_BACKEND),
+    _to(Stage.FAILED, *_WITH_BACKEND),
     "the backend or the job says it failed",
     ENDS,
     _MESSAGE,
 )
 REPORT_ABORTED = _step(
     "report_aborted",
-    _to(S.ABORTED, *_WITH_BACKEND),
+    _to(Stage.ABORTED, *_WITH_BACKEND),
     "the backend or the job says it was stopped",
     ENDS,
     _MESSAGE,
 )
 JOB_LOST = _step(
     "job_lost",
-    _to(S.FAILED, S.SUBMITTED, S.RUNNING, S.ABORTING),
+    _to(Stage.FAILED, Stage.SUBMITTED, Stage.RUNNING, Stage.ABORTING),
     "the backend no longer knows the job",
     ENDS,
     _MESSAGE,
 )
 ABORT_UNDISPATCHED = _step(
     "abort_undispatched",
-    _to(S.ABORTED, *_NOT_DISPATCHED),
+    _to(Stage.ABORTED, *_NOT_DISPATCHED),
     "stopped before the backend was called: ABORTED at once",
     ENDS,
     _MESSAGE,
 )
 BEGIN_ABORT = _step(
     "begin_abort",
-    _to(S.ABORTING, S.DISPATCHING, S.SUBMITTED, S.RUNNING),
+    _to(Stage.ABORTING, Stage.DISPATCHING, Stage.SUBMITTED, Stage.RUNNING),
     "stopped while the backend has (or may have) the job: the backend is asked to stop it",
     fields=("abort_force",),
 )
 LOCK_WAIT_EXPIRED = _step(
     "lock_wait_expired",
-    _to(S.ABORTED, S.DEFINED, S.WAITING_LOCKS),
+    _to(Stage.ABORTED, Stage.DEFINED, Stage.WAITING_LOCKS),
     "it waited longer than the spec's maxLockWaitSeconds",
     ENDS,
     _MESSAGE,
@@ -300,7 +305,7 @@ LOCK_WAIT_EXPIRED = _step(
 
 REPORT_QUEUED = _step(
     "report_queued",
-    {S.SUBMITTED: S.SUBMITTED},
+    {Stage.SUBMITTED: Stage.SUBMITTED},
     "the backend holds the job in its queue: why (its message) is recorded, the status stays",
     fields=_MESSAGE,
 )

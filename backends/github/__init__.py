@@ -99,7 +99,7 @@ class Instance(kit.RestInstance):
 
 
 @dataclass(frozen=True)
-class _Known:
+class _WorkflowRun:
     instance: str
     client: GitHubClient
     repository: str
@@ -134,10 +134,10 @@ class GitHubActionsBackend(kit.KitBackend[Instance, GitHubClient]):
                 f"label {WORKFLOW_LABEL} is required (a file name such as deploy.yml, or an id)"
             )
 
-    def _known(self, keys: Mapping[str, str]) -> _Known:
+    def _known(self, keys: Mapping[str, str]) -> _WorkflowRun:
         repository, run_id = kit.required(keys, "githubRepository", "githubRunId")
         instance, client = self.known(keys)
-        return _Known(instance.name, client, repository, run_id)
+        return _WorkflowRun(instance.name, client, repository, run_id)
 
     # ------------------------------------------------------------------ submit
 
@@ -334,7 +334,7 @@ class GitHubActionsBackend(kit.KitBackend[Instance, GitHubClient]):
             self._logs_bytes -= len(dropped)
 
     async def _block(
-        self, known: _Known, job: Mapping[str, Any], run_completed: bool
+        self, known: _WorkflowRun, job: Mapping[str, Any], run_completed: bool
     ) -> bytes | None:
         """A completed job's part of the output, or None while its log is not there yet."""
         job_id = str(job.get("id"))
