@@ -14,7 +14,6 @@ from pydantic import (
     ConfigDict,
     field_serializer,
     field_validator,
-    model_serializer,
     model_validator,
 )
 from pydantic import Field as PField
@@ -210,7 +209,22 @@ class SubmitResponse(WireModel):
     run_id: int = PField(serialization_alias="runId")
 
 
+def _waiting_for_is_optional(schema: dict[str, Any]) -> None:
+    required = schema.get("required")
+    if isinstance(required, list) and "waitingFor" in required:
+        required.remove("waitingFor")
+
+
 class RunInfo(WireModel):
+    # the document says what the server sends: every original field, always (null included);
+    # ``waitingFor`` only while the run waits for locks
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_waiting_for_is_optional,
+    )
+
     id: int
     parent_id: int | None = PField(default=None, serialization_alias="parentId")
     status: RunStatus
@@ -222,6 +236,10 @@ class RunInfo(WireModel):
     waiting_for: list[int] | None = PField(
         default=None,
         serialization_alias="waitingFor",
+        # the original ASCOB fields are always there (null included); extras only when set.
+        # A field-level rule, not a wrap model serializer: that one's return type (a dict)
+        # would replace the typed model in the document's serialization schema
+        exclude_if=lambda value: value is None,
         description="WAITING_LOCKS only: the runs this run waits for (holders of its locks, "
         "and earlier waiters its locks are reserved for). Absent otherwise.",
     )
@@ -244,15 +262,6 @@ class RunInfo(WireModel):
     )
     locks: list[str] = PField(default_factory=list, description="The lock keys it needs.")
     manual_start: bool = PField(default=False, serialization_alias="manualStart")
-
-    @model_serializer(mode="wrap")
-    def _drop_absent_extras(self, handler: Any) -> dict[str, Any]:
-        # the original ASCOB fields are always there (null included); extras only when set
-        data: dict[str, Any] = handler(self)
-        for extra in ("waitingFor", "waiting_for"):
-            if extra in data and data[extra] is None:
-                del data[extra]
-        return data
 
     @field_serializer("defined_time", "submission_time", "end_time")
     def _wire_time(self, value: datetime | None) -> str | None:
