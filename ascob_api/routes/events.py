@@ -128,7 +128,12 @@ def _api_key(request: Request) -> str | None:
     return request.headers.get("x-api-token")
 
 
-@router.post("/{runId}/events/ticket", response_model=EventsTicket, response_model_by_alias=True)
+@router.post(
+    "/{runId}/events/ticket",
+    operation_id="createEventsTicket",
+    response_model=EventsTicket,
+    response_model_by_alias=True,
+)
 async def events_ticket(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_output)
 ) -> EventsTicket:
@@ -140,6 +145,7 @@ async def events_ticket(
 
 @router.get(
     "/{runId}/events",
+    operation_id="streamRunEvents",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 @router.post(
     "",
+    operation_id="submitRun",
     response_model=SubmitResponse,
     response_model_by_alias=True,
     responses={
@@ -67,7 +68,7 @@ async def submit(
     return SubmitResponse(run_id=run.id)
 
 
-@router.get("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+@router.get("/{runId}", operation_id="getRun", response_model=RunInfo, response_model_by_alias=True)
 async def get_run(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
@@ -81,8 +82,18 @@ async def get_run(
     return info
 
 
-@router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
-@router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
+@router.get(
+    "/{runId}/refresh",
+    operation_id="getRefreshRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/refresh",
+    operation_id="refreshRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
 async def refresh(
     runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
@@ -90,8 +101,15 @@ async def refresh(
     return await services.refresh(runId, who.name)
 
 
-@router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
-@router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
+@router.get(
+    "/{runId}/start",
+    operation_id="getStartRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/start", operation_id="startRun", response_model=RunInfo, response_model_by_alias=True
+)
 async def start(
     runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
@@ -99,7 +117,9 @@ async def start(
     return RunInfo.of(await asyncio.to_thread(services.start, runId, who.name))
 
 
-@router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+@router.delete(
+    "/{runId}", operation_id="stopRun", response_model=RunInfo, response_model_by_alias=True
+)
 async def stop(
     runId: RunId,
     services: ServicesDep,
@@ -110,8 +130,18 @@ async def stop(
     return RunInfo.of(await services.abort(runId, force, who.name))
 
 
-@router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
-@router.post("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
+@router.get(
+    "/{runId}/resubmit",
+    operation_id="getResubmitRun",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/resubmit",
+    operation_id="resubmitRun",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+)
 async def resubmit(
     runId: RunId,
     services: ServicesDep,
@@ -124,7 +154,7 @@ async def resubmit(
     return SubmitResponse(run_id=run.id)
 
 
-@router.get("/{runId}/output.txt", response_class=PlainTextResponse)
+@router.get("/{runId}/output.txt", operation_id="getRunOutput", response_class=PlainTextResponse)
 async def output(
     runId: RunId,
     services: ServicesDep,
@@ -141,6 +171,7 @@ async def output(
 
 @router.post(
     "/{runId}/files/{fileId}",
+    operation_id="uploadRunFile",
     response_model=FileUploaded,
     response_model_by_alias=True,
     openapi_extra={
@@ -169,7 +200,12 @@ async def upload(
     return FileUploaded(run_id=runId, file_id=fileId, size=len(content))
 
 
-@router.get("/{runId}/callbacks", response_model=CallbackList, response_model_by_alias=True)
+@router.get(
+    "/{runId}/callbacks",
+    operation_id="listRunCallbacks",
+    response_model=CallbackList,
+    response_model_by_alias=True,
+)
 async def callbacks(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> CallbackList:

@@ -136,3 +136,54 @@ def test_real_run_answers_match_the_typed_run_info() -> None:
     response = search.call_and_validate(headers={"X-Api-Token": ROOT})
     assert len(response.json()["items"]) >= 4, response.text
     assert checked == 12
+
+
+OPERATION_IDS = {
+    ("post", "/api/runs"): "submitRun",
+    ("get", "/api/runs/{runId}"): "getRun",
+    ("delete", "/api/runs/{runId}"): "stopRun",
+    ("post", "/api/runs/{runId}/refresh"): "refreshRun",
+    ("get", "/api/runs/{runId}/refresh"): "getRefreshRun",
+    ("post", "/api/runs/{runId}/start"): "startRun",
+    ("get", "/api/runs/{runId}/start"): "getStartRun",
+    ("post", "/api/runs/{runId}/resubmit"): "resubmitRun",
+    ("get", "/api/runs/{runId}/resubmit"): "getResubmitRun",
+    ("get", "/api/runs/{runId}/output.txt"): "getRunOutput",
+    ("post", "/api/runs/{runId}/files/{fileId}"): "uploadRunFile",
+    ("get", "/api/runs/{runId}/callbacks"): "listRunCallbacks",
+    ("post", "/api/runs/{runId}/events/ticket"): "createEventsTicket",
+    ("get", "/api/runs/{runId}/events"): "streamRunEvents",
+    ("post", "/api/search/runs"): "searchRuns",
+    ("post", "/api/webhooks/runs/{webhookId}"): "webhookUpdateRun",
+    ("get", "/api/webhooks/runs/{webhookId}/files/{fileId}"): "webhookGetFile",
+    ("get", "/api/security/whoami"): "whoAmI",
+    ("get", "/api/security/tokens"): "listTokens",
+    ("post", "/api/security/tokens/{identifier}"): "createToken",
+    ("delete", "/api/security/tokens/{identifier}"): "deleteToken",
+    ("get", "/api/backends"): "listBackends",
+    ("get", "/api/locks"): "listLocks",
+    ("get", "/api/audit"): "searchAudit",
+    ("get", "/api/runs/{runId}/audit"): "getRunAudit",
+    ("get", "/api/health"): "health",
+}
+
+
+def test_every_operation_has_a_short_unique_id_and_one_tag() -> None:
+    """The ids become a generated client's method names: short, camelCase, one per operation
+    (GET and POST twins differ), and each operation is filed under one resource."""
+    with TestClient(_APP) as client:  # type: ignore[arg-type]
+        doc = client.get("/openapi.json").json()
+    found = {
+        (method, path): op
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    ids = [op["operationId"] for op in found.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert {key: found[key]["operationId"] for key in OPERATION_IDS if key in found} == (
+        OPERATION_IDS
+    )
+    for key, op in found.items():
+        assert op["operationId"].isidentifier() and "_" not in op["operationId"], key
+        assert len(op.get("tags", [])) == 1, key
