@@ -358,6 +358,20 @@ class EventsTicket(WireModel):
     expires_in: int = PField(serialization_alias="expiresIn", description="seconds")
 
 
+class CallbackAttemptView(WireModel):
+    at: datetime = PField(description="When the receiver's answer, or the error, came.")
+    status: int | None = PField(
+        default=None, description="The HTTP status the receiver answered; null if none came."
+    )
+    error: str | None = PField(
+        default=None, description="Why the attempt failed (a non-2xx status, a network error)."
+    )
+
+    @field_serializer("at")
+    def _wire_time(self, value: datetime) -> str | None:
+        return wire_time(value)
+
+
 class CallbackView(WireModel):
     url: str
     state: str = PField(description="pending, delivered or failed (given up)")
@@ -367,6 +381,11 @@ class CallbackView(WireModel):
     last_error: str | None = PField(default=None, serialization_alias="lastError")
     next_attempt_at: datetime | None = PField(default=None, serialization_alias="nextAttemptAt")
     delivered_at: datetime | None = PField(default=None, serialization_alias="deliveredAt")
+    attempt_log: list[CallbackAttemptView] = PField(
+        default_factory=list,
+        serialization_alias="attemptLog",
+        description="Every attempt, oldest first: when, the HTTP status or the error.",
+    )
 
     @field_serializer("last_attempt_at", "next_attempt_at", "delivered_at")
     def _wire_time(self, value: datetime | None) -> str | None:

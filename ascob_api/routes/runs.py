@@ -12,6 +12,7 @@ from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
 from ascob_api.security import Identity, Permission
 from ascob_api.wire import (
+    CallbackAttemptView,
     CallbackList,
     CallbackView,
     FileUploaded,
@@ -209,9 +210,11 @@ async def upload(
 async def callbacks(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> CallbackList:
-    """The delivery of the run's callback: state, attempts, last answer or error."""
+    """The delivery of the run's callback: state, attempts, last answer or error, and each
+    attempt (when, the HTTP status or the error)."""
     await services.db.get_run(runId)
     deliveries = await services.db.callbacks_of(runId)
+    attempts = await services.db.callback_attempts_of([d.id for d in deliveries if d.id])
     return CallbackList(
         items=[
             CallbackView(
@@ -223,6 +226,10 @@ async def callbacks(
                 last_error=d.last_error,
                 next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
                 delivered_at=d.delivered_at,
+                attempt_log=[
+                    CallbackAttemptView(at=a.at, status=a.status, error=a.error)
+                    for a in attempts.get(d.id or 0, [])
+                ],
             )
             for d in deliveries
         ]
