@@ -290,6 +290,27 @@ class RunInfo(WireModel):
         )
 
 
+class DryRunLock(WireModel):
+    key: str
+    holder_run_id: int | None = PField(default=None, serialization_alias="holderRunId")
+    waiting_run_ids: list[int] = PField(default_factory=list, serialization_alias="waitingRunIds")
+
+
+class DryRunResult(WireModel):
+    """What ``POST /api/runs`` would do with this spec, nothing created."""
+
+    valid: bool = True
+    backend_id: str = PField(serialization_alias="backendId")
+    labels: dict[str, str]
+    parameters: dict[str, str]
+    locks: list[DryRunLock]
+    would_wait: bool = PField(
+        serialization_alias="wouldWait",
+        description="A lock it needs is held or waited for now: the run would wait.",
+    )
+    checks: list[str] = PField(description="What the backend verified, for a person.")
+
+
 class SearchRunRequest(InputModel):
     submitter_filter: str | None = PField(default=None, alias="submitterFilter")
     status_filter: list[RunStatus] | None = PField(default=None, alias="statusFilter")

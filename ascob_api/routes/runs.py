@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
@@ -15,13 +15,17 @@ from ascob_api.wire import (
     CallbackAttemptView,
     CallbackList,
     CallbackView,
+    DryRunLock,
+    DryRunResult,
     FileUploaded,
     RunInfo,
     SubmitRequest,
     SubmitResponse,
 )
+from ascob_flows.errors import InvalidSpec
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
+from backends import SpecRejected
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -67,6 +71,54 @@ async def submit(
     assert run.id is not None
     response.headers["Idempotent-Replayed"] = str(replayed).lower()
     return SubmitResponse(run_id=run.id)
+
+
+@router.post(
+    "/validate",
+    operation_id="validateRun",
+    response_model=DryRunResult,
+    response_model_by_alias=True,
+)
+async def validate(
+    body: SubmitRequest,
+    services: ServicesDep,
+    _: Identity = require(Permission.job_submit),
+) -> DryRunResult:
+    """Dry run: the checks of a submission and the backend's deep check; creates nothing (no
+    run, no flow run, no place in a lock queue). 400 with the body the submission would get."""
+    spec, backend_id = await asyncio.to_thread(services.dry_run_spec, body.job_spec)
+    backend = services.backends.get(backend_id)
+    try:
+        checks = await backend.check(spec.labels, spec.parameters)
+    except SpecRejected as exc:
+        raise InvalidSpec(str(exc)) from None
+    held = {info.key: info for info in await services.locks.snapshot()}  # unavailable: 503
+    locks = [
+        DryRunLock(
+            key=lock.key,
+            holder_run_id=held[lock.key].holder if lock.key in held else None,
+            waiting_run_ids=list(held[lock.key].waiting) if lock.key in held else [],
+        )
+        for lock in spec.locks
+    ]
+    return DryRunResult(
+        backend_id=backend_id,
+        labels=dict(spec.labels),
+        parameters=dict(spec.parameters),
+        locks=locks,
+        would_wait=any(lock.holder_run_id is not None or lock.waiting_run_ids for lock in locks),
+        checks=checks,
+    )
+
+
+@router.api_route("/validate", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def validate_other_methods() -> JSONResponse:
+    """``/api/runs/validate`` is not a run id: other methods are 405, not a 400 about runId."""
+    return JSONResponse(
+        {"status": 405, "error": "Method Not Allowed: POST only"},
+        status_code=405,
+        headers={"Allow": "POST"},
+    )
 
 
 @router.get("/{runId}", operation_id="getRun", response_model=RunInfo, response_model_by_alias=True)
