@@ -1,6 +1,8 @@
 """Structured logs (structlog over the standard library): console or JSON lines.
 
-Lines about a run carry its id as ``runId`` (and say ``run N`` in the message).
+Lines about a run carry its id as ``runId`` (and say ``run N`` in the message). The console
+format is one line per event for a person: no ``message=`` repeating the text, none of the
+Prefect engine's fields (``flow_run_id``...); the JSON format keeps every field.
 
 An error's traceback is plain text without local variables (a rich traceback with locals would
 print the caller's token and the whole Settings, and rendering it blocked the API for seconds),
@@ -58,6 +60,35 @@ def _redact_processor(
     }
 
 
+# what the Prefect engine's run loggers add to every record: kept in JSON lines, not shown to a
+# person (the message already says which run)
+_ENGINE_FIELDS = frozenset(
+    {
+        "flow_name",
+        "flow_run_id",
+        "flow_run_name",
+        "task_name",
+        "task_run_id",
+        "task_run_name",
+        "worker_id",
+        "deployment_name",
+        "send_to_api",
+    }
+)
+
+
+def _for_a_person(
+    _: object, __: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The console's line: what happened and the run id, without the engine's fields, and
+    without ``message`` (the record's text again, set when another handler formatted it)."""
+    return {
+        k: v
+        for k, v in event.items()
+        if k not in _ENGINE_FIELDS and not (k == "message" and v == event.get("event"))
+    }
+
+
 def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -80,6 +111,7 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
             # plain text, no local variables; formatted here so that it is redacted too
             structlog.processors.format_exc_info,
             _redact_processor,
+            *([] if fmt == "json" else [_for_a_person]),
             renderer,
         ],
     )

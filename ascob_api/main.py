@@ -145,7 +145,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
             yaml.safe_dump(app.openapi(), sort_keys=False), media_type="application/yaml"
         )
 
-    @app.get("/api/health", tags=["health"])
+    @app.get("/api/health", operation_id="health", tags=["health"])
     async def health() -> dict[str, Any]:
         """Liveness: answers without a token."""
         return {"status": "ok"}

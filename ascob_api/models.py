@@ -81,6 +81,19 @@ class CallbackDelivery(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class CallbackAttempt(SQLModel, table=True):
+    """One attempt of a callback delivery: when its answer (or error) came, the HTTP status if
+    the receiver answered, the error if it failed (as webhook providers list deliveries)."""
+
+    __tablename__ = "callback_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(index=True)
+    at: datetime = Field(default_factory=utcnow)
+    status: int | None = None
+    error: str | None = None
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what, when: an action on a run or a token. Never a secret."""
 

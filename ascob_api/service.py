@@ -92,6 +92,12 @@ class Services:
             raise InvalidSpec(str(exc)) from exc
         return backend.id
 
+    def dry_run_spec(self, spec: JobSpec) -> tuple[JobSpec, str]:
+        """The submission's cheap checks, recording nothing: the spec as it would run (runtime
+        variables replaced as for a run numbered 0) and the backend that would run it."""
+        effective = substitute(spec, 0, "") if spec.runtime_variables else spec
+        return effective, self._check_spec(effective)
+
     def submit(self, spec: JobSpec, owner: str, idempotency_key: str | None) -> tuple[Run, bool]:
         """A portal's submission: the run, and whether it is a replay of an earlier submission
         with the same ``Idempotency-Key`` (same token, same body: the same run, nothing new)."""

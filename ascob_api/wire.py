@@ -14,7 +14,6 @@ from pydantic import (
     ConfigDict,
     field_serializer,
     field_validator,
-    model_serializer,
     model_validator,
 )
 from pydantic import Field as PField
@@ -210,7 +209,22 @@ class SubmitResponse(WireModel):
     run_id: int = PField(serialization_alias="runId")
 
 
+def _waiting_for_is_optional(schema: dict[str, Any]) -> None:
+    required = schema.get("required")
+    if isinstance(required, list) and "waitingFor" in required:
+        required.remove("waitingFor")
+
+
 class RunInfo(WireModel):
+    # the document says what the server sends: every original field, always (null included);
+    # ``waitingFor`` only while the run waits for locks
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_waiting_for_is_optional,
+    )
+
     id: int
     parent_id: int | None = PField(default=None, serialization_alias="parentId")
     status: RunStatus
@@ -222,6 +236,10 @@ class RunInfo(WireModel):
     waiting_for: list[int] | None = PField(
         default=None,
         serialization_alias="waitingFor",
+        # the original ASCOB fields are always there (null included); extras only when set.
+        # A field-level rule, not a wrap model serializer: that one's return type (a dict)
+        # would replace the typed model in the document's serialization schema
+        exclude_if=lambda value: value is None,
         description="WAITING_LOCKS only: the runs this run waits for (holders of its locks, "
         "and earlier waiters its locks are reserved for). Absent otherwise.",
     )
@@ -244,15 +262,6 @@ class RunInfo(WireModel):
     )
     locks: list[str] = PField(default_factory=list, description="The lock keys it needs.")
     manual_start: bool = PField(default=False, serialization_alias="manualStart")
-
-    @model_serializer(mode="wrap")
-    def _drop_absent_extras(self, handler: Any) -> dict[str, Any]:
-        # the original ASCOB fields are always there (null included); extras only when set
-        data: dict[str, Any] = handler(self)
-        for extra in ("waitingFor", "waiting_for"):
-            if extra in data and data[extra] is None:
-                del data[extra]
-        return data
 
     @field_serializer("defined_time", "submission_time", "end_time")
     def _wire_time(self, value: datetime | None) -> str | None:
@@ -279,6 +288,27 @@ class RunInfo(WireModel):
             locks=list(run.lock_keys),
             manual_start=run.manual_start,
         )
+
+
+class DryRunLock(WireModel):
+    key: str
+    holder_run_id: int | None = PField(default=None, serialization_alias="holderRunId")
+    waiting_run_ids: list[int] = PField(default_factory=list, serialization_alias="waitingRunIds")
+
+
+class DryRunResult(WireModel):
+    """What ``POST /api/runs`` would do with this spec, nothing created."""
+
+    valid: bool = True
+    backend_id: str = PField(serialization_alias="backendId")
+    labels: dict[str, str]
+    parameters: dict[str, str]
+    locks: list[DryRunLock]
+    would_wait: bool = PField(
+        serialization_alias="wouldWait",
+        description="A lock it needs is held or waited for now: the run would wait.",
+    )
+    checks: list[str] = PField(description="What the backend verified, for a person.")
 
 
 class SearchRunRequest(InputModel):
@@ -349,6 +379,20 @@ class EventsTicket(WireModel):
     expires_in: int = PField(serialization_alias="expiresIn", description="seconds")
 
 
+class CallbackAttemptView(WireModel):
+    at: datetime = PField(description="When the receiver's answer, or the error, came.")
+    status: int | None = PField(
+        default=None, description="The HTTP status the receiver answered; null if none came."
+    )
+    error: str | None = PField(
+        default=None, description="Why the attempt failed (a non-2xx status, a network error)."
+    )
+
+    @field_serializer("at")
+    def _wire_time(self, value: datetime) -> str | None:
+        return wire_time(value)
+
+
 class CallbackView(WireModel):
     url: str
     state: str = PField(description="pending, delivered or failed (given up)")
@@ -358,6 +402,11 @@ class CallbackView(WireModel):
     last_error: str | None = PField(default=None, serialization_alias="lastError")
     next_attempt_at: datetime | None = PField(default=None, serialization_alias="nextAttemptAt")
     delivered_at: datetime | None = PField(default=None, serialization_alias="deliveredAt")
+    attempt_log: list[CallbackAttemptView] = PField(
+        default_factory=list,
+        serialization_alias="attemptLog",
+        description="Every attempt, oldest first: when, the HTTP status or the error.",
+    )
 
     @field_serializer("last_attempt_at", "next_attempt_at", "delivered_at")
     def _wire_time(self, value: datetime | None) -> str | None:

@@ -152,6 +152,14 @@ class Backend(abc.ABC):
     def validate(self, labels: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`SpecRejected` if the labels cannot run here."""
 
+    async def check(self, labels: Mapping[str, str], parameters: Mapping[str, str]) -> list[str]:
+        """The dry run's deep check (``POST /api/runs/validate``): ask the backend's server
+        whether this job could run (the job exists, takes these parameters...); raise
+        :class:`SpecRejected` if not. Returns what was verified, for a person. By default only
+        the cheap check, :meth:`validate`, which submission runs too."""
+        self.validate(labels)
+        return [f"{self.id}: the labels are valid (no deeper check for this backend)"]
+
     @abc.abstractmethod
     async def submit(self, job: Job) -> dict[str, str]:
         """Start the job; return the identification keys that find it again."""

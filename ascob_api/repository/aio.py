@@ -8,7 +8,7 @@ import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ascob_api.models import ApiToken, AuditEvent, CallbackDelivery, Run
+from ascob_api.models import ApiToken, AuditEvent, CallbackAttempt, CallbackDelivery, Run
 from ascob_flows.ports import AsyncRunRepository
 from ascob_flows.status import RunStatus
 
@@ -93,3 +93,8 @@ class AsyncRepository(AsyncRunRepository):
 
     async def callbacks_of(self, run_id: int) -> list[CallbackDelivery]:
         return await asyncio.to_thread(self.repo.callbacks_of, run_id)
+
+    async def callback_attempts_of(
+        self, delivery_ids: list[int]
+    ) -> dict[int, list[CallbackAttempt]]:
+        return await asyncio.to_thread(self.repo.callback_attempts_of, delivery_ids)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
-from ascob_api.models import CallbackDelivery
+from ascob_api.models import CallbackAttempt, CallbackDelivery
 from ascob_api.repository.base import Store
 from ascob_flows.clock import utcnow
 
@@ -69,6 +69,7 @@ class Callbacks(Store):
     def callback_delivered(self, delivery_id: int, status: int | None) -> None:
         self._callback_update(
             delivery_id,
+            CallbackAttempt(delivery_id=delivery_id, status=status),
             state="delivered",
             delivered_at=utcnow(),
             last_status=status,
@@ -84,10 +85,13 @@ class Callbacks(Store):
             fields.update(state="failed", claimed_until=None)
         else:
             fields.update(next_attempt_at=retry_at, claimed_until=None)
-        self._callback_update(delivery_id, **fields)
+        attempt = CallbackAttempt(delivery_id=delivery_id, status=status, error=error[:1000])
+        self._callback_update(delivery_id, attempt, **fields)
 
-    def _callback_update(self, delivery_id: int, **fields: Any) -> None:
+    def _callback_update(self, delivery_id: int, attempt: CallbackAttempt, **fields: Any) -> None:
+        """The delivery's new state and the attempt's record, in one transaction."""
         with self.session() as s:
+            s.add(attempt)
             s.exec(
                 update(CallbackDelivery)
                 .where(col(CallbackDelivery.id) == delivery_id)
@@ -104,3 +108,18 @@ class Callbacks(Store):
                     .order_by(col(CallbackDelivery.id))
                 ).all()
             )
+
+    def callback_attempts_of(self, delivery_ids: list[int]) -> dict[int, list[CallbackAttempt]]:
+        """Each delivery's attempts, oldest first."""
+        found: dict[int, list[CallbackAttempt]] = {i: [] for i in delivery_ids}
+        if not delivery_ids:
+            return found
+        with self.reading() as s:
+            rows = s.exec(
+                select(CallbackAttempt)
+                .where(col(CallbackAttempt.delivery_id).in_(delivery_ids))
+                .order_by(col(CallbackAttempt.id))
+            ).all()
+        for row in rows:
+            found[row.delivery_id].append(row)
+        return found

@@ -48,7 +48,12 @@ def _utc(name: str, value: str | None) -> datetime | None:
 _TIME = {"format": "date-time"}
 
 
-@router.get("/api/audit", response_model=AuditResponse, response_model_by_alias=True)
+@router.get(
+    "/api/audit",
+    operation_id="searchAudit",
+    response_model=AuditResponse,
+    response_model_by_alias=True,
+)
 async def search_audit(
     services: ServicesDep,
     _: Identity = require(Permission.audit_read),
@@ -75,7 +80,12 @@ async def search_audit(
     return _entries(events)
 
 
-@router.get("/api/runs/{runId}/audit", response_model=AuditResponse, response_model_by_alias=True)
+@router.get(
+    "/api/runs/{runId}/audit",
+    operation_id="getRunAudit",
+    response_model=AuditResponse,
+    response_model_by_alias=True,
+)
 async def run_audit(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.audit_read)
 ) -> AuditResponse:

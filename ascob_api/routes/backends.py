@@ -18,7 +18,7 @@ class BackendInfo(BaseModel):
     instances: list[str] = []
 
 
-@router.get("", response_model=list[BackendInfo])
+@router.get("", operation_id="listBackends", response_model=list[BackendInfo])
 async def list_backends(
     services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> list[BackendInfo]:

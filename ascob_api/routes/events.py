@@ -4,10 +4,13 @@ Events: ``status`` (data: the RunInfo as JSON) whenever the status changes, ``ou
 line of output, without its newline) as the backend prints, and a last ``end`` (data: the final
 RunInfo) once the run is final and its output complete.
 
-Every event carries an ``id:``: the output byte offset (as in ``output.txt``) reached after it. A
-client that reconnects sends it back as ``Last-Event-ID`` (a browser's EventSource does so by
-itself) or as ``offset``, and the stream resumes after it: the current status first, then the
-output lines from there, none repeated, none lost.
+Every event carries its own ``id:``, which starts with the output byte offset (as in
+``output.txt``) reached after it: an output line that moved the offset has that offset alone
+(``17``); an event that did not (a status, the end, ASCOB's own lines) has it followed by a dot
+and the event's number in the stream (``17.5``), so no two events share an id. A client that
+reconnects sends it back as ``Last-Event-ID`` (a browser's EventSource does so by itself) or the
+offset as ``offset``, and the stream resumes after that offset: the current status first, then
+the output lines from there, none repeated, none lost.
 
 A browser's ``EventSource`` cannot send the ``X-Api-Token`` header: the page asks its backend for a
 short-lived, run-scoped, read-only ticket (``POST /api/runs/{runId}/events/ticket``) and opens
@@ -44,8 +47,20 @@ async def run_events(
     services: Services, run_id: int, offset: int, interval: float
 ) -> AsyncIterator[ServerSentEvent]:
     """Poll the run and its output; yield what changed, until the run ends. Each event's id is
-    the backend output offset up to the end of the last complete line sent."""
+    the backend output offset up to the end of the last complete line sent, followed by
+    ``.<number of the event>`` when the event did not move that offset."""
     last_status: str | None = None
+    sent = 0  # events sent so far: numbers the ones that share an offset
+    last_offset_id = offset  # the offset the last bare id named
+
+    def event_id(moved: bool) -> str:
+        nonlocal sent, last_offset_id
+        sent += 1
+        if moved and consumed != last_offset_id:
+            last_offset_id = consumed
+            return str(consumed)
+        return f"{consumed}.{sent}"
+
     pending = ""  # a line the backend has not finished yet
     seen_prefix: tuple[int, str] | None = None
     rounds_after_end = 0
@@ -56,7 +71,7 @@ async def run_events(
         if run.status != last_status:
             last_status = run.status
             yield ServerSentEvent(
-                info.model_dump_json(by_alias=True), event="status", id=str(consumed)
+                info.model_dump_json(by_alias=True), event="status", id=event_id(False)
             )
         final = RunStatus(run.status).is_final
         more = not final
@@ -76,19 +91,20 @@ async def run_events(
         *lines, pending = (pending + text).split("\n")
         for line in lines:
             size = len(line.encode()) + 1
-            if ours > 0:
-                ours -= size
-            else:
+            moved = ours <= 0
+            if moved:
                 consumed += size
-            yield ServerSentEvent(line, event="output", id=str(consumed))
+            else:
+                ours -= size
+            yield ServerSentEvent(line, event="output", id=event_id(moved))
         if final:
             rounds_after_end += 1
         if final and (not more or rounds_after_end > _MAX_ROUNDS_AFTER_END):
             if pending:
                 consumed += len(pending.encode())
-                yield ServerSentEvent(pending, event="output", id=str(consumed))
+                yield ServerSentEvent(pending, event="output", id=event_id(True))
             yield ServerSentEvent(
-                info.model_dump_json(by_alias=True), event="end", id=str(consumed)
+                info.model_dump_json(by_alias=True), event="end", id=event_id(False)
             )
             return
         await asyncio.sleep(interval)
@@ -128,7 +144,12 @@ def _api_key(request: Request) -> str | None:
     return request.headers.get("x-api-token")
 
 
-@router.post("/{runId}/events/ticket", response_model=EventsTicket, response_model_by_alias=True)
+@router.post(
+    "/{runId}/events/ticket",
+    operation_id="createEventsTicket",
+    response_model=EventsTicket,
+    response_model_by_alias=True,
+)
 async def events_ticket(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_output)
 ) -> EventsTicket:
@@ -140,6 +161,7 @@ async def events_ticket(
 
 @router.get(
     "/{runId}/events",
+    operation_id="streamRunEvents",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
@@ -162,8 +184,9 @@ async def events(
         identity = request.app.state.tokens.identify(_api_key(request))
         identity.require(Permission.job_run_output)
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        at, _, number = last_event_id.partition(".")
+        if not at.isdigit() or not (number.isdigit() or "." not in last_event_id):
             raise BadRequest("Last-Event-ID: expected an event id sent by this stream")
-        offset = int(last_event_id)
+        offset = int(at)
     await services.db.get_run(runId)  # 404 now, not inside the stream
     return EventSourceResponse(run_events(services, runId, offset, interval), ping=15)

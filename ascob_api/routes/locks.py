@@ -38,7 +38,9 @@ class LocksResponse(WireModel):
     items: list[LockView]
 
 
-@router.get("", response_model=LocksResponse, response_model_by_alias=True)
+@router.get(
+    "", operation_id="listLocks", response_model=LocksResponse, response_model_by_alias=True
+)
 async def list_locks(
     services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> LocksResponse:

@@ -6,27 +6,33 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ascob_api.deps import RunId, ServicesDep, require
 from ascob_api.errors import BadRequest
 from ascob_api.security import Identity, Permission
 from ascob_api.wire import (
+    CallbackAttemptView,
     CallbackList,
     CallbackView,
+    DryRunLock,
+    DryRunResult,
     FileUploaded,
     RunInfo,
     SubmitRequest,
     SubmitResponse,
 )
+from ascob_flows.errors import InvalidSpec
 from ascob_flows.locks import LockStoreUnavailable
 from ascob_flows.status import RunStatus
+from backends import SpecRejected
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 @router.post(
     "",
+    operation_id="submitRun",
     response_model=SubmitResponse,
     response_model_by_alias=True,
     responses={
@@ -67,7 +73,55 @@ async def submit(
     return SubmitResponse(run_id=run.id)
 
 
-@router.get("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+@router.post(
+    "/validate",
+    operation_id="validateRun",
+    response_model=DryRunResult,
+    response_model_by_alias=True,
+)
+async def validate(
+    body: SubmitRequest,
+    services: ServicesDep,
+    _: Identity = require(Permission.job_submit),
+) -> DryRunResult:
+    """Dry run: the checks of a submission and the backend's deep check; creates nothing (no
+    run, no flow run, no place in a lock queue). 400 with the body the submission would get."""
+    spec, backend_id = await asyncio.to_thread(services.dry_run_spec, body.job_spec)
+    backend = services.backends.get(backend_id)
+    try:
+        checks = await backend.check(spec.labels, spec.parameters)
+    except SpecRejected as exc:
+        raise InvalidSpec(str(exc)) from None
+    held = {info.key: info for info in await services.locks.snapshot()}  # unavailable: 503
+    locks = [
+        DryRunLock(
+            key=lock.key,
+            holder_run_id=held[lock.key].holder if lock.key in held else None,
+            waiting_run_ids=list(held[lock.key].waiting) if lock.key in held else [],
+        )
+        for lock in spec.locks
+    ]
+    return DryRunResult(
+        backend_id=backend_id,
+        labels=dict(spec.labels),
+        parameters=dict(spec.parameters),
+        locks=locks,
+        would_wait=any(lock.holder_run_id is not None or lock.waiting_run_ids for lock in locks),
+        checks=checks,
+    )
+
+
+@router.api_route("/validate", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def validate_other_methods() -> JSONResponse:
+    """``/api/runs/validate`` is not a run id: other methods are 405, not a 400 about runId."""
+    return JSONResponse(
+        {"status": 405, "error": "Method Not Allowed: POST only"},
+        status_code=405,
+        headers={"Allow": "POST"},
+    )
+
+
+@router.get("/{runId}", operation_id="getRun", response_model=RunInfo, response_model_by_alias=True)
 async def get_run(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> RunInfo:
@@ -81,8 +135,18 @@ async def get_run(
     return info
 
 
-@router.get("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
-@router.post("/{runId}/refresh", response_model=RunInfo, response_model_by_alias=True)
+@router.get(
+    "/{runId}/refresh",
+    operation_id="getRefreshRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/refresh",
+    operation_id="refreshRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
 async def refresh(
     runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_refresh)
 ) -> RunInfo:
@@ -90,8 +154,15 @@ async def refresh(
     return await services.refresh(runId, who.name)
 
 
-@router.get("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
-@router.post("/{runId}/start", response_model=RunInfo, response_model_by_alias=True)
+@router.get(
+    "/{runId}/start",
+    operation_id="getStartRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/start", operation_id="startRun", response_model=RunInfo, response_model_by_alias=True
+)
 async def start(
     runId: RunId, services: ServicesDep, who: Identity = require(Permission.job_run_manual_start)
 ) -> RunInfo:
@@ -99,7 +170,9 @@ async def start(
     return RunInfo.of(await asyncio.to_thread(services.start, runId, who.name))
 
 
-@router.delete("/{runId}", response_model=RunInfo, response_model_by_alias=True)
+@router.delete(
+    "/{runId}", operation_id="stopRun", response_model=RunInfo, response_model_by_alias=True
+)
 async def stop(
     runId: RunId,
     services: ServicesDep,
@@ -110,8 +183,18 @@ async def stop(
     return RunInfo.of(await services.abort(runId, force, who.name))
 
 
-@router.get("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
-@router.post("/{runId}/resubmit", response_model=SubmitResponse, response_model_by_alias=True)
+@router.get(
+    "/{runId}/resubmit",
+    operation_id="getResubmitRun",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+)
+@router.post(
+    "/{runId}/resubmit",
+    operation_id="resubmitRun",
+    response_model=SubmitResponse,
+    response_model_by_alias=True,
+)
 async def resubmit(
     runId: RunId,
     services: ServicesDep,
@@ -124,7 +207,7 @@ async def resubmit(
     return SubmitResponse(run_id=run.id)
 
 
-@router.get("/{runId}/output.txt", response_class=PlainTextResponse)
+@router.get("/{runId}/output.txt", operation_id="getRunOutput", response_class=PlainTextResponse)
 async def output(
     runId: RunId,
     services: ServicesDep,
@@ -141,6 +224,7 @@ async def output(
 
 @router.post(
     "/{runId}/files/{fileId}",
+    operation_id="uploadRunFile",
     response_model=FileUploaded,
     response_model_by_alias=True,
     openapi_extra={
@@ -169,13 +253,20 @@ async def upload(
     return FileUploaded(run_id=runId, file_id=fileId, size=len(content))
 
 
-@router.get("/{runId}/callbacks", response_model=CallbackList, response_model_by_alias=True)
+@router.get(
+    "/{runId}/callbacks",
+    operation_id="listRunCallbacks",
+    response_model=CallbackList,
+    response_model_by_alias=True,
+)
 async def callbacks(
     runId: RunId, services: ServicesDep, _: Identity = require(Permission.job_run_read)
 ) -> CallbackList:
-    """The delivery of the run's callback: state, attempts, last answer or error."""
+    """The delivery of the run's callback: state, attempts, last answer or error, and each
+    attempt (when, the HTTP status or the error)."""
     await services.db.get_run(runId)
     deliveries = await services.db.callbacks_of(runId)
+    attempts = await services.db.callback_attempts_of([d.id for d in deliveries if d.id])
     return CallbackList(
         items=[
             CallbackView(
@@ -187,6 +278,10 @@ async def callbacks(
                 last_error=d.last_error,
                 next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
                 delivered_at=d.delivered_at,
+                attempt_log=[
+                    CallbackAttemptView(at=a.at, status=a.status, error=a.error)
+                    for a in attempts.get(d.id or 0, [])
+                ],
             )
             for d in deliveries
         ]

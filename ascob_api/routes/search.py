@@ -11,7 +11,12 @@ from ascob_api.wire import RunInfo, SearchRunRequest, SearchRunResponse
 router = APIRouter(prefix="/api/search", tags=["search"])
 
 
-@router.post("/runs", response_model=SearchRunResponse, response_model_by_alias=True)
+@router.post(
+    "/runs",
+    operation_id="searchRuns",
+    response_model=SearchRunResponse,
+    response_model_by_alias=True,
+)
 async def search_runs(
     body: SearchRunRequest,
     services: ServicesDep,

@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/security", tags=["security"])
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
-@router.get("/whoami", response_model=WhoAmIResponse)
+@router.get("/whoami", operation_id="whoAmI", response_model=WhoAmIResponse)
 async def whoami(identity: IdentityDep) -> WhoAmIResponse:
     """The presented token's identifier and permissions."""
     return WhoAmIResponse(
@@ -31,7 +31,9 @@ async def whoami(identity: IdentityDep) -> WhoAmIResponse:
     )
 
 
-@router.get("/tokens", response_model=TokenList, response_model_by_alias=True)
+@router.get(
+    "/tokens", operation_id="listTokens", response_model=TokenList, response_model_by_alias=True
+)
 async def list_tokens(
     services: ServicesDep, _: Identity = require(Permission.security_token_write)
 ) -> TokenList:
@@ -50,7 +52,7 @@ async def list_tokens(
     )
 
 
-@router.post("/tokens/{identifier}", response_model=CreateTokenResponse)
+@router.post("/tokens/{identifier}", operation_id="createToken", response_model=CreateTokenResponse)
 async def create_token(
     identifier: str,
     body: CreateTokenRequest,
@@ -72,7 +74,7 @@ async def create_token(
     return CreateTokenResponse(secret=secret)
 
 
-@router.delete("/tokens/{identifier}", response_model=TokenDeleted)
+@router.delete("/tokens/{identifier}", operation_id="deleteToken", response_model=TokenDeleted)
 async def delete_token(
     identifier: str, services: ServicesDep, who: Identity = require(Permission.security_token_write)
 ) -> TokenDeleted:

@@ -14,7 +14,12 @@ from ascob_api.wire import RunInfo, WebhookUpdate
 router = APIRouter(prefix="/api/webhooks/runs", tags=["webhooks"])
 
 
-@router.post("/{webhookId}", response_model=RunInfo, response_model_by_alias=True)
+@router.post(
+    "/{webhookId}",
+    operation_id="webhookUpdateRun",
+    response_model=RunInfo,
+    response_model_by_alias=True,
+)
 async def update_run(
     webhookId: str, body: WebhookUpdate, services: ServicesDep, identity: IdentityDep
 ) -> RunInfo:
@@ -31,7 +36,7 @@ async def update_run(
     return RunInfo.of(run)
 
 
-@router.get("/{webhookId}/files/{fileId}", response_class=Response)
+@router.get("/{webhookId}/files/{fileId}", operation_id="webhookGetFile", response_class=Response)
 async def get_file(
     webhookId: str,
     fileId: str,

@@ -66,6 +66,13 @@ class DummyBackend(kit.Backend):
     def accepts(self, labels: Mapping[str, str], description: str | None) -> bool:
         return "dummy" in (description or "").lower()
 
+    async def check(self, labels: Mapping[str, str], parameters: Mapping[str, str]) -> list[str]:
+        self.validate(labels)
+        return [
+            f"dummyBackend: would end {labels.get('status', 'SUCCEEDED').upper()} after "
+            f"{float(labels.get('duration', '0')):g} s"
+        ]
+
     def validate(self, labels: Mapping[str, str]) -> None:
         status = labels.get("status", "SUCCEEDED").upper()
         if status not in _FINAL_CHOICES:

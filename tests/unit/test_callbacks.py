@@ -9,18 +9,22 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ascob_api.callbacks import Allowlist, destination_allowed
+from ascob_api.db import create_schema, make_engine
 from ascob_api.main import create_app
+from ascob_api.repository import Repository
 from ascob_api.service import Services
 from tests.fakes.server import ServerThread
 from tests.unit.conftest import DUMMY, ROOT
@@ -124,6 +128,17 @@ def test_a_receiver_that_is_down_for_a_while_gets_it_later(
     )
     assert view[0]["attempts"] == 4  # 503, 500, a redirect (not followed), then 200
     assert len(receiver.received) == 4
+    # each attempt is listed, as webhook providers list deliveries: when, status or error
+    log = view[0]["attemptLog"]
+    assert [a["status"] for a in log] == [503, 500, 302, 200]
+    assert [a["error"] for a in log] == [
+        "HTTP 503",
+        "HTTP 500",
+        "HTTP 302: redirects are not followed",
+        None,
+    ]
+    times = [a["at"] for a in log]
+    assert times == sorted(times) and len(set(times)) == 4
 
 
 @pytest.mark.parametrize(
@@ -159,3 +174,28 @@ def test_callbacks_need_a_signing_secret(services: Services, api: TestClient) ->
         "/api/runs", json={"jobSpec": {"labels": DUMMY, "callbackUrl": "http://127.0.0.1/h"}}
     )
     assert r.status_code == 400 and "ASCOB_CALLBACK_SECRET" in r.json()["error"]
+
+
+def test_a_database_from_before_attempt_records_gains_them(tmp_path: Path) -> None:
+    """An existing database (deliveries, no attempts table) is upgraded in place by the schema
+    creation every process runs at start: its deliveries are listed, new attempts recorded."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    create_schema(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE callback_attempts")
+        conn.execute(
+            text(
+                "INSERT INTO callback_deliveries (run_id, url, state, attempts, next_attempt_at,"
+                " deadline, created_at) VALUES (7, 'http://127.0.0.1/h', 'pending', 0,"
+                " '2026-01-01 00:00:00', '2099-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    create_schema(engine)
+    repo = Repository(engine)
+    (old,) = repo.callbacks_of(7)
+    assert old.id is not None
+    repo.callback_failed(old.id, 500, "HTTP 500", None)
+    assert [(a.status, a.error) for a in repo.callback_attempts_of([old.id])[old.id]] == [
+        (500, "HTTP 500")
+    ]
+    engine.dispose()

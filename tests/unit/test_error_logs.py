@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -65,3 +67,38 @@ def test_settings_name_every_secret(services: Services, monkeypatch: pytest.Monk
     }
     found = services.settings.secret_values()
     assert {ROOT, WEBHOOK, DB_PASSWORD, BACKEND_TOKEN} <= set(found)
+
+
+def _log_as_the_engine_does(logs: pytest.CaptureFixture[str], fmt: str) -> str:
+    configure_logging(fmt, "INFO")
+    root = logging.getLogger()
+    # another handler formats the record first (as Prefect's API log handler does): the record
+    # then has a ``message`` attribute
+    root.handlers.insert(0, logging.StreamHandler(io.StringIO()))
+    # the fields Prefect's run logger adds to every record of a flow run
+    engine = {"flow_name": "ascob-run", "flow_run_id": "0f1e-2d3c", "flow_run_name": "brave-otter"}
+    logs.readouterr()
+    logging.getLogger("ascob.flow").info(
+        "run %s: dispatched to %s", 42, "dummyBackend", extra={**engine, "runId": 42}
+    )
+    out = logs.readouterr()
+    return out.err + out.out
+
+
+def test_the_console_log_is_one_readable_line_per_event(
+    logs: pytest.CaptureFixture[str],
+) -> None:
+    text = _log_as_the_engine_does(logs, "console")
+    (line,) = text.strip().splitlines()
+    assert "run 42: dispatched to dummyBackend" in line and "runId=42" in line
+    assert "message=" not in line, line
+    for field in ("flow_name", "flow_run_id", "flow_run_name"):
+        assert field not in line, line
+
+
+def test_the_json_log_keeps_every_field(logs: pytest.CaptureFixture[str]) -> None:
+    (line,) = _log_as_the_engine_does(logs, "json").strip().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "run 42: dispatched to dummyBackend" and record["runId"] == 42
+    assert record["flow_run_id"] == "0f1e-2d3c" and record["flow_name"] == "ascob-run"
+    assert record["flow_run_name"] == "brave-otter"

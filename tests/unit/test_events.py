@@ -59,6 +59,27 @@ async def test_events_carry_ids_and_resume_after_last_event_id(
     assert resumed[0][0] == "status"  # the current status comes first
 
 
+async def test_every_event_has_its_own_id_and_any_of_them_resumes_exactly(
+    services: Services, api: TestClient
+) -> None:
+    run_id = await finished_run(services, api)
+    whole = events(api, run_id, params={"interval": 0.2})
+    ids = [i for _, i, _ in whole]
+    assert len(ids) == len(set(ids)), whole  # the end does not repeat the last line's id
+    end_id = whole[-1][1]
+    last_line_id = [i for e, i, _ in whole if e == "output"][-1]
+    assert whole[-1][0] == "end" and end_id != last_line_id
+    # resuming after a status event or the end: from the offset they were sent at
+    first_status = next(i for e, i, _ in whole if e == "status")
+    again = events(api, run_id, params={"interval": 0.2}, headers={"Last-Event-ID": first_status})
+    assert [d for e, _, d in again if e == "output"] == ["alpha", "beta", "gamma"]
+    after_end = events(api, run_id, params={"interval": 0.2}, headers={"Last-Event-ID": end_id})
+    assert [e for e, _, _ in after_end if e == "output"] == []
+    assert after_end[-1][0] == "end"
+    bad = api.get(f"/api/runs/{run_id}/events", headers={"Last-Event-ID": "6.x"})
+    assert bad.status_code == 400
+
+
 async def test_a_ticket_opens_one_runs_events_for_a_minute(
     services: Services, api: TestClient
 ) -> None:
