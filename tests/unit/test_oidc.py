@@ -381,7 +381,8 @@ def test_with_a_submitter_claim_the_token_submits_as_that_user_only(
         alice = bearer(provider.token(preferred_username="alice"))
         r = client.post("/api/runs", json={"jobSpec": {"labels": DUMMY}}, headers=alice)
         assert r.status_code == 200, r.text
-        run = client.get(f"/api/runs/{r.json()['runId']}", headers=alice).json()
+        run_id = r.json()["runId"]
+        run = client.get(f"/api/runs/{run_id}", headers=alice).json()
         assert run["submitter"] == "alice"
 
         spec = {"labels": DUMMY, "submitter": "bob"}
@@ -389,6 +390,15 @@ def test_with_a_submitter_claim_the_token_submits_as_that_user_only(
         assert r.status_code == 403 and "'alice' only" in r.json()["error"]
         spec["submitter"] = "alice"
         assert client.post("/api/runs", json={"jobSpec": spec}, headers=alice).is_success
+
+        may_resubmit = bearer(
+            provider.token(preferred_username="alice", ascob_permissions=["job_run_resubmit"])
+        )
+        path = f"/api/runs/{run_id}/resubmit"
+        r = client.post(path, params={"submitter": "bob"}, headers=may_resubmit)
+        assert r.status_code == 403 and "'alice' only" in r.json()["error"]
+        r = client.post(path, params={"submitter": "alice"}, headers=may_resubmit)
+        assert r.status_code == 200, r.text
 
         assert "lacks the claim 'preferred_username'" in refusal(client, provider.token())
 
