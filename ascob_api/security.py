@@ -39,7 +39,8 @@ WEBHOOK = frozenset(p for p in Permission if p.value.startswith("webhook_"))
 class Scope:
     """Where a caller may act: these backends only (None: any), and runs whose every listed
     label matches one of its patterns (exact or ``*`` globs). Parsed and kept on the identity;
-    enforcing it is the scoped tokens' part of issue 25."""
+    fencing runs by it is the scoped tokens' part of issue 25: until then a scoped caller is
+    refused every permission (:meth:`Identity.require`)."""
 
     backends: tuple[str, ...] | None = None
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -89,6 +90,13 @@ class Identity:
     def require(self, permission: Permission) -> None:
         if permission not in self.permissions:
             raise Forbidden(f"token {self.name!r} lacks the permission {permission.value}")
+        if self.scope is not None:
+            # fail closed: until runs are fenced by scope, a caller meant to be fenced in gets
+            # nothing rather than everything (whoami still answers)
+            raise Forbidden(
+                f"token {self.name!r} carries a scope, and this ASCOB cannot fence runs by "
+                "scope yet: use a token without a scope"
+            )
 
     def submitter_for(self, requested: str | None) -> str | None:
         """The submitter a run asked for by this caller gets; a 403 if it may not be it."""

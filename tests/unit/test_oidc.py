@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ascob_api.cli import load_settings
 from ascob_api.main import create_app
 from ascob_api.oidc import OidcVerifier
 from ascob_api.security import Scope
@@ -257,6 +258,17 @@ async def test_the_scope_claim_is_kept_on_the_identity(provider: Provider, tmp_p
     assert (await verifier.identify(provider.token())).scope is None
 
 
+@pytest.mark.integration
+def test_a_scoped_token_is_refused_rather_than_let_out_of_its_fence(
+    oidc_api: TestClient, provider: Provider
+) -> None:
+    scope = {"backends": ["jenkinsBackend"]}
+    headers = bearer(provider.token(ascob_scope=scope))
+    assert oidc_api.get("/api/security/whoami", headers=headers).status_code == 200
+    r = oidc_api.post("/api/runs", json={"jobSpec": {"labels": DUMMY}}, headers=headers)
+    assert r.status_code == 403 and "cannot fence runs by scope yet" in r.json()["error"]
+
+
 # ---------------------------------------------------------------------------- refused
 
 
@@ -452,3 +464,14 @@ def test_no_token_content_reaches_the_log(
     for token in tokens:
         payload = token.split(".")[1]
         assert not [r for r in caplog.records if payload in r.getMessage()]
+
+
+def test_ascob_serve_names_the_missing_setting_and_stops(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ASCOB_HOME", str(tmp_path))
+    monkeypatch.setenv("ASCOB_OIDC_ISSUER", "https://sso.acme.example/realms/acme")
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    assert "configuration error: ASCOB_OIDC_AUDIENCE must be set" in capsys.readouterr().err
