@@ -34,7 +34,7 @@ from jwt.exceptions import (
 
 from ascob_api.errors import KeysUnavailable, Unauthorized
 from ascob_api.security import Identity, Permission, Scope, parse_scope
-from ascob_api.settings import Settings
+from ascob_api.settings import Settings, check_oidc_url
 
 log = logging.getLogger("ascob.oidc")
 
@@ -125,6 +125,7 @@ class JwksKeys:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri:
             raise ValueError(f"the discovery document at {url} has no jwks_uri")
+        check_oidc_url(f"the jwks_uri of {url}", jwks_uri)  # https, as the issuer
         self._jwks_url = jwks_uri  # discovery once; the keys' address does not move
         return jwks_uri
 

@@ -25,7 +25,7 @@ CsvList = Annotated[list[str], NoDecode]
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def _check_oidc_url(name: str, url: str) -> None:
+def check_oidc_url(name: str, url: str) -> None:
     """https, or http on loopback only (keys fetched in clear text could be replaced)."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
             )
         for name, url in (("ISSUER", self.oidc_issuer), ("JWKS_URL", self.oidc_jwks_url)):
             if url is not None:
-                _check_oidc_url(f"ASCOB_OIDC_{name}", url)
+                check_oidc_url(f"ASCOB_OIDC_{name}", url)
         for name, claim in (
             ("PERMISSIONS_CLAIM", self.oidc_permissions_claim),
             ("SCOPE_CLAIM", self.oidc_scope_claim),

@@ -70,6 +70,7 @@ class Provider:
     keys: list[Key]
     server: ServerThread | None = None
     down: bool = False
+    jwks_uri: str | None = None  # what discovery names; None: its own
     jwks_fetches: int = 0
     seen_auth: list[str] = field(default_factory=list)
 
@@ -82,9 +83,8 @@ class Provider:
         async def discovery(request: Request) -> Response:
             if self.down:
                 return PlainTextResponse("down", status_code=503)
-            return JSONResponse(
-                {"issuer": self.issuer, "jwks_uri": f"{self.issuer}/protocol/openid-connect/certs"}
-            )
+            jwks_uri = self.jwks_uri or f"{self.issuer}/protocol/openid-connect/certs"
+            return JSONResponse({"issuer": self.issuer, "jwks_uri": jwks_uri})
 
         async def certs(request: Request) -> Response:
             self.jwks_fetches += 1
@@ -379,6 +379,16 @@ def test_a_provider_nobody_listens_on_is_a_503(
     with client_for(services, oidc_settings(tmp_path, nowhere), clock) as client:
         r = client.get("/api/security/whoami", headers=bearer(provider.token()))
         assert r.status_code == 503 and "cannot be fetched" in r.json()["error"]
+
+
+@pytest.mark.integration
+def test_discovery_naming_keys_over_plain_http_elsewhere_is_not_followed(
+    oidc_api: TestClient, provider: Provider
+) -> None:
+    provider.jwks_uri = "http://keys.example/certs"
+    r = oidc_api.get("/api/security/whoami", headers=bearer(provider.token()))
+    assert r.status_code == 503 and "must be an https:// URL" in r.json()["error"]
+    assert provider.jwks_fetches == 0
 
 
 # ---------------------------------------------------------------------------- submitter
