@@ -4,6 +4,7 @@ the provider are in the integration layer (a socket); the rest stay unit."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -71,6 +72,7 @@ class Provider:
     server: ServerThread | None = None
     down: bool = False
     jwks_uri: str | None = None  # what discovery names; None: its own
+    hang: float = 0.0  # seconds the JWKS takes to answer
     jwks_fetches: int = 0
     seen_auth: list[str] = field(default_factory=list)
 
@@ -88,6 +90,7 @@ class Provider:
 
         async def certs(request: Request) -> Response:
             self.jwks_fetches += 1
+            await asyncio.sleep(self.hang)
             if self.down:
                 return PlainTextResponse("down", status_code=503)
             return JSONResponse({"keys": [k.jwk() for k in self.keys]})
@@ -141,8 +144,7 @@ def oidc_settings(tmp_path: Path, issuer: str, **extra: Any) -> Settings:
         job_manager_tokens=[],
         oidc_issuer=issuer,
         oidc_audience=AUDIENCE,
-        oidc_http_timeout=2.0,
-        **extra,
+        **{"oidc_http_timeout": 2.0, **extra},
     )
 
 
@@ -379,6 +381,39 @@ def test_a_provider_nobody_listens_on_is_a_503(
     with client_for(services, oidc_settings(tmp_path, nowhere), clock) as client:
         r = client.get("/api/security/whoami", headers=bearer(provider.token()))
         assert r.status_code == 503 and "cannot be fetched" in r.json()["error"]
+
+
+@pytest.mark.integration
+def test_a_provider_too_slow_to_answer_is_a_503_within_the_timeout(
+    services: Services, provider: Provider, tmp_path: Path, clock: Clock
+) -> None:
+    provider.hang = 3.0
+    settings = oidc_settings(tmp_path, provider.issuer, oidc_http_timeout=0.3)
+    with client_for(services, settings, clock) as client:
+        r = client.get("/api/security/whoami", headers=bearer(provider.token()))
+        assert r.status_code == 503 and "did not answer in time" in r.json()["error"]
+
+
+@pytest.mark.integration
+def test_a_named_jwks_url_without_discovery_and_a_token_without_kid(
+    services: Services, provider: Provider, tmp_path: Path, clock: Clock
+) -> None:
+    settings = Settings(
+        home=tmp_path,
+        root_token=ROOT,
+        oidc_jwks_url=f"{provider.issuer}/protocol/openid-connect/certs",
+        oidc_audience=AUDIENCE,
+    )
+    key = provider.keys[1]  # the only ES256 key: a token naming no kid finds it
+    now = int(time.time())
+    claims = {"aud": AUDIENCE, "sub": "svc", "exp": now + 60, "iss": "whoever"}
+    token = jwt.encode(claims, key.private, algorithm="ES256")
+    with client_for(services, settings, clock) as client:
+        r = client.get("/api/security/whoami", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"authorities": [], "identifier": "oidc:svc"}
+    provider.down = True  # discovery was never asked
+    assert provider.jwks_fetches == 1
 
 
 @pytest.mark.integration
