@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from ascob_api import cli_client
 from ascob_api.logsetup import configure_logging, redact
@@ -83,8 +84,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def load_settings() -> Settings:
+    """The settings, or a clear start-up error naming what is wrong (never a value: it could
+    be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            what = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            where = f"ASCOB_{where.upper()}: " if where else ""
+            typer.echo(f"ascob: configuration error: {where}{what}", err=True)
+        raise SystemExit(2) from None
+
+
 def _run(host: str, port: int, *, with_api: bool, with_executor: bool) -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     sock = _listen(host, port) if with_api else None
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from ascob_api.errors import BadRequest
+from ascob_api.errors import BadRequest, Unauthorized
+from ascob_api.oidc import OidcVerifier
 from ascob_api.security import Identity, Permission, TokenChecker
 from ascob_api.service import Services
 
 _api_key = APIKeyHeader(name="X-Api-Token", auto_error=False, description="ASCOB API token")
+_bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="An OIDC access token of the identity provider ASCOB_OIDC_ISSUER names "
+    "(when configured; see docs/api.md, Signing in from a portal)",
+)
 
 
 def get_services(request: Request) -> Services:
@@ -19,9 +27,22 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def get_identity(request: Request, secret: str | None = Depends(_api_key)) -> Identity:
-    checker: TokenChecker = request.app.state.tokens
-    return checker.identify(secret)
+async def get_identity(
+    request: Request,
+    secret: str | None = Depends(_api_key),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> Identity:
+    """X-Api-Token when given (as before), else an ``Authorization: Bearer`` JWT."""
+    if secret or bearer is None:
+        checker: TokenChecker = request.app.state.tokens
+        return await run_in_threadpool(checker.identify, secret)  # a repository read
+    verifier: OidcVerifier | None = request.app.state.oidc
+    if verifier is None:
+        raise Unauthorized(
+            "bearer tokens are not accepted here: OIDC is not configured (ASCOB_OIDC_ISSUER); "
+            "use the X-Api-Token header"
+        )
+    return await verifier.identify(bearer.credentials)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

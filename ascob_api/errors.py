@@ -6,11 +6,12 @@ handlers of :mod:`ascob_api.main`).
 
     AscobError
     ├── BadRequest        400  invalid spec, bad input, wrong state for the operation
-    ├── Unauthorized      401  missing, unknown or expired token
+    ├── Unauthorized      401  missing, unknown or expired token; a refused bearer JWT
     ├── Forbidden         403  valid token without the permission
     ├── NotFound          404  unknown run, file, webhook or token
     ├── Conflict          409  an Idempotency-Key used before with another body
-    └── BackendFailed     502  the backend did not answer a request made on the caller's behalf
+    ├── BackendFailed     502  the backend did not answer a request made on the caller's behalf
+    └── KeysUnavailable   503  the identity provider's signing keys (JWKS) cannot be fetched
 
     ascob_flows.errors.RunNotFound         404
     ascob_api.repository.RecordNotFound    404  unknown file or token
@@ -92,3 +93,10 @@ class Conflict(AscobError):
 
 class BackendFailed(AscobError):
     status_code = 502
+
+
+class KeysUnavailable(AscobError):
+    """A bearer JWT cannot be checked now: the identity provider's keys cannot be fetched.
+    A 503 (retry shortly), not a 401: the token may well be good."""
+
+    status_code = 503

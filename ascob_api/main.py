@@ -20,8 +20,16 @@ from starlette.routing import Match
 from ascob_api import __version__, openapi
 from ascob_api.callbacks import CallbackSender
 from ascob_api.deps import known_query_only
-from ascob_api.errors import DOMAIN_ERRORS, AscobError, domain_message, http_status
+from ascob_api.errors import (
+    DOMAIN_ERRORS,
+    AscobError,
+    KeysUnavailable,
+    Unauthorized,
+    domain_message,
+    http_status,
+)
 from ascob_api.limits import RequestLimits
+from ascob_api.oidc import OidcVerifier
 from ascob_api.routes import audit, backends, events, locks, runs, search, security, webhooks
 from ascob_api.security import TokenChecker
 from ascob_api.service import Services
@@ -90,6 +98,7 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.tokens = TokenChecker(services.settings, services.repo)
+    app.state.oidc = OidcVerifier(services.settings) if services.settings.oidc_enabled else None
     app.add_middleware(
         RequestLimits,
         max_request_bytes=services.settings.max_request_bytes,
@@ -100,7 +109,12 @@ def create_app(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
 
     @app.exception_handler(AscobError)
     async def _ascob_error(_: Request, exc: AscobError) -> JSONResponse:
-        return _error(exc.status_code, exc.message)
+        headers = None
+        if isinstance(exc, KeysUnavailable):
+            headers = {"Retry-After": "5"}
+        elif isinstance(exc, Unauthorized) and services.settings.oidc_enabled:
+            headers = {"WWW-Authenticate": 'Bearer realm="ascob"'}
+        return _error(exc.status_code, exc.message, headers)
 
     for kind in DOMAIN_ERRORS:
 

@@ -21,7 +21,7 @@ ERROR_SCHEMA = {
 
 _WHY = {
     400: "Invalid input (the message names the field), or the operation does not apply",
-    401: "Missing, unknown or expired X-Api-Token",
+    401: "Missing, unknown or expired X-Api-Token, or a refused bearer JWT (the message says why)",
     403: "The token lacks the permission",
     404: "No such run, webhook, file or token",
     409: "Conflict with the run's state (a job reporting before ASCOB dispatched it)",
@@ -29,7 +29,8 @@ _WHY = {
     415: "The body is not sent as application/json",
     500: "Unexpected error (logged on the server, without secrets)",
     502: "The backend did not answer a request made on the caller's behalf",
-    503: "The repository's database or the lock store does not answer: retry (Retry-After)",
+    503: "The repository's database, the lock store or the identity provider's keys (a bearer "
+    "JWT) cannot be reached: retry (Retry-After)",
 }
 
 # (method, path regex) -> the errors beyond those every authenticated route can give

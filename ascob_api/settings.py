@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -22,6 +22,17 @@ def _default_home() -> Path:
 
 
 CsvList = Annotated[list[str], NoDecode]
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def check_oidc_url(name: str, url: str) -> None:
+    """https, or http on loopback only (keys fetched in clear text could be replaced)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return
+    raise ValueError(f"{name} must be an https:// URL (http:// only on loopback), not {url!r}")
 
 
 class Settings(BaseSettings):
@@ -66,12 +77,55 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
+    # OIDC: portals sign in with their identity provider's JWTs (ascob_api.oidc, docs/api.md)
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+    oidc_permissions_claim: str = "ascob_permissions"
+    oidc_scope_claim: str = "ascob_scope"
+    oidc_submitter_claim: str | None = None
+    oidc_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    oidc_jwks_refetch_seconds: float = Field(default=30.0, ge=0)
+    oidc_jwks_max_age_seconds: float = Field(default=3600.0, gt=0)
+    oidc_http_timeout: float = Field(default=5.0, gt=0)
+
     @field_validator("job_manager_tokens", "webhook_tokens", "callback_allowlist", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        """A half-configured OIDC is refused at start-up, never discovered on the first call."""
+        if not self.oidc_enabled:
+            if self.oidc_audience or self.oidc_submitter_claim:
+                raise ValueError(
+                    "ASCOB_OIDC_AUDIENCE / ASCOB_OIDC_SUBMITTER_CLAIM are set but neither "
+                    "ASCOB_OIDC_ISSUER nor ASCOB_OIDC_JWKS_URL: set one of them (or unset these)"
+                )
+            return self
+        if not self.oidc_audience:
+            raise ValueError(
+                "ASCOB_OIDC_AUDIENCE must be set when ASCOB_OIDC_ISSUER or ASCOB_OIDC_JWKS_URL is "
+                "(the client id ASCOB's tokens are issued for, checked against the 'aud' claim)"
+            )
+        for name, url in (("ISSUER", self.oidc_issuer), ("JWKS_URL", self.oidc_jwks_url)):
+            if url is not None:
+                check_oidc_url(f"ASCOB_OIDC_{name}", url)
+        for name, claim in (
+            ("PERMISSIONS_CLAIM", self.oidc_permissions_claim),
+            ("SCOPE_CLAIM", self.oidc_scope_claim),
+            ("SUBMITTER_CLAIM", self.oidc_submitter_claim),
+        ):
+            if claim is not None and not claim.strip():
+                raise ValueError(f"ASCOB_OIDC_{name} must not be empty")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer or self.oidc_jwks_url)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -65,6 +65,7 @@ async def submit(
     """Submit a job: record the run and start it (unless manualStart). Answers at once."""
     if body.job_spec.manual_start:
         identity.require(Permission.job_run_manual_start)
+    body.job_spec.submitter = identity.submitter_for(body.job_spec.submitter)
     run, replayed = await asyncio.to_thread(
         services.submit, body.job_spec, identity.name, idempotency_key
     )
@@ -202,6 +203,7 @@ async def resubmit(
     who: Identity = require(Permission.job_run_resubmit),
 ) -> SubmitResponse:
     """Run the same spec again for a new submitter; parentId is the root run."""
+    submitter = who.submitter_for(submitter) or submitter
     run = await asyncio.to_thread(services.resubmit, runId, submitter, who.name)
     assert run.id is not None
     return SubmitResponse(run_id=run.id)
