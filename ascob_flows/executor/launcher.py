@@ -37,8 +37,8 @@ class CreatePacer:
     """Paces the launcher's creates on the Prefect server's answers (AIMD on how many creates
     are in flight): one more allowed per window of answered creates, halved on a refusal (503,
     429) and after a pause (``Retry-After`` when the server gives one, else growing with the
-    refusals in a row), cut by a quarter when answers come more than twice as slow as the
-    fastest seen lately. Never a fixed rate, never a retry at once.
+    refusals in a row), cut by a quarter when answers come more than four times as slow as
+    the fastest seen lately (and over 250 ms). Never a fixed rate, never a retry at once.
 
     Why: a SQLite-backed Prefect server creates a flow run in a deferred transaction that reads
     (the deployment, the flow's labels) before it writes; a write committed by anyone in between
@@ -48,7 +48,7 @@ class CreatePacer:
     def __init__(self, ceiling: int = 4, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = ceiling
         self.clock = clock
-        self.window = 1.0  # creates allowed in flight (the floor of it)
+        self.window = float(ceiling)  # creates allowed in flight (the floor of it)
         self.in_flight = 0
         self.not_before = 0.0
         self.refusals_in_row = 0
@@ -83,7 +83,7 @@ class CreatePacer:
         self.refusals_in_row = 0
         if seconds < self._fastest or now - self._fastest_at > 30.0:
             self._fastest, self._fastest_at = seconds, now  # the baseline forgets in 30 s
-        if seconds > max(2 * self._fastest, 0.05) and self._cut_allowed(now, seconds):
+        if seconds > max(4 * self._fastest, 0.25) and self._cut_allowed(now, seconds):
             self.window = max(1.0, self.window * 0.75)
         else:
             self.window = min(float(self.ceiling), self.window + 1.0 / self.window)
@@ -98,7 +98,7 @@ class CreatePacer:
         if retry_after is not None:
             pause = min(max(retry_after, 0.0), 60.0)
         else:
-            pause = min(0.2 * 2 ** (self.refusals_in_row - 1), 10.0) * random.uniform(0.75, 1.25)
+            pause = min(0.05 * 2 ** (self.refusals_in_row - 1), 2.0) * random.uniform(0.75, 1.25)
         self.not_before = max(self.not_before, now + pause)
         return pause
 
