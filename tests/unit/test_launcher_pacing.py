@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from ascob_flows.executor.launcher import CreatePacer, Launcher, launch_key
+from ascob_flows.executor.launcher import Launcher, launch_key
 from ascob_flows.ports import RunRecord
 from ascob_flows.runtime import Runtime
 from ascob_flows.status import RunStatus
@@ -186,7 +186,7 @@ async def test_a_create_refused_while_another_fails_is_not_made_twice(
     assert server.inserts.count(1) == 1 and server.inserts.count(2) == 1
     assert claimer.started == [1, 2] or claimer.started == [2, 1]
     assert len(created_lines(caplog, 1)) == 1, created_lines(caplog, 1)
-    assert made.pacer.refused >= 4
+    assert made.refused >= 4
 
 
 async def test_a_retried_create_of_an_ended_run_starts_nothing(
@@ -223,37 +223,3 @@ async def test_a_retried_create_of_an_ended_run_starts_nothing(
     )
     assert "run 1: already SUCCEDED; its flow run is not started again" in messages
     assert created_lines(caplog, 1) == []
-
-
-async def test_refusals_slow_the_creates_down_and_honour_retry_after() -> None:
-    """After a refusal no create is sent before the server's Retry-After; the number of creates
-    in flight halves on a refusal and grows back one at a time as creates are answered."""
-    now = [100.0]
-    pacer = CreatePacer(8, clock=lambda: now[0])
-    for _ in range(40):
-        pacer.answered_in(0.01)
-    assert pacer.window == 8
-    now[0] += 1.0
-    pause = pacer.refused_now(0.5)
-    assert pause == 0.5 and pacer.window == 4
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(pacer.acquire(), 0.2)  # the clock has not moved: still paused
-    now[0] += 0.5
-    await asyncio.wait_for(pacer.acquire(), 1.0)
-    # without Retry-After the pause grows with the refusals in a row, never "at once"
-    pauses = [pacer.refused_now(None) for _ in range(4)]
-    assert pauses[0] > 0.05 and pauses[-1] > 4 * pauses[0]
-    assert pacer.window >= 1
-    await pacer.release()
-
-
-async def test_answers_slower_than_usual_narrow_the_window() -> None:
-    now = [0.0]
-    pacer = CreatePacer(8, clock=lambda: now[0])
-    for _ in range(40):
-        now[0] += 0.1
-        pacer.answered_in(0.02)
-    wide = pacer.window
-    now[0] += 1.0
-    pacer.answered_in(0.5)  # the server got busy: 25x slower than the fastest seen
-    assert pacer.window < wide
