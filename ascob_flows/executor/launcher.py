@@ -14,7 +14,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import State
 
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from ascob_flows.executor.host import Executor
 
 _CREATE_ATTEMPTS = 20
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of an answer, in seconds (a number; a date is ignored)."""
+    value = response.headers.get("retry-after")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def launch_key(rec: RunRecord) -> str:
@@ -58,7 +67,9 @@ class Launcher:
         self.sweep_interval = 2.0
         self.sweep_grace = 10.0
         self.concurrency = 4
+        self.refused = 0  # creates refused (503, 429), for the tests
         self.deployment_id: UUID | None = None  # set once the deployment is registered
+        self._creating: set[int] = set()  # runs whose create is in flight
 
     def kick(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -68,10 +79,10 @@ class Launcher:
         deployment_id = self.deployment_id
         assert deployment_id is not None, "register the deployment first"
         self._loop = asyncio.get_running_loop()
-        # a SQLite-backed Prefect server answers 503 ("database is locked") to a create that
-        # races another write; Prefect's client would wait 2, 4, 8, 16, 32 s. The idempotency
-        # key makes an immediate, short-jittered retry safe, so this task's client calls do not
-        # retry by themselves. (Set once for the task: building settings costs milliseconds.)
+        # a SQLite-backed Prefect server answers 503 to a create that races another write;
+        # Prefect's client would wait 2, 4, 8, 16, 32 s. The pacer waits as long as the server's
+        # answers call for, so this task's client calls do not retry by themselves. (Set once
+        # for the task: building settings costs milliseconds.)
         with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
             await self._run(client, deployment_id)
 
@@ -90,42 +101,81 @@ class Launcher:
             self._kick.clear()
             while True:
                 ids = await self.runtime.db.runs_to_launch(200, 0.0 if kicked else self.sweep_grace)
+                # a run whose create is still in flight (refused, waiting for the pacer) is not
+                # created a second time beside it
+                ids = [i for i in ids if i not in self._creating]
                 if not ids:
                     break
                 if not kicked:
                     random.shuffle(ids)
-                try:
-                    # a few at a time: a burst of writes makes a SQLite-backed Prefect server
-                    # answer "database is locked" for everything, including running flows
-                    gate = asyncio.Semaphore(self.concurrency)
-                    await asyncio.gather(
-                        *(self._create(client, deployment_id, i, gate) for i in ids)
-                    )
+                # every create of the batch ends before the next read: none is left running
+                # while the next batch creates the same run again (gather without
+                # return_exceptions let them run on, found under 503s: a run's flow run was
+                # "created" again after the run had ended)
+                results = await asyncio.gather(
+                    *(self._create(client, deployment_id, i) for i in ids), return_exceptions=True
+                )
+                failed = [r for r in results if isinstance(r, BaseException)]
+                for exc in failed:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise exc
+                if not failed:
                     backoff.ok()
-                except Exception as exc:
-                    log.warning(
-                        "creating flow runs failed (%r); retrying",
-                        exc,
-                        exc_info=not transient(exc),
-                    )
-                    await backoff.failed()
+                    continue
+                log.warning(
+                    "creating %d of %d flow runs failed (%r); retrying",
+                    len(failed),
+                    len(ids),
+                    failed[0],
+                    exc_info=None if transient(failed[0]) else failed[0],
+                )
+                await backoff.failed()
 
-    async def _create(
-        self, client: PrefectClient, deployment_id: UUID, run_id: int, gate: asyncio.Semaphore
-    ) -> None:
-        async with gate:
+    async def _create(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
+        self._creating.add(run_id)
+        try:
             await self._create_one(client, deployment_id, run_id)
+        finally:
+            self._creating.discard(run_id)
 
     async def _create_one(self, client: PrefectClient, deployment_id: UUID, run_id: int) -> None:
         rec = await self.runtime.record(run_id)
-        if rec.flow_run_id is not None:
-            return  # another launcher (API replica or executor) got there first
+        if rec.flow_run_id is not None or rec.status.is_final:
+            return  # another launcher (API replica or executor) got there first, or it ended
         executor = self.executor
         claim = await executor.gate.reserve() if executor is not None else None
         try:
             flow_run = await self._create_flow_run(client, deployment_id, rec, claim)
+            # Prefect answers an idempotent create with the flow run made before (by an
+            # earlier attempt whose answer was lost, or by another launcher), in its own state
+            existed = claim is not None and not _claimed_by(flow_run, claim)
             await self.runtime.db.set_flow_run(run_id, str(flow_run.id))
-            log.info("run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id})
+            now = await self.runtime.record(run_id)
+            other = now.flow_run_id != str(flow_run.id)
+            state = flow_run.state.name if flow_run.state is not None else "no state"
+            if existed or other:
+                log.info(
+                    "run %s: its flow run %s existed already (%s): not created again",
+                    run_id,
+                    now.flow_run_id if other else flow_run.id,
+                    state,
+                    extra={"runId": run_id},
+                )
+            else:
+                log.info(
+                    "run %s: flow run %s created", run_id, flow_run.id, extra={"runId": run_id}
+                )
+            if now.status.is_final or other:
+                # never start again the flow run of a run that ended meanwhile (found under
+                # 503s: a create retried after a refusal answered 5 s after the run SUCCEDED)
+                if now.status.is_final:
+                    log.info(
+                        "run %s: already %s; its flow run is not started again",
+                        run_id,
+                        now.status.value,
+                        extra={"runId": run_id},
+                    )
+                return
             if executor is not None:
                 await executor.claimer.adopt(flow_run, rec, claim)
         finally:
@@ -150,12 +200,25 @@ class Launcher:
                 )
                 break
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 503 or attempt == _CREATE_ATTEMPTS - 1:
+                code = exc.response.status_code
+                if code not in (429, 503) or attempt == _CREATE_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(random.uniform(0.05, 0.25))
+                self.refused += 1
+                # this create's own short jittered pause (Retry-After when the server gives
+                # one; Prefect's does not). Measured: a pause shared by all creates (AIMD on
+                # the creates in flight) cut throughput 5x without fewer refusals, see
+                # docs/benchmarks.md
+                wait = retry_after(exc.response)
+                await asyncio.sleep(random.uniform(0.05, 0.25) if wait is None else wait)
         if flow_run.deployment_id != deployment_id or flow_run.parameters.get("run_id") != rec.id:
             raise RuntimeError(
                 f"run {rec.id}: Prefect returned flow run {flow_run.id} of another deployment "
                 "for its idempotency key"
             )
         return flow_run
+
+
+def _claimed_by(flow_run: FlowRun, claim: State[Any]) -> bool:
+    """Whether ``flow_run`` is in the Pending state this create proposed (its nonce)."""
+    state = flow_run.state
+    return state is not None and state.type == StateType.PENDING and state.message == claim.message
