@@ -1,22 +1,32 @@
 """A real Apache Airflow 3 on loopback, for the tests: api-server, scheduler and dag-processor.
 
 Airflow is installed on first use into a virtual environment of its own, outside the repository
-(``~/.cache/ascob-tests/airflow-<version>/``, or ``$ASCOB_TEST_CACHE``): built in a temporary
-folder beside it and renamed into place only once ``pip`` succeeded, so a crash never leaves a
-half-built venv that a later run would trust. Its commands run as ``<venv>/bin/python -m
-airflow`` (a renamed venv keeps working that way). A migrated SQLite database is kept beside it
-as a template (``airflow db migrate`` takes most of a minute); each server gets a copy.
+(``~/.cache/ascob-tests/airflow-<version>/``, or ``$ASCOB_TEST_CACHE``), with its ``postgres``
+extra (the PostgreSQL driver): built in a temporary folder beside it and renamed into place only
+once ``pip`` succeeded, so a crash never leaves a half-built venv that a later run would trust.
+The completion mark inside names what was installed; a venv of an older mark (Airflow without
+the extra) is upgraded in place: its mark is removed first and written again (atomically) once
+``pip`` succeeded, so an interrupted upgrade leaves an unmarked venv, which the next run builds
+again. Its commands run as ``<venv>/bin/python -m airflow`` (a renamed venv keeps working that
+way).
 
-:class:`AirflowServer` writes an ``AIRFLOW_HOME`` in a temporary folder (SQLite, LocalExecutor,
-SimpleAuthManager with one user, no examples, short scan intervals for a 2-core machine), the
-test DAGs of :data:`DAGS`, and starts ``airflow api-server`` (127.0.0.1, a free port),
-``airflow scheduler --skip-serve-logs`` (no log server: it would listen on every address) and
-``airflow dag-processor``. :meth:`AirflowServer.listening` lists the TCP sockets its processes
-listen on; :meth:`AirflowServer.start` asserts that none is on a wildcard address. Teardown ends
-the process groups it started, nothing else.
+The metadata database is PostgreSQL (:mod:`tests.postgres_server`, a throw-away cluster on
+127.0.0.1 per server): on SQLite, Airflow's scheduler, dag-processor and api-server write to one
+file and, on a loaded machine, time out on its lock ("database is locked"; the scheduler died of
+it and the api-server stopped answering). A migrated schema is kept beside the venv as a plain
+``pg_dump`` (``airflow db migrate`` takes a while on a busy machine); each server loads it with
+``psql`` into its own database.
 
-When Airflow cannot be installed the tests skip, except under CI (``CI`` is set), where they
-fail.
+:class:`AirflowServer` writes an ``AIRFLOW_HOME`` in a temporary folder (PostgreSQL,
+LocalExecutor, SimpleAuthManager with one user, no examples, short scan intervals for a 2-core
+machine), the test DAGs of :data:`DAGS`, and starts ``airflow api-server`` (127.0.0.1, a free
+port), ``airflow scheduler --skip-serve-logs`` (no log server: it would listen on every address)
+and ``airflow dag-processor``. :meth:`AirflowServer.listening` lists the TCP sockets its
+processes (and its PostgreSQL) listen on; :meth:`AirflowServer.start` asserts that none is on a
+wildcard address. Teardown ends the process groups it started and its PostgreSQL, nothing else.
+
+When Airflow or the PostgreSQL server binaries cannot be found or installed the tests skip,
+except under CI (``CI`` is set), where they fail.
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ import ipaddress
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,11 +46,17 @@ import httpx
 import pytest
 
 from tests.harness import Proc, free_port, wait_until
+from tests.postgres_server import PostgresServer
 
 AIRFLOW_VERSION = "3.3.2"
 USERNAME = "ascob"
 PASSWORD = "airflow-test-password"
-_COMPLETE = ".ascob-complete"  # written last inside a finished venv
+_COMPLETE = ".ascob-complete"  # written last inside a finished venv: what it holds
+
+
+def requirement(version: str = AIRFLOW_VERSION) -> str:
+    """What the venv installs: Airflow and its PostgreSQL driver (the ``postgres`` extra)."""
+    return f"apache-airflow[postgres]=={version}"
 
 
 def cache_root() -> Path:
@@ -63,15 +78,32 @@ def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 18
         )
 
 
+def _mark(venv: Path, content: str) -> None:
+    """Write the completion mark atomically (a crash leaves the old one or none)."""
+    fresh = venv / f"{_COMPLETE}.{os.getpid()}"
+    fresh.write_text(content)
+    os.rename(fresh, venv / _COMPLETE)
+
+
 def install(version: str = AIRFLOW_VERSION) -> Path:
-    """The venv holding ``apache-airflow==version``, installed on first use (under a lock, so two
-    test sessions do not build it twice)."""
+    """The venv holding :func:`requirement`, installed on first use (under a lock, so two test
+    sessions do not build it twice); a venv of an older mark is upgraded in place."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     venv = root / f"airflow-{version}"
+    wanted = requirement(version) + "\n"
     with (root / f".airflow-{version}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (venv / _COMPLETE).is_file():
+        mark = venv / _COMPLETE
+        if mark.is_file() and mark.read_text() == wanted:
+            return venv
+        if mark.is_file():  # a finished venv of an older content (no driver): add to it
+            mark.unlink()  # untrusted until pip has succeeded
+            for stale in venv.glob("template-*.db"):  # the SQLite template of before
+                stale.unlink()
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+            _run([*pip, requirement(version)])
+            _mark(venv, wanted)
             return venv
         if venv.exists():  # not ours to trust: no completion mark
             shutil.rmtree(venv)
@@ -80,8 +112,8 @@ def install(version: str = AIRFLOW_VERSION) -> Path:
             _run([sys.executable, "-m", "venv", str(build)])
             pip = [str(build / "bin" / "python"), "-m", "pip", "install", "-q"]
             _run([*pip, "--upgrade", "pip"])
-            _run([*pip, f"apache-airflow=={version}"])
-            (build / _COMPLETE).write_text(f"apache-airflow=={version}\n")
+            _run([*pip, requirement(version)])
+            (build / _COMPLETE).write_text(wanted)
             os.rename(build, venv)
         finally:
             shutil.rmtree(build, ignore_errors=True)
@@ -221,8 +253,9 @@ ascob_wide()
 class AirflowServer:
     """One Airflow 3 (api-server, scheduler, dag-processor) in its own temporary AIRFLOW_HOME."""
 
-    def __init__(self, venv: Path) -> None:
+    def __init__(self, venv: Path, pg_bindir: Path) -> None:
         self.venv = venv
+        self.postgres = PostgresServer(pg_bindir, database="airflow")
         self.python = str(venv / "bin" / "python")
         self.home = Path(tempfile.mkdtemp(prefix="ascob-airflow-"))
         self.port = free_port()
@@ -235,9 +268,6 @@ class AirflowServer:
         env = {k: v for k, v in os.environ.items() if k in keep}
         passwords = self.home / "passwords.json"
         passwords.write_text(json.dumps({USERNAME: PASSWORD}))
-        # SQLite with several writing processes: wait for a lock rather than fail at once (the
-        # scheduler dies of "database is locked" on a busy machine otherwise)
-        (self.home / "ascob_airflow_settings.py").write_text('CONNECT_ARGS = {"timeout": 60}\n')
         settings = {
             "CORE__LOAD_EXAMPLES": "False",
             "CORE__DAGS_FOLDER": str(self.home / "dags"),
@@ -251,8 +281,9 @@ class AirflowServer:
             "CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
             "CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "CORE__LAZY_LOAD_PLUGINS": "True",
-            "DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "ascob_airflow_settings.CONNECT_ARGS",
+            "DATABASE__SQL_ALCHEMY_CONN": self.postgres.url.replace(
+                "postgresql://", "postgresql+psycopg2://", 1
+            ),
             "API__HOST": "127.0.0.1",
             "API__PORT": str(self.port),
             "API__BASE_URL": self.url,
@@ -272,26 +303,27 @@ class AirflowServer:
         env.update({f"AIRFLOW__{k}": v for k, v in settings.items()})
         env["AIRFLOW_HOME"] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(self.home)
         return env
 
     def airflow(self, *args: str, timeout: float = 600) -> None:
         _run([self.python, "-m", "airflow", *args], env=self.env, timeout=timeout)
 
     def _database(self) -> None:
-        """A copy of the cached migrated database (made once per venv, atomically)."""
-        template = self.venv / f"template-{AIRFLOW_VERSION}.db"
+        """Start its PostgreSQL and load the cached migrated schema (dumped once per venv and
+        PostgreSQL major version, atomically, under a lock)."""
+        self.postgres.start()
+        major = self.postgres.bindir.parent.name
+        template = self.venv / f"schema-{AIRFLOW_VERSION}-pg{major}.sql"
         with (self.venv / ".template.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not template.is_file():
                 self.airflow("db", "migrate")
-                fresh = self.venv / f".template-{os.getpid()}.db"
-                shutil.copyfile(self.home / "airflow.db", fresh)
+                dump = self.postgres.sql_tool("pg_dump", "--no-owner", "--no-privileges")
+                fresh = self.venv / f".schema-{os.getpid()}.sql"
+                fresh.write_text(dump)
                 os.rename(fresh, template)
-            else:
-                shutil.copyfile(template, self.home / "airflow.db")
-        with sqlite3.connect(self.home / "airflow.db") as db:  # readers beside one writer
-            db.execute("PRAGMA journal_mode=WAL")
+                return
+        self.postgres.sql_tool("psql", "-q", "-v", "ON_ERROR_STOP=1", stdin=template.read_text())
 
     def write_dags(self) -> None:
         folder = self.home / "dags"
@@ -354,9 +386,13 @@ class AirflowServer:
     # ------------------------------------------------------------------ processes
 
     def _pids(self) -> list[int]:
-        """Every process of the sessions this server started (each Proc has its own)."""
+        """Every process of the sessions this server started (each Proc has its own), and of
+        its PostgreSQL."""
         sessions = {p.proc.pid for p in self.procs.values() if p.proc is not None}
         found: list[int] = []
+        postmaster = self.postgres.pid()  # it holds the listening sockets of its cluster
+        if postmaster is not None:
+            found.append(postmaster)
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -364,7 +400,7 @@ class AirflowServer:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[3]) in sessions:  # field 6 of stat: the session id
+            if int(fields[3]) in sessions and int(entry.name) not in found:  # 6: session id
                 found.append(int(entry.name))
         return found
 
@@ -397,9 +433,12 @@ class AirflowServer:
         return "\n".join(f"--- {name} ---\n{p.tail(n)}" for name, p in self.procs.items())
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop(timeout=30)
-        shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            for proc in self.procs.values():
+                proc.stop(timeout=30)
+        finally:
+            self.postgres.stop()
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _address(hex_addr: str, width: int) -> str:

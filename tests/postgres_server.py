@@ -91,10 +91,16 @@ class PostgresServer:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
-    def _run(self, *args: str | Path, timeout: float = 120) -> str:
+    def _run(self, *args: str | Path, timeout: float = 120, stdin: str | None = None) -> str:
         cmd = [*self._as, *(str(a) for a in args)]
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=self._env(), cwd=self.root
+            cmd,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self._env(),
+            cwd=self.root,
         )
         if done.returncode != 0:
             raise RuntimeError(
@@ -192,6 +198,30 @@ class PostgresServer:
         port = str(self.port)
         self._run(self.bindir / "createdb", "-h", self.sockdir, "-p", port, "-U", self.user, name)
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def sql_tool(
+        self, tool: str, *args: str, database: str | None = None, stdin: str | None = None
+    ) -> str:
+        """Run one of the cluster's client programs (``psql``, ``pg_dump``...) on a database
+        (this server's by default), over the unix socket; its standard output. ``stdin`` is fed
+        to it (a file of the caller may not be readable by the ``postgres`` user)."""
+        connection = ["-h", str(self.sockdir), "-p", str(self.port), "-U", self.user]
+        return self._run(
+            self.bindir / tool,
+            *connection,
+            "-d",
+            database or self.database,
+            *args,
+            timeout=600,
+            stdin=stdin,
+        )
+
+    def pid(self) -> int | None:
+        """The postmaster's process id while the server runs."""
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def _mkdir(self, path: Path) -> None:
         path.mkdir(mode=0o700, exist_ok=True)

@@ -6,8 +6,9 @@ Airflow 3, a queued dag run, a stop, a ``kill -9`` of ``ascob serve`` with re-at
 output: every run is followed live by offset (``output.txt?offset=N``) and what the follower got
 is compared byte for byte with the final ``output.txt``.
 
-Airflow is installed on first use into a cached venv (a minute or two); a missing Airflow skips
-these tests locally and fails them under CI.
+Airflow is installed on first use into a cached venv (a minute or two), with its metadata on a
+throw-away PostgreSQL; a missing Airflow or PostgreSQL skips these tests locally and fails them
+under CI.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import pytest
 
 from tests.airflow_server import PASSWORD, USERNAME, AirflowServer, require_airflow
 from tests.harness import ROOT_TOKEN, Ascob, PrefectServer, wait_until
+from tests.postgres_server import require_bindir
 
 NOISE = ("Could not read served logs", "Log message source details", "::group::", "::endgroup::")
 
 
 @pytest.fixture(scope="module")
 def airflow() -> Iterator[AirflowServer]:
-    server = AirflowServer(require_airflow()).start()
+    server = AirflowServer(require_airflow(), require_bindir()).start()
     yield server
     server.stop()
 
@@ -161,9 +163,9 @@ def sections(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def batch(app: Ascob) -> dict[str, tuple[int, Follower]]:
-    """The short DAGs, running side by side in Airflow. They are triggered one after the
-    other: concurrent triggers can deadlock Airflow's api-server on SQLite (seen: three POSTs
-    answered 500 after 120 s, then the scheduler died of "database is locked")."""
+    """The short DAGs, running side by side in Airflow. They are triggered one after the other
+    (each is SUBMITTED before the next is sent), so a failure names the DAG whose trigger did
+    not get through."""
     bodies = {
         "success": spec("ascob_success", TABLE="orders"),
         "fail": spec("ascob_fail"),
