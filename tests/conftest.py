@@ -21,26 +21,9 @@ LAYERS = ("unit", "integration", "system")
 UNIT_DIR = Path(__file__).resolve().parent / "unit"
 
 
-# the longest modules, started first so that parallel workers (``-n``, pytest-xdist) end together
-LONGEST_FIRST = ("test_soak", "test_lock_stress", "test_operating_e2e", "test_faults")
-
-
-def _layer(item: pytest.Item) -> str:
-    return next(mark.name for mark in item.iter_markers() if mark.name in LAYERS)
-
-
-def _start_order(item: pytest.Item) -> tuple[int, int]:
-    name = Path(str(item.path)).stem
-    if name in LONGEST_FIRST:
-        return (0, LONGEST_FIRST.index(name))
-    return (1 + LAYERS[::-1].index(_layer(item)), 0)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give each test its layer: its own marker, else ``unit`` under tests/unit, else
-    ``integration``; two layers on one test is an error. Then order them longest first: the
-    system layer, the integration layer, the unit layer (a stable sort: the same order on every
-    worker)."""
+    ``integration``; two layers on one test is an error."""
     for item in items:
         layers = {mark.name for mark in item.iter_markers() if mark.name in LAYERS}
         if len(layers) > 1:
@@ -48,7 +31,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not layers:
             unit = UNIT_DIR in Path(str(item.path)).resolve().parents
             item.add_marker("unit" if unit else "integration")
-    items.sort(key=_start_order)
 
 
 _INET = (socket.AF_INET, socket.AF_INET6)

@@ -152,6 +152,33 @@ async def test_job_succeeds_and_its_output_reads_in_pieces(
     assert rest.text == "" and not rest.more
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+async def test_output_is_append_only_while_the_job_runs(
+    adapter: Adapter, backend: Backend, outcome: str
+) -> None:
+    """A byte once served at an offset never changes (docs/backends.md): read from 0 and from the
+    last offset at every look while the job runs; each text read from 0 starts with the one
+    before, and both readings end as the final text."""
+    keys = await backend.submit(job(adapter.labels(outcome)))
+    seen, followed, offset = "", "", 0
+    deadline = time.monotonic() + 20
+    while True:
+        whole = await backend.output(keys, 0)
+        assert whole.text.startswith(seen), (seen, whole.text)
+        seen = whole.text
+        chunk = await backend.output(keys, offset)
+        assert chunk.next_offset >= offset
+        followed, offset = followed + chunk.text, chunk.next_offset
+        assert seen.startswith(followed) or followed.startswith(seen), (seen, followed)
+        if not chunk.more and not whole.more:
+            break
+        assert time.monotonic() < deadline, f"output still coming after 20 s: {seen!r}"
+        await asyncio.sleep(0.05)
+    await wait_final(backend, keys)
+    final = await backend.output(keys, 0)
+    assert final.text == seen == followed
+
+
 async def test_failing_job_fails(adapter: Adapter, backend: Backend) -> None:
     keys = await backend.submit(job(adapter.labels("failed")))
     assert (await wait_final(backend, keys)).status is BackendStatus.FAILED
